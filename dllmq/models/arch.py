@@ -1,0 +1,77 @@
+"""Where things are inside a model, as data. Quantizers and analyses walk models through an
+`ArchSpec`, never by matching module names (LLaDA calls both the FFN down projection and the LM
+head `ff_out`; only the spec tells them apart)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+LINEAR_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    # model-level paths
+    blocks: str
+    embed: str
+    final_norm: str
+    lm_head: str
+    # block-relative paths
+    attn_norm: str
+    q: str
+    k: str
+    v: str
+    o: str
+    mlp_norm: str
+    gate: str
+    up: str
+    down: str
+    k_hook: str  # ActHook on keys after RoPE, (B, Hkv, L, D)
+    v_hook: str  # ActHook on values, (B, Hkv, L, D)
+    q_hook: str  # ActHook on queries after RoPE, (B, H, L, D)
+
+    def linear_name(self, kind: str) -> str:
+        if kind not in LINEAR_KINDS:
+            raise KeyError(f"unknown linear kind {kind!r}; expected one of {LINEAR_KINDS}")
+        return getattr(self, kind)
+
+    @property
+    def norm_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(norm, linear kinds it feeds): where smoothing scales and rotations are folded."""
+        return (("attn_norm", ("q", "k", "v")), ("mlp_norm", ("gate", "up")))
+
+
+def get_module(root: nn.Module, path: str) -> nn.Module:
+    mod = root
+    for part in path.split("."):
+        if not hasattr(mod, part):
+            raise AttributeError(f"{type(root).__name__} has no module at {path!r} (stuck at {part!r})")
+        mod = getattr(mod, part)
+    return mod
+
+
+def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    parent = get_module(root, parent_path) if parent_path else root
+    if not hasattr(parent, name):
+        raise AttributeError(f"{type(root).__name__} has no module at {path!r}")
+    setattr(parent, name, new)
+
+
+LLADA_SPEC = ArchSpec(
+    blocks="model.transformer.blocks", embed="model.transformer.wte",
+    final_norm="model.transformer.ln_f", lm_head="model.transformer.ff_out",
+    attn_norm="attn_norm", q="q_proj", k="k_proj", v="v_proj", o="attn_out",
+    mlp_norm="ff_norm", gate="ff_proj", up="up_proj", down="ff_out",
+    k_hook="k_hook", v_hook="v_hook", q_hook="q_hook",
+)
+
+DREAM_SPEC = ArchSpec(
+    blocks="model.layers", embed="model.embed_tokens", final_norm="model.norm", lm_head="lm_head",
+    attn_norm="input_layernorm", q="self_attn.q_proj", k="self_attn.k_proj",
+    v="self_attn.v_proj", o="self_attn.o_proj", mlp_norm="post_attention_layernorm",
+    gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
+    k_hook="self_attn.k_hook", v_hook="self_attn.v_hook", q_hook="self_attn.q_hook",
+)

@@ -1,0 +1,223 @@
+"""LLaDA and Dream as plain nn.Modules with the official weight names.
+
+The two architectures are the same transformer (pre-norm, RoPE, SwiGLU, bidirectional
+attention) under different names: LLaDA keeps everything flat inside a block
+(`model.transformer.blocks.N.q_proj`), Dream follows Qwen2 (`model.layers.N.self_attn.q_proj`),
+adds q/k/v biases and grouped-query attention, and predicts token i+1 at position i.
+One `Block` computes both; `LLaDABlock`/`DreamBlock` only place its parameters under the
+official names, so `state_dict()` keys equal the official checkpoint's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import DREAM_SPEC, LLADA_SPEC, ArchSpec
+from .config import DLLMConfig
+from .layers import ActHook, RMSNorm, apply_rope, attention, key_padding_mask, rope_cos_sin
+
+
+def _attend(
+    blk: nn.Module,
+    x: torch.Tensor,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    bias: torch.Tensor | None,
+    cfg: DLLMConfig,
+) -> torch.Tensor:
+    """Self-attention on the normed input x (B, L, C); `blk` holds q/k/v/o + hooks."""
+    B, L, _ = x.shape
+    H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q = blk.q_proj(x).view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+    k = blk.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+    v = blk.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+    cos, sin = rope
+    q = blk.q_hook(apply_rope(q, cos, sin))
+    k = blk.k_hook(apply_rope(k, cos, sin))
+    v = blk.v_hook(v)
+    out = attention(q, k, v, bias, causal=cfg.causal)  # (B, H, L, D)
+    return out.transpose(1, 2).reshape(B, L, H * D)  # (B, L, C)
+
+
+def _qkv(cfg: DLLMConfig) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
+    C, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+    return (nn.Linear(C, C, bias=cfg.qkv_bias), nn.Linear(C, kv, bias=cfg.qkv_bias),
+            nn.Linear(C, kv, bias=cfg.qkv_bias))
+
+
+class LLaDABlock(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        C, F_ = cfg.hidden_size, cfg.intermediate_size
+        self.cfg = cfg
+        self.attn_norm = RMSNorm(C, cfg.rms_norm_eps)
+        self.q_proj, self.k_proj, self.v_proj = _qkv(cfg)
+        self.attn_out = nn.Linear(C, C, bias=False)
+        self.ff_norm = RMSNorm(C, cfg.rms_norm_eps)
+        self.ff_proj = nn.Linear(C, F_, bias=False)  # gate
+        self.up_proj = nn.Linear(C, F_, bias=False)
+        self.ff_out = nn.Linear(F_, C, bias=False)  # down
+        self.q_hook, self.k_hook, self.v_hook = ActHook(), ActHook(), ActHook()
+
+    def forward(self, x, rope, bias):
+        x = x + self.attn_out(_attend(self, self.attn_norm(x), rope, bias, self.cfg))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+class DreamAttention(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.q_proj, self.k_proj, self.v_proj = _qkv(cfg)
+        self.o_proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=False)
+        self.q_hook, self.k_hook, self.v_hook = ActHook(), ActHook(), ActHook()
+
+    def forward(self, x, rope, bias):
+        return self.o_proj(_attend(self, x, rope, bias, self.cfg))
+
+
+class DreamMLP(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        C, F_ = cfg.hidden_size, cfg.intermediate_size
+        self.gate_proj = nn.Linear(C, F_, bias=False)
+        self.up_proj = nn.Linear(C, F_, bias=False)
+        self.down_proj = nn.Linear(F_, C, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DreamBlock(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = DreamAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = DreamMLP(cfg)
+
+    def forward(self, x, rope, bias):
+        x = x + self.self_attn(self.input_layernorm(x), rope, bias)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class DLLM(nn.Module):
+    """Common interface: `forward` returns the official logits; `denoise_logits` returns
+    logits aligned so that position i predicts token i (Dream's one-position shift undone)."""
+
+    spec: ArchSpec
+    config: DLLMConfig
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        from .arch import get_module
+
+        return get_module(self, self.spec.blocks)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def _run(self, input_ids, attention_mask, position_ids, wte, blocks, norm, head):
+        B, L = input_ids.shape
+        if L > self.config.max_position:
+            raise ValueError(
+                f"sequence of {L} tokens exceeds the model's context of {self.config.max_position}; "
+                "shorten the prompt or the generation length"
+            )
+        x = wte(input_ids)
+        if position_ids is None:
+            position_ids = torch.arange(L, device=input_ids.device)
+        rope = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta)
+        bias = key_padding_mask(attention_mask, x.dtype)
+        for blk in blocks:
+            x = blk(x, rope, bias)
+        return head(norm(x))
+
+    def denoise_logits(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        logits = self(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        if self.config.model_type == "Dream":
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+
+class LLaDATransformer(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.wte = nn.Embedding(cfg.table_size, cfg.hidden_size)
+        self.blocks = nn.ModuleList(LLaDABlock(cfg) for _ in range(cfg.num_layers))
+        self.ln_f = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if not cfg.tie_word_embeddings:
+            self.ff_out = nn.Linear(cfg.hidden_size, cfg.table_size, bias=False)
+
+
+class _LLaDAInner(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.transformer = LLaDATransformer(cfg)
+
+
+class LLaDAModel(DLLM):
+    """LLaDA-8B (Base/Instruct) layout: `model.transformer.{wte, blocks.N.*, ln_f, ff_out}`."""
+
+    spec = LLADA_SPEC
+
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = _LLaDAInner(cfg)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        t = self.model.transformer
+        head = t.ff_out if not self.config.tie_word_embeddings else (
+            lambda h: F.linear(h, t.wte.weight))
+        return self._run(input_ids, attention_mask, position_ids, t.wte, t.blocks, t.ln_f, head)
+
+
+class _DreamInner(nn.Module):
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DreamBlock(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class DreamModel(DLLM):
+    """Dream-7B (Qwen2.5 layout): `model.{embed_tokens, layers.N.*, norm}` + `lm_head`."""
+
+    spec = DREAM_SPEC
+
+    def __init__(self, cfg: DLLMConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = _DreamInner(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        m = self.model
+        return self._run(input_ids, attention_mask, position_ids, m.embed_tokens, m.layers,
+                         m.norm, self.lm_head)
+
+
+MODEL_CLASSES: dict[str, type[DLLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
+
+
+def build_model(cfg: DLLMConfig) -> DLLM:
+    """An initialised (random, std 0.02) model of the config's architecture."""
+    model = MODEL_CLASSES[cfg.model_type](cfg)
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, std=0.02)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+        elif isinstance(mod, nn.Embedding):
+            nn.init.normal_(mod.weight, std=0.02)
+    if cfg.model_type == "Dream" and cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
