@@ -217,14 +217,17 @@ class Check:
 
 def combine(checks: Iterable[Check], majority: bool = False) -> str:
     """All hold -> holds; all fail -> does not hold; all noise -> within noise; else mixed.
-    With `majority`, a claim about "most" cases holds when more checks hold than fail and
-    fails when more fail than hold."""
+    With `majority` (claims about "most" cases): among the decided sub-claims (not within
+    noise), more holding than failing -> holds, more failing -> does not hold, a tie -> mixed;
+    when fewer than a third of the sub-claims are decided -> within noise."""
     vs = [c.verdict for c in checks]
     if not vs:
         return NOISE
     n_h, n_f = vs.count(HOLDS), vs.count(FAILS)
     if majority:
-        return HOLDS if n_h > max(n_f, len(vs) - n_h - n_f) else FAILS if n_f > n_h else MIXED if n_h == n_f and n_h else NOISE
+        if 3 * (n_h + n_f) < len(vs):
+            return NOISE
+        return HOLDS if n_h > n_f else FAILS if n_f > n_h else MIXED
     if n_h == len(vs):
         return HOLDS
     if n_f == len(vs):

@@ -84,6 +84,9 @@ def test_check_verdicts_respect_noise():
     assert combine([hold, hold]) == HOLDS and combine([fail, fail]) == FAILS
     assert combine([hold, fail]) == MIXED
     assert combine([hold, hold, fail], majority=True) == HOLDS
+    noise = Check("x", 1, 1, "<", 1)
+    assert combine([hold, noise, noise, noise], majority=True) == NOISE
+    assert combine([hold, fail, noise], majority=True) == MIXED
 
 
 def test_save_figure_is_byte_stable(tmp_path):

@@ -1,0 +1,241 @@
+"""The paper's findings F0-F8 (shared/paper/README.md) judged from a run's own numbers.
+
+Each finding is a set of numeric sub-claims (`report.Check`): a relative drop against a
+threshold, or a difference between two methods against zero, each with its standard error.
+A sub-claim holds or fails only beyond NOISE_Z standard errors; otherwise it is within noise.
+Claims about "most" cases use a majority over their sub-claims. The verdict and the numbers
+that decide it are written to tables/findings.md.
+
+Thresholds: "near-lossless" = relative drop below 4 % (the paper calls 4-bit near-lossless
+with drops up to ~3.5 %, i.e. negligible or moderate); "significant" = drop above 4 %;
+"collapse" = accuracy below 10 % of full precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .report import FP_RECIPE, Check, combine, fmt, mean_se, parse_recipe, rel_drop
+
+NEAR_LOSSLESS = 4.0
+SIGNIFICANT = 4.0
+COLLAPSE_PCT_OF_FP = 10.0
+
+
+@dataclass
+class Finding:
+    key: str
+    claim: str
+    checks: list[Check] = field(default_factory=list)
+    majority: bool = False
+    verdict_override: str | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.verdict_override:
+            return self.verdict_override
+        return combine(self.checks, majority=self.majority) if self.checks else "not measured"
+
+
+class Numbers:
+    """Category averages (percent, with se) and relative drops, from the tidy results frame."""
+
+    def __init__(self, df: pd.DataFrame, categories: Mapping[str, str]):
+        self.df = df[df["task"].isin(categories)]
+        self.categories = categories
+        self._avg: dict[tuple[str, str, str], tuple[float, float]] = {}
+        for (model, recipe), g in self.df.groupby(["model", "recipe"]):
+            for cat in sorted(set(categories.values())):
+                sub = g[g["task"].map(categories) == cat]
+                n_tasks = sum(1 for c in categories.values() if c == cat)
+                if len(sub) == n_tasks and n_tasks:
+                    self._avg[(model, recipe, cat)] = mean_se(
+                        list(100 * sub["value"]), list(100 * sub["stderr"]))
+
+    def avg(self, model: str, recipe: str, cat: str) -> tuple[float, float] | None:
+        return self._avg.get((model, recipe, cat))
+
+    def drop(self, model: str, recipe: str, cat: str) -> tuple[float, float] | None:
+        q, fp = self.avg(model, recipe, cat), self.avg(model, FP_RECIPE, cat)
+        return rel_drop(*q, *fp) if q and fp else None
+
+    def recipes(self, model: str) -> list[str]:
+        return sorted({r for (m, r, _c) in self._avg if m == model and r != FP_RECIPE})
+
+    def cats(self) -> list[str]:
+        return sorted(set(self.categories.values()))
+
+
+def _drop_check(n: Numbers, model: str, recipe: str, cat: str, op: str, thr: float) -> Check | None:
+    d = n.drop(model, recipe, cat)
+    return None if d is None else Check(f"{model} {recipe} {cat} drop %", d[0], d[1], op, thr)
+
+
+def _diff_check(n: Numbers, model: str, r1: str, r2: str, cat: str) -> Check | None:
+    """accuracy(r1) - accuracy(r2) > 0 (points)."""
+    a, b = n.avg(model, r1, cat), n.avg(model, r2, cat)
+    if not a or not b:
+        return None
+    return Check(f"{model} {cat}: {r1} - {r2} (points)", a[0] - b[0], math.hypot(a[1], b[1]), ">", 0.0)
+
+
+def _keep(checks) -> list[Check]:
+    return [c for c in checks if c is not None]
+
+
+def _with(recipes: Sequence[str], *, method: str | None = None, wbits: int | None = None,
+          abits: int | None = None) -> list[str]:
+    out = []
+    for r in recipes:
+        i = parse_recipe(r)
+        if (method is None or i.method == method) and (wbits is None or i.wbits == wbits) and (
+                abits is None or i.abits == abits):
+            out.append(r)
+    return out
+
+
+def judge(
+    df: pd.DataFrame,
+    categories: Mapping[str, str],
+    roles: Mapping[str, str],
+    outliers: pd.DataFrame | None = None,
+) -> list[Finding]:
+    """roles: {"llada_base", "llada_instruct", "dream_base", "ar"} -> model name (any subset).
+    outliers: rows (model, kind, peak_to_median, massive_token_spread) for F0."""
+    n = Numbers(df, categories)
+    llada = [roles[k] for k in ("llada_base", "llada_instruct") if k in roles]
+    dream = roles.get("dream_base")
+    found: list[Finding] = []
+
+    f0 = Finding("F0", "Massive outliers sit at the FFN down-projection input; in a dLLM they "
+                 "spread over more tokens than in its autoregressive counterpart")
+    if outliers is not None and len(outliers):
+        for model, g in outliers.groupby("model"):
+            down = g[g["kind"] == "down"]["peak_to_median"].max()
+            other = g[g["kind"] != "down"]["peak_to_median"].max()
+            f0.checks.append(Check(f"{model}: down peak/median minus others' max", down - other, 0.0, ">", 0.0))
+        if dream in set(outliers["model"]) and roles.get("ar") in set(outliers["model"]):
+            sd = outliers[(outliers.model == dream) & (outliers.kind == "down")]["massive_token_spread"].mean()
+            sa = outliers[(outliers.model == roles["ar"]) & (outliers.kind == "down")]["massive_token_spread"].mean()
+            f0.checks.append(Check(f"token spread of massive outliers, {dream} - {roles['ar']}", sd - sa, 0.0, ">", 0.0))
+    found.append(f0)
+
+    f1 = Finding("F1", "Weight-only: 4-bit near-lossless on QA and math; 3-bit drops significantly, most on math and code")
+    for m in llada:
+        wo = [r for r in n.recipes(m) if parse_recipe(r).weight_only and parse_recipe(r).method != "RTN"]
+        for r in _with(wo, wbits=4):
+            f1.checks += _keep(_drop_check(n, m, r, c, "<", NEAR_LOSSLESS) for c in ("qa", "math"))
+        for r in _with(wo, wbits=3):
+            f1.checks += _keep(_drop_check(n, m, r, c, ">", SIGNIFICANT) for c in ("math", "code"))
+    found.append(f1)
+
+    f2 = Finding("F2", "Weight-activation: W8A8 near-lossless for every method; W4A4 drops significantly in most cases")
+    f2b = []
+    for m in llada:
+        wa = [r for r in n.recipes(m) if not parse_recipe(r).weight_only and parse_recipe(r).method != "RTN"]
+        for r in _with(wa, wbits=8, abits=8):
+            f2.checks += _keep(_drop_check(n, m, r, c, "<", NEAR_LOSSLESS) for c in n.cats())
+        for r in _with(wa, wbits=4, abits=4):
+            f2b += _keep(_drop_check(n, m, r, c, ">", SIGNIFICANT) for c in n.cats())
+    if f2b:
+        w4 = combine(f2b, majority=True)
+        w8 = combine(f2.checks) if f2.checks else w4
+        f2.checks += f2b
+        f2.verdict_override = w8 if w8 == w4 else "mixed"
+    found.append(f2)
+
+    f3 = Finding("F3", "GPTQ beats AWQ in most cases; AWQ holds up better on 3-bit code", majority=True)
+    f3_awq = []
+    for m in llada + ([dream] if dream else []):
+        for bits in (4, 3):
+            g, a = _with(n.recipes(m), method="GPTQ", wbits=bits), _with(n.recipes(m), method="AWQ", wbits=bits)
+            if g and a:
+                f3.checks += _keep(_diff_check(n, m, g[0], a[0], c) for c in n.cats() if not (bits == 3 and c == "code"))
+                if bits == 3:
+                    f3_awq += _keep([_diff_check(n, m, a[0], g[0], "code")])
+    if f3_awq:
+        main, sub = combine(f3.checks, majority=True), combine(f3_awq, majority=True)
+        f3.checks += f3_awq
+        f3.verdict_override = main if main == sub else "mixed"
+    found.append(f3)
+
+    f4 = Finding("F4", "Rotation methods (QuaRot, DuQuant) beat SmoothQuant; SmoothQuant collapses at W4A4 on math and code", majority=True)
+    for m in llada:
+        for w, a in ((8, 8), (4, 4)):
+            sq = _with(n.recipes(m), method="SmoothQuant", wbits=w, abits=a)
+            for rot in ("QuaRot", "DuQuant"):
+                rr = _with(n.recipes(m), method=rot, wbits=w, abits=a)
+                if sq and rr:
+                    f4.checks += _keep(_diff_check(n, m, rr[0], sq[0], c) for c in n.cats())
+        sq4 = _with(n.recipes(m), method="SmoothQuant", wbits=4, abits=4)
+        for c in ("math", "code"):
+            q, fp = (n.avg(m, sq4[0], c) if sq4 else None), n.avg(m, FP_RECIPE, c)
+            if q and fp and fp[0] > 0:
+                f4.checks.append(Check(f"{m} {sq4[0]} {c} accuracy as % of FP", 100 * q[0] / fp[0],
+                                       100 * q[1] / fp[0], "<", COLLAPSE_PCT_OF_FP))
+    found.append(f4)
+
+    f5 = Finding("F5", "DuQuant beats QuaRot in most settings", majority=True)
+    for m in llada:
+        for w, a in ((8, 8), (4, 4)):
+            d, q = _with(n.recipes(m), method="DuQuant", wbits=w, abits=a), _with(n.recipes(m), method="QuaRot", wbits=w, abits=a)
+            if d and q:
+                f5.checks += _keep(_diff_check(n, m, d[0], q[0], c) for c in n.cats())
+    found.append(f5)
+
+    f6 = Finding("F6", "Math and code degrade more than general QA", majority=True)
+    for m in llada:
+        for r in n.recipes(m):
+            dq = n.drop(m, r, "qa")
+            for c in ("math", "code"):
+                dc = n.drop(m, r, c)
+                if dq and dc:
+                    f6.checks.append(Check(f"{m} {r}: drop {c} - drop qa", dc[0] - dq[0], math.hypot(dc[1], dq[1]), ">", 0.0))
+    found.append(f6)
+
+    f7 = Finding("F7", "The instruct model is more robust than the base model", majority=True)
+    if "llada_base" in roles and "llada_instruct" in roles:
+        b, i = roles["llada_base"], roles["llada_instruct"]
+        for r in sorted(set(n.recipes(b)) & set(n.recipes(i))):
+            for c in n.cats():
+                db, di = n.drop(b, r, c), n.drop(i, r, c)
+                if db and di:
+                    f7.checks.append(Check(f"{r} {c}: drop base - drop instruct", db[0] - di[0], math.hypot(db[1], di[1]), ">", 0.0))
+    found.append(f7)
+
+    f8 = Finding("F8", "Dream: W4 near-lossless, W3 significant even on QA; GPTQ beats AWQ")
+    if dream:
+        wo = [r for r in n.recipes(dream) if parse_recipe(r).weight_only and parse_recipe(r).method != "RTN"]
+        f8.checks += _keep(_drop_check(n, dream, r, "qa", "<", NEAR_LOSSLESS) for r in _with(wo, wbits=4))
+        f8.checks += _keep(_drop_check(n, dream, r, "qa", ">", SIGNIFICANT) for r in _with(wo, wbits=3))
+        for bits in (4, 3):
+            g, a = _with(wo, method="GPTQ", wbits=bits), _with(wo, method="AWQ", wbits=bits)
+            if g and a:
+                f8.checks += _keep([_diff_check(n, dream, g[0], a[0], "qa")])
+    found.append(f8)
+    return found
+
+
+def findings_markdown(found: Sequence[Finding]) -> str:
+    lines = ["# Findings F0-F8, judged from this run's numbers", "",
+             "A sub-claim holds or fails only beyond 2 standard errors; otherwise it is within noise. "
+             "Claims about \"most\" cases use a majority of their sub-claims. Generated by "
+             "`dllmq.findings.judge`; thresholds in its docstring.", "",
+             "| finding | claim | verdict | sub-claims (holds / fails / noise) |", "|---|---|---|---|"]
+    for f in found:
+        vs = [c.verdict for c in f.checks]
+        lines.append(f"| {f.key} | {f.claim} | **{f.verdict}** | "
+                     f"{vs.count('holds')} / {vs.count('does not hold')} / {vs.count('within noise')} |")
+    lines.append("")
+    for f in found:
+        lines += [f"## {f.key}: {f.verdict}", "", f.claim, ""]
+        lines += [f"- {c.line()}" for c in f.checks] or ["- not measured in this run"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+__all__ = ["Finding", "Numbers", "findings_markdown", "fmt", "judge"]
