@@ -1,0 +1,89 @@
+"""Where text comes from: the data-directory setting and the calibration sources.
+
+- `data_dir()`: the local directory of benchmark/calibration files for offline machines:
+  the `DLLMQ_DATA_DIR` environment variable, else `<repo>/../shared/data/benchmarks` when that
+  exists, else None (then the Hugging Face Hub is used, as lm-eval and the paper do).
+- `calibration_text(source, ...)`: WikiText-2 (GPTQ, QuaRot, DuQuant, SmoothQuant in the paper),
+  Pile-val (AWQ), or the embedded corpus (the shipped tiny models). No silent fallback: if the
+  source is not available, the error says where to put the file.
+- `calibration_set(...)`: tokenised random windows (GPTQ's sampling) as a `quant.Calibration`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("wikitext2", "pileval", "embedded")
+
+
+class DataError(FileNotFoundError):
+    """Data that is not where dllmq was told to look; the message says where to put it."""
+
+
+def data_dir() -> Path | None:
+    env = os.environ.get("DLLMQ_DATA_DIR")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_dir():
+            raise DataError(f"DLLMQ_DATA_DIR={env} is not a directory; point it at the folder "
+                            "holding the benchmark files (see README)")
+        return p
+    sibling = REPO_ROOT.parent / "shared" / "data" / "benchmarks"
+    return sibling if sibling.is_dir() else None
+
+
+def _local(name: str) -> Path | None:
+    d = data_dir()
+    return d / name if d is not None and (d / name).is_file() else None
+
+
+def calibration_text(source: str, split: str = "train", seed: int = 0) -> str:
+    """The raw text of a calibration source, joined as the reference implementations join it."""
+    if source not in SOURCES:
+        raise ValueError(f"unknown calibration source {source!r}; choose one of {', '.join(SOURCES)}")
+    if source == "embedded":
+        from .tasks.corpus import build_corpus
+
+        return "\n\n".join(build_corpus(seed).pretrain_texts)
+    if source == "wikitext2":
+        local = _local(f"wikitext2_raw_{split}.txt")
+        if local is not None:
+            return "\n\n".join(line for line in local.read_text().splitlines() if line.strip())
+        if data_dir() is not None and split == "train":
+            raise DataError(f"{data_dir()} has no wikitext2_raw_train.txt (the paper calibrates on "
+                            "the train split); add it, or pass split='test' to use "
+                            "wikitext2_raw_test.txt knowingly")
+        return "\n\n".join(_hub_rows("wikitext", "wikitext-2-raw-v1", split, "text"))
+    local = _local("pile_val.jsonl")
+    if local is not None:
+        return "\n\n".join(json.loads(line)["text"] for line in local.read_text().splitlines()[:5000])
+    if data_dir() is not None:
+        raise DataError(f"{data_dir()} has no pile_val.jsonl (AWQ's calibration set, one "
+                        "{'text': ...} per line); add it or calibrate on wikitext2")
+    return "\n\n".join(_hub_rows("mit-han-lab/pile-val-backup", None, "validation", "text")[:5000])
+
+
+def _hub_rows(path: str, name: str | None, split: str, field: str) -> list[str]:
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(path, name, split=split)
+    except Exception as e:  # offline, missing dataset: one line naming the fix
+        raise DataError(f"could not load {path}{'/' + name if name else ''} ({split}) from the Hub "
+                        f"({type(e).__name__}); set DLLMQ_DATA_DIR to a folder with the file") from e
+    return [r[field] for r in ds if r[field].strip()]
+
+
+def calibration_set(tokenizer, source: str, nsamples: int, seqlen: int, seed: int = 0,
+                    split: str = "train", **calib_kw):
+    """`nsamples` random windows of `seqlen` tokens of the source (paper: 128 x 2048 WikiText-2)."""
+    import torch
+
+    from .quant.calib import Calibration
+
+    text = calibration_text(source, split=split, seed=seed)
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    return Calibration.from_token_stream(ids, nsamples, seqlen, seed=seed, **calib_kw)
