@@ -130,3 +130,44 @@ def stats_table(
                      "n_outlier_channels": s.n_outlier_channels, "outlier": s.kind_of_outlier,
                      "top_channels": list(s.top_channels)})
     return rows
+
+
+# ---- figures -----------------------------------------------------------------------------
+KIND_TITLES = {"q": "attention input (q/k/v)", "k": "k_proj input", "v": "v_proj input",
+               "o": "attention output (o input)", "gate": "FFN input (gate/up)",
+               "up": "FFN input (gate/up)", "down": "FFN down-projection input"}
+
+
+def _downsample(a: torch.Tensor, max_tokens: int, max_channels: int) -> torch.Tensor:
+    """(T, C) |x| -> at most (max_tokens, max_channels) by max-pooling, so peaks survive."""
+    T, C = a.shape
+    if T > max_tokens:
+        a = torch.nn.functional.adaptive_max_pool1d(a.T[None], max_tokens)[0].T
+    if C > max_channels:
+        a = torch.nn.functional.adaptive_max_pool1d(a[None], max_channels)[0]
+    return a
+
+
+def plot_activation_grid(acts: dict[tuple[int, str], torch.Tensor], panels: Sequence[tuple[int, str]],
+                         title: str, sample: int = 0, max_tokens: int = 64, max_channels: int = 256):
+    """One 3-D token x channel x |value| panel per (layer, kind), like the paper's Figure 1."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig = plt.figure(figsize=(4.2 * len(panels), 3.8))
+    for i, key in enumerate(panels):
+        a = _downsample(acts[key][sample], max_tokens, max_channels).numpy()  # (T, C)
+        T, C = a.shape
+        X, Y = np.meshgrid(np.arange(C), np.arange(T))
+        ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
+        ax.plot_surface(X, Y, a, cmap="coolwarm", linewidth=0, antialiased=False, rstride=1, cstride=1)
+        s = outlier_stats(acts[key][sample])
+        ax.set_title(f"({chr(97 + i)}) layer {key[0]}: {KIND_TITLES[key[1]]}\n"
+                     f"peak {s.peak:.1f}, peak/median {s.peak_to_median:.0f}x", fontsize=9)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("token")
+        ax.set_zlabel("|x|")
+        ax.view_init(elev=25, azim=-60)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
