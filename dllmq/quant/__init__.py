@@ -1,0 +1,28 @@
+"""Post-training quantization for dLLMs: primitives, one file per method, recipes as data.
+
+Entry point: `quantize_(model, recipe, calib)` (api.py). Importing this package registers the
+methods implemented here (RTN, GPTQ, AWQ); smoothquant/quarot/duquant register on import.
+"""
+
+from . import rtn
+from .api import METHODS, QuantSummary, block_linears, check_kinds, quantize_, register
+from .calib import BlockInputs, Calibration, mask_schedule, walk_blocks
+from .primitives import (
+    QuantResult,
+    QuantSpec,
+    dequantize,
+    fake_quant,
+    quant_params,
+    quantize,
+    quantize_weight,
+)
+from .qlinear import QLinear, as_qlinear
+from .recipes import RECIPES, get_recipe
+from .rtn import RTNConfig
+
+__all__ = [
+    "METHODS", "RECIPES", "BlockInputs", "Calibration", "QLinear", "QuantResult", "QuantSpec",
+    "QuantSummary", "RTNConfig", "as_qlinear", "block_linears", "check_kinds", "dequantize",
+    "fake_quant", "get_recipe", "mask_schedule", "quant_params", "quantize", "quantize_",
+    "quantize_weight", "register", "rtn", "walk_blocks",
+]
