@@ -60,6 +60,12 @@ class DLLMConfig:
         return self.hidden_size // self.num_heads
 
     @property
+    def rope_full_precision(self) -> bool:
+        """LLaDA rotates q/k in float32 (its config's `rope_full_precision`); Dream, like Qwen2,
+        in the model dtype."""
+        return self.model_type == "llada" and bool(self.extra.get("rope_full_precision", True))
+
+    @property
     def table_size(self) -> int:
         """Rows of the embedding / LM-head matrices."""
         return self.embedding_size or self.vocab_size
@@ -135,7 +141,8 @@ class DLLMConfig:
                 n_layers=self.num_layers, n_heads=self.num_heads, n_kv_heads=self.num_kv_heads,
                 max_sequence_length=self.max_position, include_qkv_bias=self.qkv_bias,
                 include_bias=False, weight_tying=self.tie_word_embeddings,
-                embedding_size=self.table_size, rope=True, rope_full_precision=True,
+                embedding_size=self.table_size, rope=True,
+                rope_full_precision=self.rope_full_precision,
                 block_type="llama", activation_type="silu", layer_norm_type="rms",
                 layer_norm_with_affine=True, alibi=False, scale_logits=False,
                 attention_layer_norm=False, input_emb_norm=False, flash_attention=False,

@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import DLLMConfig
-from .model import MODEL_CLASSES, DLLM, build_model
+from .model import DLLM, MODEL_CLASSES, build_model
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ def _shard_files(path: Path) -> list[Path]:
             raise LoadError(f"{path} is missing weight shard(s) {', '.join(missing)} listed in "
                             "model.safetensors.index.json; download them again")
         return [path / f for f in files]
+    if (path / "model.safetensors").is_file():  # the single-file layout; ignore other files
+        return [path / "model.safetensors"]
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise LoadError(f"{path} has no *.safetensors weights; convert .bin checkpoints with "
@@ -102,7 +104,7 @@ def load(
     state: dict[str, torch.Tensor] = {}
     for file in _shard_files(path):
         with safe_open(str(file), framework="pt", device=str(device)) as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                 if key not in expected:
                     raise LoadError(f"{file.name} holds unexpected weight {key!r} for a "
                                     f"{cfg.model_type} model; is config.json from the same checkpoint?")
@@ -154,6 +156,12 @@ def save_pretrained(model: DLLM, path: str | Path, max_shard_bytes: int = 5 * 2*
                                                     for v in state.values())},
                      "weight_map": weight_map})
     _write_json(path / "config.json", model.config.to_hf())
+    if model.config.model_type == "Dream":  # the official DreamModel.from_pretrained reads it
+        cfg = model.config
+        ids = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id,
+               "pad_token_id": cfg.pad_token_id, "mask_token_id": cfg.mask_token_id}
+        _write_json(path / "generation_config.json",
+                    {k: v for k, v in ids.items() if v is not None})
     return path
 
 

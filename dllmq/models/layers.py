@@ -1,7 +1,8 @@
 """Building blocks shared by LLaDA and Dream: RMSNorm, rotary embeddings, attention.
 
-Both official implementations compute RMSNorm and RoPE in float32 and cast back; we do the
-same so bf16 outputs match theirs, and fp32 outputs match to rounding.
+Both official implementations compute RMSNorm in float32 and cast back; LLaDA rotates q/k
+in float32 too, Dream (Qwen2) in the model dtype. We do the same, so bf16 outputs match each
+official model's and fp32 outputs match to rounding.
 """
 
 from __future__ import annotations
@@ -40,12 +41,19 @@ def rope_cos_sin(
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE (the convention of both LLaDA and Qwen2/Dream), computed in float32."""
-    x32 = x.float()
-    x1, x2 = x32.chunk(2, dim=-1)
+def apply_rope(
+    x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool = True
+) -> torch.Tensor:
+    """Rotate-half RoPE (the convention of both LLaDA and Qwen2/Dream).
+
+    full_precision: rotate in float32 and cast back (LLaDA, `rope_full_precision`); otherwise
+    cast cos/sin to x's dtype and rotate there (Dream/Qwen2), so bf16 matches each official model.
+    """
+    xr = x.float() if full_precision else x
+    cos, sin = cos.to(xr.dtype), sin.to(xr.dtype)
+    x1, x2 = xr.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+    return (xr * cos + rotated * sin).to(x.dtype)
 
 
 def key_padding_mask(attention_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -6,6 +6,13 @@ attention) under different names: LLaDA keeps everything flat inside a block
 adds q/k/v biases and grouped-query attention, and predicts token i+1 at position i.
 One `Block` computes both; `LLaDABlock`/`DreamBlock` only place its parameters under the
 official names, so `state_dict()` keys equal the official checkpoint's.
+
+Where we differ from the official code: the official LLaDA ignores `attention_mask` (its SDPA
+call passes `attn_mask=None`, modeling_llada.py `LLaDABlock.attention`) and always uses positions
+0..L-1, so in a padded batch its real tokens attend to pads. Here pad keys are masked and
+`position_ids` are honoured for both architectures, so a padded batch gives each sequence's own
+logits. On unpadded input (all the official pipelines use) the logits are the official ones;
+tests/fixtures/models/README.md records the check.
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ def _attend(
     k = blk.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
     v = blk.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
     cos, sin = rope
-    q = blk.q_hook(apply_rope(q, cos, sin))
-    k = blk.k_hook(apply_rope(k, cos, sin))
+    q = blk.q_hook(apply_rope(q, cos, sin, cfg.rope_full_precision))
+    k = blk.k_hook(apply_rope(k, cos, sin, cfg.rope_full_precision))
     v = blk.v_hook(v)
     out = attention(q, k, v, bias, causal=cfg.causal)  # (B, H, L, D)
     return out.transpose(1, 2).reshape(B, L, H * D)  # (B, L, C)
@@ -126,7 +133,7 @@ class DLLM(nn.Module):
 
     def _run(self, input_ids, attention_mask, position_ids, wte, blocks, norm, head):
         B, L = input_ids.shape
-        if L > self.config.max_position:
+        if self.config.max_position < L:
             raise ValueError(
                 f"sequence of {L} tokens exceeds the model's context of {self.config.max_position}; "
                 "shorten the prompt or the generation length"

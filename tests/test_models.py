@@ -1,0 +1,202 @@
+"""dllmq's LLaDA and Dream against the official model code, plus our own invariances and errors.
+
+The reference logits in tests/fixtures/models/ come from the official modeling files
+(tools/reference_fixtures_models.py; see tests/fixtures/models/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from dllmq.models import ConfigError, LoadError, load, save_pretrained
+from safetensors.torch import load_file, save_file
+
+FIXTURES = Path(__file__).parent / "fixtures" / "models"
+ARCHS = ("llada", "dream")
+
+
+def reference(name: str) -> dict[str, torch.Tensor]:
+    return load_file(str(FIXTURES / name / "reference.safetensors"))
+
+
+def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting real tokens only (Dream's tok_idx; pads get 1, as there)."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch(request):
+    return request.param, load(FIXTURES / request.param, device="cpu", dtype=torch.float32)
+
+
+# ---- equivalence with the official code ------------------------------------------------
+@torch.no_grad()
+def test_logits_equal_official(arch):
+    name, model = arch
+    ref = reference(name)
+    logits = model(ref["input_ids"])
+    assert logits.shape == ref["logits"].shape
+    torch.testing.assert_close(logits, ref["logits"], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_dream_left_padded_batch_equals_official_on_real_tokens():
+    model = load(FIXTURES / "dream", device="cpu", dtype=torch.float32)
+    ref = reference("dream")
+    mask = ref["padded_attention_mask"]
+    assert (mask == 0).any(), "the fixture must contain padding"
+    logits = model(ref["padded_input_ids"], attention_mask=mask,
+                   position_ids=ref["padded_position_ids"])
+    real = mask.bool()
+    torch.testing.assert_close(logits[real], ref["padded_logits"][real], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_denoise_logits_alignment(arch):
+    name, model = arch
+    ids = reference(name)["input_ids"]
+    out, den = model(ids), model.denoise_logits(ids)
+    if name == "dream":  # official position i predicts token i+1; denoise position i predicts i
+        assert torch.equal(den[:, 1:], out[:, :-1])
+        assert torch.equal(den[:, 0], out[:, 0])
+    else:
+        assert torch.equal(den, out)
+
+
+# ---- I/O -------------------------------------------------------------------------------
+@torch.no_grad()
+@pytest.mark.parametrize("shard_bytes", [5 * 2**30, 40_000])
+def test_save_load_round_trip(arch, tmp_path, shard_bytes):
+    name, model = arch
+    save_pretrained(model, tmp_path, max_shard_bytes=shard_bytes)
+    sharded = (tmp_path / "model.safetensors.index.json").is_file()
+    assert sharded == (shard_bytes < 5 * 2**30)
+    back = load(tmp_path, device="cpu", dtype=torch.float32)
+    assert type(back) is type(model)
+    assert back.config.replace(extra={}) == model.config.replace(extra={})
+    sd, sd_back = model.state_dict(), back.state_dict()
+    assert sd.keys() == sd_back.keys()
+    assert all(torch.equal(sd[k], sd_back[k]) for k in sd)
+    ids = reference(name)["input_ids"]
+    assert torch.equal(back(ids), model(ids))
+
+
+@torch.no_grad()
+def test_bf16_forward_close_to_fp32(arch):
+    name, model32 = arch
+    model16 = load(FIXTURES / name, device="cpu", dtype=torch.bfloat16)
+    ids = reference(name)["input_ids"]
+    l32, l16 = model32(ids), model16(ids)
+    assert l16.dtype == torch.bfloat16
+    # bf16 keeps 8 mantissa bits (relative step 2^-8); two blocks and a head of error
+    # stay within a few steps of the largest logit (~4.5 here)
+    scale = l32.abs().max()
+    assert (l16.float() - l32).abs().max() < 8 * 2**-8 * scale
+    assert (l16.float().argmax(-1) == l32.argmax(-1)).float().mean() > 0.9
+
+
+# ---- padding invariance (ours: masked keys + positions counted over real tokens) -----------
+@torch.no_grad()
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batch_equals_each_sequence_alone(arch, side):
+    name, model = arch
+    ids = reference(name)["input_ids"]
+    L, pad = ids.shape[1], model.config.pad_token_id
+    lengths = (L, 9)  # one full row, one padded
+    batch = torch.full((len(lengths), L), pad, dtype=torch.long)
+    mask = torch.zeros(len(lengths), L, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        span = slice(L - n, L) if side == "left" else slice(0, n)
+        batch[b, span], mask[b, span] = ids[b, :n], 1
+    logits = model(batch, attention_mask=mask, position_ids=positions_from_mask(mask))
+    for b, n in enumerate(lengths):
+        alone = model(ids[b: b + 1, :n])[0]
+        torch.testing.assert_close(logits[b][mask[b].bool()], alone, atol=1e-5, rtol=0)
+
+
+# ---- bad input: one line that names the fix --------------------------------------------
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    msg = str(exc.value)
+    assert "\n" not in msg and msg
+    return msg
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    def copy(name: str) -> Path:
+        dst = tmp_path / name
+        shutil.copytree(FIXTURES / name, dst)
+        (dst / "reference.safetensors").unlink()
+        return dst
+    return copy
+
+
+def test_error_directory_without_config(tmp_path):
+    with pytest.raises(LoadError) as e:
+        load(tmp_path)
+    assert "no config.json" in _one_line(e)
+
+
+def test_error_unknown_model_type(ckpt):
+    d = ckpt("llada")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(ConfigError) as e:
+        load(d)
+    msg = _one_line(e)
+    assert "'llama'" in msg and "llada" in msg and "Dream" in msg
+
+
+def test_error_missing_shard(arch, tmp_path):
+    _, model = arch
+    save_pretrained(model, tmp_path, max_shard_bytes=40_000)
+    shard = sorted(tmp_path.glob("model-*.safetensors"))[-1]
+    shard.unlink()
+    with pytest.raises(LoadError) as e:
+        load(tmp_path)
+    msg = _one_line(e)
+    assert shard.name in msg and "index" in msg
+
+
+def test_error_shape_mismatch(ckpt):
+    d = ckpt("llada")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "mlp_hidden_size": 48}))
+    with pytest.raises(LoadError) as e:
+        load(d)
+    msg = _one_line(e)
+    assert "has shape" in msg and "config.json implies" in msg and "48" in msg
+
+
+def test_error_unexpected_weight(ckpt):
+    d = ckpt("dream")
+    state = load_file(str(d / "model.safetensors"))
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(LoadError) as e:
+        load(d)
+    assert "rotary_emb.inv_freq" in _one_line(e)
+
+
+def test_error_missing_weight(ckpt):
+    d = ckpt("dream")
+    state = load_file(str(d / "model.safetensors"))
+    del state["lm_head.weight"]
+    save_file(state, str(d / "model.safetensors"))
+    with pytest.raises(LoadError) as e:
+        load(d)
+    assert "lacks 1 weight" in _one_line(e)
+
+
+def test_error_sequence_longer_than_context(arch):
+    _, model = arch
+    n = model.config.max_position + 1
+    with pytest.raises(ValueError) as e:
+        model(torch.zeros(1, n, dtype=torch.long))
+    msg = _one_line(e)
+    assert str(n) in msg and "shorten" in msg
