@@ -21,6 +21,7 @@ Arithmetic is float32 whatever the input dtype; results are cast back to the inp
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, replace
 
@@ -72,8 +73,7 @@ class QuantSpec:
         smaller but does not divide the row still raises.
         """
         if self.granularity == "group" and self.group_size > features:
-            log.info("group_size %d > %d features: using one group per row (per-channel)",
-                     self.group_size, features)
+            _log_clamp(self.group_size, features)
             return replace(self, group_size=features)
         self.group_len(features)
         return self
@@ -82,6 +82,13 @@ class QuantSpec:
         g = f"g{self.group_size}" if self.granularity == "group" else self.granularity
         clip = f" clip{self.clip_ratio:g}" if self.clip_ratio < 1 else ""
         return f"int{self.bits} {'sym' if self.sym else 'asym'} {g}{clip}"
+
+
+@functools.cache
+def _log_clamp(group_size: int, features: int) -> None:
+    """Log each (group_size, features) clamp once per process, not once per linear."""
+    log.info("group_size %d > %d features: using one group per row (per-channel)", group_size,
+             features)
 
 
 def _grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
