@@ -13,6 +13,16 @@ from typing import Any
 
 MODEL_TYPES = ("llada", "Dream")
 
+# Official config.json fields whose other values select code that dllmq does not implement
+# (checked when present; the released checkpoints all have these values).
+SUPPORTED_VALUES: dict[str, dict[str, Any]] = {
+    "llada": {"block_type": "llama", "rope": True, "alibi": False, "layer_norm_type": "rms",
+              "layer_norm_with_affine": True, "activation_type": "silu", "include_bias": False,
+              "scale_logits": False, "attention_layer_norm": False, "input_emb_norm": False,
+              "block_group_size": 1},
+    "Dream": {"hidden_act": "silu", "rope_scaling": None, "use_sliding_window": False},
+}
+
 
 class ConfigError(ValueError):
     """A config.json that dllmq cannot build a model from."""
@@ -74,6 +84,10 @@ class DLLMConfig:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> DLLMConfig:
         mt = d.get("model_type")
+        for key, value in SUPPORTED_VALUES.get(mt, {}).items():
+            if key in d and d[key] != value:
+                raise ConfigError(f"config.json sets {key}={d[key]!r}; dllmq implements {mt} only "
+                                  f"with {key}={value!r} (as in the released checkpoints)")
         if mt == "llada":
             return cls(
                 model_type="llada",
@@ -125,6 +139,7 @@ class DLLMConfig:
 
     def to_hf(self) -> dict[str, Any]:
         d = dict(self.extra)
+        d.pop("dllmq_causal", None)  # written below only when causal, so a flip is saved
         common = {"vocab_size": self.vocab_size, "rope_theta": self.rope_theta,
                   "rms_norm_eps": self.rms_norm_eps, "mask_token_id": self.mask_token_id,
                   "eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
