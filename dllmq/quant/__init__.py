@@ -4,8 +4,9 @@ Entry point: `quantize_(model, recipe, calib)` (api.py). Importing this package 
 methods implemented here (RTN, GPTQ, AWQ); smoothquant/quarot/duquant register on import.
 """
 
-from . import gptq, rtn
+from . import awq, gptq, rtn
 from .api import METHODS, QuantSummary, block_linears, check_kinds, quantize_, register
+from .awq import AWQConfig
 from .calib import BlockInputs, Calibration, mask_schedule, walk_blocks
 from .gptq import GPTQConfig, gptq_quantize
 from .primitives import (
@@ -22,8 +23,8 @@ from .recipes import RECIPES, get_recipe
 from .rtn import RTNConfig
 
 __all__ = [
-    "GPTQConfig", "METHODS", "RECIPES", "BlockInputs", "Calibration", "QLinear", "QuantResult", "QuantSpec",
-    "QuantSummary", "RTNConfig", "as_qlinear", "block_linears", "check_kinds", "dequantize",
+    "AWQConfig", "GPTQConfig", "METHODS", "RECIPES", "BlockInputs", "Calibration", "QLinear", "QuantResult", "QuantSpec",
+    "QuantSummary", "RTNConfig", "as_qlinear", "awq", "block_linears", "check_kinds", "dequantize",
     "fake_quant", "get_recipe", "gptq", "gptq_quantize", "mask_schedule", "quant_params", "quantize", "quantize_",
     "quantize_weight", "register", "rtn", "walk_blocks",
 ]

@@ -230,10 +230,15 @@ class BlockInputs:
 
 
 def walk_blocks(model: nn.Module, calib: Calibration,
-                step: Callable[[int, nn.Module, BlockInputs], None], desc: str) -> None:
+                step: Callable[[int, nn.Module, BlockInputs], list[torch.Tensor] | None],
+                desc: str) -> None:
     """GPTQ's sequential scheme: step(i, block, inputs) quantizes block i in place, then the
-    inputs advance through the quantized block."""
+    inputs advance through the quantized block. A step may instead return the next block's
+    inputs itself (AWQ, as llm-awq, passes on the float block's outputs)."""
     inputs = BlockInputs.capture(model, calib)
     for i, block in enumerate(tqdm(model.blocks, desc=desc, disable=not calib.progress)):
-        step(i, block, inputs)
-        inputs.advance(block)
+        nxt = step(i, block, inputs)
+        if nxt is None:
+            inputs.advance(block)
+        else:
+            inputs.xs = nxt

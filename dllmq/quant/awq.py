@@ -1,0 +1,302 @@
+"""AWQ (Lin et al. 2024): protect salient input channels by scaling them up before weight
+quantization, the scale folded into the operation that produces the input.
+
+For a group of linears sharing an input X (C channels) and the op `prev` producing X:
+    s = mean|X|^r / sqrt(max * min),  r in {0, 1/n_grid, ..., (n_grid-1)/n_grid}
+    W' = Q(W diag(s)) diag(s)^-1   (evaluated),   r* = argmin || f(X; W) - f(X; W') ||^2
+then prev's output is divided by s and the linears' columns multiplied by s (exact in float),
+and each weight's clipping range is searched per group (max shrink 0.5 over n_grid steps).
+
+Follows mit-han-lab/llm-awq `awq/quantize/auto_scale.py` (`_search_module_scale`, scale
+groups, `apply_scale`) and `auto_clip.py` (`auto_clip_layer`, q/k skipped). The scale groups
+come from the ArchSpec, identical for LLaDA and Dream:
+    attn_norm -> q, k, v   objective: attention output (o's output), from the block input
+    v -> o                 only when v and o weights have the same shape (no GQA); Dream's
+                           GQA makes v narrower than o's input, so this group is skipped as
+                           llm-awq does for GQA models (llm-awq PR #67)
+    mlp_norm -> gate, up   objective: the SwiGLU MLP output
+    up -> down             objective: down's output
+Where we differ:
+- the quantizer is Eq. 1 with the range widened to contain 0 (dllmq's one convention,
+  shared with GPTQ and compressed-tensors); llm-awq's pseudo_quantize uses the raw min/max;
+- the authors' LLaDA branch (FelixMessi/QDLM llm-awq) inspects the *whole block* fed with the
+  *normed* input for the q/k/v and gate/up groups (a block applied to an already normed
+  input, MLP included); here the objective is the sub-layer output, as llm-awq does for Llama;
+- like llm-awq, the next block sees the float outputs of this block (the search runs on the
+  float model); `sequential=True` feeds it the quantized block's outputs instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dllmq.models import LINEAR_KINDS, get_module
+
+from .api import check_kinds, register
+from .calib import BlockInputs, Calibration, walk_blocks
+from .primitives import QuantSpec, fake_quant, quantize_weight
+from .qlinear import as_qlinear
+
+log = logging.getLogger(__name__)
+
+
+# ---- the math ---------------------------------------------------------------------------------
+def act_scale(x: torch.Tensor) -> torch.Tensor:
+    """mean |x| per input channel: (T, C) -> (C,) float32 (llm-awq `get_act_scale`)."""
+    return x.abs().reshape(-1, x.shape[-1]).float().mean(0)
+
+
+def candidate_scales(x_mean: torch.Tensor, ratio: float) -> torch.Tensor:
+    s = x_mean.pow(ratio).clamp(min=1e-4)
+    return s / (s.max() * s.min()).sqrt()
+
+
+@torch.no_grad()
+def search_scales(
+    x_mean: torch.Tensor,
+    weights: Sequence[torch.Tensor],
+    loss_fn: Callable[[list[torch.Tensor]], float],
+    spec: QuantSpec,
+    n_grid: int = 20,
+) -> tuple[torch.Tensor, list[float]]:
+    """Grid search of the AWQ scale exponent. `loss_fn(ws)` returns the objective when the
+    linears use weights `ws` (same order as `weights`). Returns (best scales (C,), losses per
+    grid point); grid point 0 is scale 1, so losses[argmin] <= losses[0] always."""
+    losses: list[float] = []
+    best, best_s = float("inf"), None
+    for i in range(n_grid):
+        s = candidate_scales(x_mean, i / n_grid)
+        ws = [(fake_quant(w * s.to(w.dtype), spec.for_features(w.shape[1])) / s.to(w.dtype))
+              for w in weights]
+        loss = loss_fn(ws)
+        losses.append(loss)
+        if loss < best:
+            best, best_s = loss, s
+    if best_s is None:
+        raise FloatingPointError(f"AWQ scale search found no finite loss (losses {losses}); "
+                                 "check the calibration inputs for NaN/inf")
+    return best_s, losses
+
+
+@torch.no_grad()
+def search_clip(
+    w: torch.Tensor,
+    x: torch.Tensor,
+    spec: QuantSpec,
+    n_grid: int = 20,
+    max_shrink: float = 0.5,
+    n_sample_token: int = 512,
+    rows_per_batch: int = 256,
+) -> torch.Tensor:
+    """Per (row, group) clipping threshold minimising the group-wise output error
+    || x_g w_g - x_g Q(clamp(w_g, -m, m)) ||^2 over m = absmax * (1 - i / n_grid),
+    i < max_shrink * n_grid (llm-awq `auto_clip_layer`). w (out, in), x (T, in) -> (out, G)."""
+    spec = spec.for_features(w.shape[1])
+    g = spec.group_len(w.shape[1]) if spec.granularity == "group" else w.shape[1]
+    out_f, in_f = w.shape
+    x = x.reshape(-1, in_f)
+    x = x[0::max(1, x.shape[0] // n_sample_token)]  # (n, in)
+    xg = x.reshape(1, x.shape[0], in_f // g, g).to(w.dtype)  # (1, n, G, g)
+    best_all = []
+    for r0 in range(0, out_f, rows_per_batch):
+        wb = w[r0:r0 + rows_per_batch].reshape(-1, 1, in_f // g, g)  # (o, 1, G, g)
+        org_max = wb.abs().amax(dim=-1, keepdim=True)  # (o, 1, G, 1)
+        best_max = org_max.clone()
+        min_err = torch.full_like(org_max, float("inf"), dtype=torch.float32)
+        org_out = (xg * wb).sum(-1)  # (o, n, G)
+        for i in range(int(max_shrink * n_grid)):
+            m = org_max * (1 - i / n_grid)
+            cur = torch.clamp(wb, -m, m)
+            q = fake_quant(cur.reshape(-1, in_f), spec).reshape(cur.shape)
+            err = ((xg * q).sum(-1) - org_out).float().pow(2).mean(1).reshape(min_err.shape)
+            better = err < min_err
+            min_err[better] = err[better]
+            best_max[better] = m[better]
+        best_all.append(best_max.reshape(-1, in_f // g))
+    return torch.cat(best_all)  # (out, G)
+
+
+def apply_clip(w: torch.Tensor, max_val: torch.Tensor) -> torch.Tensor:
+    """Clamp each (row, group) of w (out, in) to +-max_val (out, G)."""
+    G = max_val.shape[1]
+    wg = w.reshape(w.shape[0], G, -1)
+    m = max_val[..., None].to(w.dtype)
+    return torch.clamp(wg, -m, m).reshape(w.shape)
+
+
+# ---- wiring -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AWQConfig:
+    """weight: the weight spec (paper: int4/int3 asym g128); n_grid: scale grid points
+    (llm-awq 20); clip: run the clipping search (llm-awq: on, q/k skipped); sequential: feed
+    the next block the quantized block's outputs (llm-awq: False, float outputs)."""
+
+    weight: QuantSpec = QuantSpec(4, sym=False, granularity="group", group_size=128)
+    n_grid: int = 20
+    clip: bool = True
+    clip_grid: int = 20
+    max_shrink: float = 0.5
+    clip_tokens: int = 512
+    sequential: bool = False
+    kinds: tuple[str, ...] = LINEAR_KINDS
+    needs_calibration: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_kinds(self.kinds)
+        if self.n_grid < 1 or self.clip_grid < 1:
+            raise ValueError("n_grid and clip_grid must be >= 1 (llm-awq: 20)")
+        if not 0 <= self.max_shrink < 1:
+            raise ValueError(f"max_shrink={self.max_shrink} must lie in [0, 1) (llm-awq: 0.5)")
+        if self.weight.granularity not in ("group", "channel"):
+            raise ValueError("AWQ weight granularity must be 'group' or 'channel'")
+
+
+class _Stop(Exception):
+    pass
+
+
+def _probe(block: nn.Module, inputs: BlockInputs, path: str) -> list[torch.Tensor]:
+    """Output of the module at `path` when the block runs on the stored inputs; the forward
+    stops there (nothing after it is computed)."""
+    outs: list[torch.Tensor] = []
+
+    def grab(_m, _a, out):
+        outs.append(out)
+        raise _Stop
+
+    h = get_module(block, path).register_forward_hook(grab)
+    try:
+        for i, x in enumerate(inputs.xs):
+            with contextlib.suppress(_Stop):
+                block(x, *inputs.block_kwargs(i))
+    finally:
+        h.remove()
+    return outs
+
+
+def _swiglu(block: nn.Module, spec, h: torch.Tensor) -> torch.Tensor:
+    gate, up, down = (get_module(block, spec.linear_name(k)) for k in ("gate", "up", "down"))
+    return down(F.silu(gate(h)) * up(h))
+
+
+def _mse(a: list[torch.Tensor] | torch.Tensor, b: list[torch.Tensor] | torch.Tensor) -> float:
+    if isinstance(a, torch.Tensor):
+        return float((a - b).float().pow(2).mean())
+    num = sum(float((x - y).float().pow(2).sum()) for x, y in zip(a, b, strict=True))
+    return num / sum(x.numel() for x in a)
+
+
+def _with_weights(mods: list[nn.Module], ws: list[torch.Tensor], fn: Callable[[], object]):
+    saved = [m.weight.data for m in mods]
+    try:
+        for m, w in zip(mods, ws, strict=True):
+            m.weight.data = w
+        return fn()
+    finally:
+        for m, w in zip(mods, saved, strict=True):
+            m.weight.data = w
+
+
+@torch.no_grad()
+def _fold_into_norm(norm: nn.Module, mods: list[nn.Module], s: torch.Tensor) -> None:
+    norm.weight.div_(s.to(norm.weight.dtype))
+    for m in mods:
+        m.weight.mul_(s.to(m.weight.dtype)[None, :])
+
+
+@torch.no_grad()
+def _fold_into_linear(prev: nn.Module, mods: list[nn.Module], s: torch.Tensor) -> None:
+    prev.weight.div_(s.to(prev.weight.dtype)[:, None])
+    if prev.bias is not None:
+        prev.bias.div_(s.to(prev.bias.dtype))
+    for m in mods:
+        m.weight.mul_(s.to(m.weight.dtype)[None, :])
+
+
+@torch.no_grad()
+def awq_block(block: nn.Module, inputs: BlockInputs, arch, cfg: AWQConfig) -> dict[str, float]:
+    """Scale search + folding, clipping search, then RTN of every selected linear of one block.
+    Returns the best/scale-1 loss ratio per scale group (for logging and tests)."""
+    name = arch.linear_name
+    lin = {k: get_module(block, name(k)) for k in LINEAR_KINDS}
+    for k, m in lin.items():
+        if getattr(m, "input_transform", None) is not None or getattr(m, "weight_spec", None):
+            raise ValueError(f"AWQ needs plain float linears; {name(k)!r} already carries a "
+                             "transform or quantized weights (put AWQ first in the recipe)")
+    feats = inputs.collect(block, [name("q"), name("o"), name("gate"), name("down")])
+    x_attn, x_o, x_mlp, x_down = (feats[name(k)] for k in ("q", "o", "gate", "down"))
+    spec = cfg.weight
+    report: dict[str, float] = {}
+
+    def search(key: str, mods: list[nn.Module], x: torch.Tensor, loss_fn) -> torch.Tensor:
+        s, losses = search_scales(act_scale(x), [m.weight.data for m in mods], loss_fn, spec,
+                                  cfg.n_grid)
+        report[key] = min(losses) / losses[0] if losses[0] > 0 else 1.0
+        return s.to(x.device)
+
+    # attn_norm -> q, k, v ; objective: attention output given the block input
+    qkv = [k for k in ("q", "k", "v") if k in cfg.kinds]
+    if qkv:
+        mods = [lin[k] for k in qkv]
+        ref = _probe(block, inputs, name("o"))
+        s = search("qkv", mods, x_attn,
+                   lambda ws: _with_weights(mods, ws, lambda: _mse(_probe(block, inputs, name("o")), ref)))
+        _fold_into_norm(get_module(block, arch.attn_norm), mods, s)
+        x_attn = x_attn / s.to(x_attn.dtype)
+    # v -> o, only when v's output is o's input one to one (no grouped-query attention)
+    if "o" in cfg.kinds and lin["v"].weight.shape == lin["o"].weight.shape:
+        o = lin["o"]
+        ref = o(x_o)
+        s = search("o", [o], x_o, lambda ws: _mse(F.linear(x_o, ws[0], o.bias), ref))
+        _fold_into_linear(lin["v"], [o], s)
+        x_o = x_o / s.to(x_o.dtype)
+    # mlp_norm -> gate, up ; objective: MLP output
+    gu = [k for k in ("gate", "up") if k in cfg.kinds]
+    if gu:
+        mods = [lin[k] for k in gu]
+        ref = _swiglu(block, arch, x_mlp)
+        s = search("gate_up", mods, x_mlp,
+                   lambda ws: _with_weights(mods, ws, lambda: _mse(_swiglu(block, arch, x_mlp), ref)))
+        _fold_into_norm(get_module(block, arch.mlp_norm), mods, s)
+        x_mlp = x_mlp / s.to(x_mlp.dtype)
+    # up -> down
+    if "down" in cfg.kinds:
+        d = lin["down"]
+        ref = d(x_down)
+        s = search("down", [d], x_down, lambda ws: _mse(F.linear(x_down, ws[0], d.bias), ref))
+        _fold_into_linear(lin["up"], [d], s)
+        x_down = x_down / s.to(x_down.dtype)
+
+    x_of = {"q": x_attn, "k": x_attn, "v": x_attn, "o": x_o, "gate": x_mlp, "up": x_mlp,
+            "down": x_down}
+    for k in cfg.kinds:
+        w = lin[k].weight.data
+        if cfg.clip and k not in ("q", "k"):  # llm-awq skips q/k: their error hits the scores
+            w = apply_clip(w, search_clip(w, x_of[k], spec, cfg.clip_grid, cfg.max_shrink,
+                                          cfg.clip_tokens))
+        q = as_qlinear(block, name(k))
+        q.set_weight(quantize_weight(w, spec.for_features(w.shape[1])), "awq")
+    return report
+
+
+@register(AWQConfig)
+def apply_awq(model: nn.Module, cfg: AWQConfig, calib: Calibration | None) -> None:
+    if calib is None:
+        raise ValueError("AWQ needs calibration data; pass calib=Calibration(...)")
+    arch = model.spec
+
+    def step(i: int, block: nn.Module, inputs: BlockInputs):
+        fp_out = None if cfg.sequential else inputs.outputs(block)
+        report = awq_block(block, inputs, arch, cfg)
+        log.debug("AWQ block %d: best/scale-1 loss %s", i, report)
+        return fp_out
+
+    walk_blocks(model, calib, step, desc=f"AWQ {cfg.weight.describe()}")
