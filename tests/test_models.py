@@ -200,3 +200,17 @@ def test_error_sequence_longer_than_context(arch):
         model(torch.zeros(1, n, dtype=torch.long))
     msg = _one_line(e)
     assert str(n) in msg and "shorten" in msg
+
+
+@pytest.mark.parametrize("name,key,value", [
+    ("llada", "block_type", "sequential"), ("llada", "activation_type", "swiglu"),
+    ("llada", "include_bias", True), ("dream", "use_sliding_window", True),
+    ("dream", "rope_scaling", {"rope_type": "linear", "factor": 2.0}),
+])
+def test_error_unsupported_official_option(ckpt, name, key, value):
+    d = ckpt(name)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ConfigError) as e:
+        load(d)
+    assert f"{key}=" in _one_line(e)
