@@ -14,8 +14,10 @@ unquantized weight before act-order, as AutoGPTQ/gptqmodel do). Where we differ:
   launches (3 loops fewer per block);
 - a Hessian that is not positive definite after damping gets 10x the damping, with a log line,
   up to 6 times, instead of failing;
-- group parameters are taken, as upstream, from `W` at the group's first column; with
-  group_size a multiple of blocksize (the paper: 128/128) that is the fully updated weight.
+- group parameters are taken from the group's columns *as updated so far*; upstream reads
+  them from `W`, which misses the updates made inside the current lazy block when a group
+  starts mid-block. With group_size a multiple of blocksize (the paper: 128/128) both agree;
+  here the result never depends on blocksize.
 """
 
 from __future__ import annotations
@@ -168,7 +170,11 @@ def gptq_quantize(
             w = W1[:, i]  # (out,)
             d = Hinv1[i, i]
             if grouped and not static_groups and c % g == 0:
-                s, z = _col_params(W[:, c:c + g], spec)
+                # the group's columns as updated so far: in-block from W1, later ones from W
+                # (columns past the block still lack this block's pending updates: add them)
+                rest = W[:, i2:c + g] - Err1[:, :i] @ Hinv[i1:c, i2:c + g]
+                cols = torch.cat([W1[:, i:i + g], rest], 1)  # (out, g)
+                s, z = _col_params(cols, spec)
                 scales[:, c // g], zeros[:, c // g] = s[:, 0], z[:, 0]
             if grouped or scale is None:
                 j = int(col_group[c])
