@@ -27,12 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dllmq.models import DLLMConfig, tiny_config  # noqa: E402
 from dllmq.models.model import DLLM, MODEL_CLASSES  # noqa: E402
 
+SDPA_BACKENDS = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                 "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
 ANCHORS = {
     "forward_tokens_per_s": 30_000, "forward_fraction_of_peak": 0.59, "matmul_tflops": 773,
     "llada_generate_ms_per_step_b1": 44,
@@ -212,7 +215,8 @@ def _short(cfg) -> dict:
 
 
 def run(shapes: BenchShapes, device: torch.device, dtype: torch.dtype,
-        archs: dict[str, Callable[[], DLLMConfig]], sampler: bool) -> list[Row]:
+        archs: dict[str, Callable[[], DLLMConfig]], sampler: bool,
+        compile_model: bool = False) -> list[Row]:
     peak = matmul_tflops(shapes.matmul_n, device, dtype, shapes.iters)
     n = shapes.matmul_n
     rows = [Row("-", "matmul peak", f"{n}x{n}x{n}", peak, "TFLOP/s", str(dtype))]
@@ -223,6 +227,8 @@ def run(shapes: BenchShapes, device: torch.device, dtype: torch.dtype,
         model = random_model_on(cfg, device, dtype)
         sync(device)
         build_s = time.perf_counter() - t0
+        if compile_model:  # in place, so the sampler's model.denoise_logits runs compiled too
+            model.compile()
         params = sum(p.numel() for p in model.parameters())
         rows.append(Row(name, "build (random, on device)", f"{params / 1e6:,.1f}M params",
                         build_s, "s"))
@@ -284,6 +290,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap.add_argument("--no-sampler", action="store_true", help="skip the generate timings")
     ap.add_argument("--batch", type=int, help="forward batch (default 8)")
     ap.add_argument("--seq", type=int, help="forward sequence length (default 512)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model (warm-up calls absorb compilation)")
+    ap.add_argument("--sdpa", choices=["default", *SDPA_BACKENDS], default="default",
+                    help="restrict scaled_dot_product_attention to one backend")
     args = ap.parse_args(argv)
     if args.tiny:
         shapes, device, dtype = TINY, torch.device("cpu"), torch.float32
@@ -299,7 +309,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.arch != "both":
         archs = dict([list(archs.items())[args.arch == "dream"]])
     print(HEADER, flush=True)
-    rows = run(shapes, device, dtype, archs, sampler=not args.no_sampler)
+    backends = [SDPA_BACKENDS[args.sdpa]] if args.sdpa != "default" else list(SDPA_BACKENDS.values())
+    with sdpa_kernel(backends):
+        rows = run(shapes, device, dtype, archs, sampler=not args.no_sampler,
+                   compile_model=args.compile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(markdown(rows, device, dtype, args.tiny))
     print(f"wrote {args.out}")
