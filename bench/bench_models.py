@@ -23,6 +23,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,8 +310,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
     if args.arch != "both":
         archs = dict([list(archs.items())[args.arch == "dream"]])
     print(HEADER, flush=True)
-    backends = [SDPA_BACKENDS[args.sdpa]] if args.sdpa != "default" else list(SDPA_BACKENDS.values())
-    with sdpa_kernel(backends):
+    # "default" leaves torch's own backend choice alone (listing all would also enable cuDNN)
+    only = sdpa_kernel([SDPA_BACKENDS[args.sdpa]]) if args.sdpa != "default" else nullcontext()
+    with only:
         rows = run(shapes, device, dtype, archs, sampler=not args.no_sampler,
                    compile_model=args.compile)
     args.out.parent.mkdir(parents=True, exist_ok=True)
