@@ -715,9 +715,11 @@ def train_preset(
     command: str = "",
     keep_checkpoints: bool = False,
     stats_batches: int = 4,
+    commit: str | None = None,
 ) -> Path:
     """Train one preset into `out/<name>/`: weights (bf16), config, tokenizer, train_log.json,
-    activation_stats.json, MODEL_CARD.md. Resumes from `out/<name>/checkpoints/last.pt`."""
+    activation_stats.json, MODEL_CARD.md. Resumes from `out/<name>/checkpoints/last.pt`.
+    `commit` is recorded as the code version; by default the git HEAD of this checkout."""
     device = torch.device(device)
     model_dir = out / preset.name
     ckpt_dir = model_dir / "checkpoints"
@@ -761,7 +763,9 @@ def train_preset(
         tail = hist["loss"][-1]
         _write_json(model_dir / "train_log.json", {
             "name": preset.name, "preset": dataclasses.asdict(preset), "finished": True,
-            "seed": preset.seed, "git_commit": git_commit(), "command": command,
+            "seed": preset.seed, "git_commit": commit or git_commit() or "unknown (not a git "
+                                                                        "checkout)",
+            "command": command,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "autocast": str(autocast_dtype),
             "seconds": result.seconds, "resumed_from_step": result.resumed_from,
@@ -804,6 +808,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, help="override every preset's batch size")
     ap.add_argument("--force", action="store_true", help="retrain finished models from scratch")
     ap.add_argument("--keep-checkpoints", action="store_true")
+    ap.add_argument("--commit", help="code version to record when not run from a git checkout "
+                                     "(e.g. the output of `git rev-parse HEAD`)")
     return ap
 
 
@@ -846,7 +852,8 @@ def main(argv: list[str] | None = None) -> int:
         if data is None:
             trained = [out / n for n in ALL_ORDER if is_finished(out / n)]
             data = prepare_data(args.seed, trained[0] if trained else None)
-        train_preset(preset, data, out, device, autocast_dtype, command, args.keep_checkpoints)
+        train_preset(preset, data, out, device, autocast_dtype, command, args.keep_checkpoints,
+                     commit=args.commit)
     log.info("trained %s in %.0f s", ", ".join(names), time.perf_counter() - t0)
     return 0
 
