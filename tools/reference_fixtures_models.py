@@ -138,6 +138,27 @@ def build_llada(ml, cl, out: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
+def llada_padding_effect(official, fixture_dir: Path) -> dict[str, float]:
+    """How far a left-padded row's real-token logits move from the row alone: official LLaDA
+    (mask ignored) vs dllmq (pad keys masked, positions from the mask). Documentation only."""
+    from dllmq.models import load
+
+    ours = load(fixture_dir, device="cpu", dtype=torch.float32)
+    ids = fixed_ids(LLADA_CONFIG["vocab_size"], LLADA_CONFIG["mask_token_id"], seed=14,
+                    shape=(len(PAD_LENGTHS), LENGTH))
+    p_ids, p_mask, p_pos = left_padded(ids, PAD_LENGTHS, LLADA_CONFIG["pad_token_id"])
+    theirs_p = official(input_ids=p_ids, attention_mask=p_mask).logits
+    ours_p = ours(p_ids, attention_mask=p_mask, position_ids=p_pos)
+    diffs = {"official": 0.0, "dllmq": 0.0}
+    for b, n in enumerate(PAD_LENGTHS):
+        alone = ids[b: b + 1, :n]
+        diffs["official"] = max(diffs["official"],
+                                max_diff(theirs_p[b, LENGTH - n:], official(input_ids=alone).logits[0]))
+        diffs["dllmq"] = max(diffs["dllmq"], max_diff(ours_p[b, LENGTH - n:], ours(alone)[0]))
+    return diffs
+
+
+@torch.no_grad()
 def build_dream(md, cd, out: Path) -> dict[str, torch.Tensor]:
     cfg = cd.DreamConfig(**DREAM_CONFIG)
     cfg._attn_implementation = "sdpa"
@@ -219,6 +240,9 @@ def main() -> None:
             summary[name] = {"reverse_max_abs_diff": reverse_check(name, cls, d, tmp),
                              "bf16_vs_official_max_abs_diff": bf16_check(name, cls, d),
                              "logits_abs_max": tensors["logits"].abs().max().item()}
+            if name == "llada":
+                official = cls.from_pretrained(d, torch_dtype=torch.float32).eval()
+                summary[name]["padded_row_vs_alone_max_abs_diff"] = llada_padding_effect(official, d)
             print(name, json.dumps(summary[name]))
     (args.out / "reverse_check.json").write_text(json.dumps(summary, indent=2) + "\n")
 
