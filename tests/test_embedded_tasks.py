@@ -43,9 +43,8 @@ CODE = {
 def suite_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("embedded")
     for category, splits in (("qa", QA), ("math", MATH), ("code", CODE)):
-        (root / category).mkdir()
         for split, rows in splits.items():
-            (root / category / f"{split}.jsonl").write_text(
+            (root / f"{category}_{split}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in rows))
     return root
 
@@ -128,9 +127,17 @@ def test_missing_or_malformed_file_is_one_clear_line(tmp_path):
     manager = task_manager(metadata={"dllmq_embedded_dir": str(tmp_path)}, include_defaults=False)
     with pytest.raises(EmbeddedDataError) as err:
         manager.load(["dllmq_math"])
-    assert "\n" not in str(err.value) and str(tmp_path / "math" / "train.jsonl") in str(err.value)
-    (tmp_path / "qa").mkdir()
+    assert "\n" not in str(err.value) and str(tmp_path / "math_train.jsonl") in str(err.value)
     for split in ("train", "fewshot", "test"):
-        (tmp_path / "qa" / f"{split}.jsonl").write_text('{"id": "x", "question": "q"}\n')
-    with pytest.raises(EmbeddedDataError, match="line 1 lacks choices, gold, difficulty"):
+        (tmp_path / f"qa_{split}.jsonl").write_text('{"id": "x", "question": "q"}\n')
+    with pytest.raises(EmbeddedDataError, match="row 1 lacks choices, gold, difficulty"):
         manager.load(["dllmq_qa"])
+
+
+def test_without_a_directory_the_suite_is_generated(monkeypatch):
+    suite = pytest.importorskip("dllmq.tasks.suite")
+    monkeypatch.delenv("DLLMQ_EMBEDDED_DIR", raising=False)
+    manager = task_manager(metadata={"dllmq_embedded_seed": 3}, include_defaults=False)
+    (task,) = manager.load(["dllmq_math"])["tasks"].values()
+    rows = suite.build_suite(3).rows("math", "test")
+    assert list(task.eval_docs) == rows
