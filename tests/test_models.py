@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from dllmq.models import ConfigError, LoadError, load, save_pretrained
+from dllmq.models.layers import apply_rope, rope_cos_sin
 from safetensors.torch import load_file, save_file
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
@@ -98,6 +99,23 @@ def test_bf16_forward_close_to_fp32(arch):
     scale = l32.abs().max()
     assert (l16.float() - l32).abs().max() < 8 * 2**-8 * scale
     assert (l16.float().argmax(-1) == l32.argmax(-1)).float().mean() > 0.9
+
+
+def test_rope_precision_follows_each_official_model(arch):
+    """LLaDA rotates q/k in float32 (`rope_full_precision`), Dream/Qwen2 in the model dtype; in
+    bf16 this is the only difference from the official logits (reverse_check.json: 0.0 both)."""
+    name, model = arch
+    assert model.config.rope_full_precision == (name == "llada")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, model.config.head_dim, generator=g).to(torch.bfloat16)
+    cos, sin = rope_cos_sin(torch.arange(16), model.config.head_dim, 1e6)
+    half = model.config.head_dim // 2
+    rot = lambda t: torch.cat([-t[..., half:], t[..., :half]], dim=-1)  # noqa: E731
+    fp32 = (x.float() * cos + rot(x.float()) * sin).to(torch.bfloat16)
+    low = x * cos.to(torch.bfloat16) + rot(x) * sin.to(torch.bfloat16)
+    assert not torch.equal(fp32, low)
+    assert torch.equal(apply_rope(x, cos, sin, True), fp32)
+    assert torch.equal(apply_rope(x, cos, sin, False), low)
 
 
 # ---- padding invariance (ours: masked keys + positions counted over real tokens) -----------
