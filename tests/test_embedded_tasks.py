@@ -141,3 +141,20 @@ def test_without_a_directory_the_suite_is_generated(monkeypatch):
     (task,) = manager.load(["dllmq_math"])["tasks"].values()
     rows = suite.build_suite(3).rows("math", "test")
     assert list(task.eval_docs) == rows
+
+
+def test_prompts_are_the_training_corpus_format(tm):
+    """What the tiny models were trained on (dllmq.tasks.corpus) is what the tasks score."""
+    corpus = pytest.importorskip("dllmq.tasks.corpus")
+    tasks = tm.load(["dllmq_qa", "dllmq_math", "dllmq_code"])["tasks"]
+    qa = tasks["dllmq_qa"]
+    for doc in qa.eval_docs:
+        gold = qa.doc_to_choice(doc)[qa.doc_to_target(doc)]
+        assert qa.doc_to_text(doc) + qa.config.target_delimiter + gold == corpus.qa_text(doc)
+    math = tasks["dllmq_math"]
+    for doc in math.eval_docs:
+        text = math.doc_to_text(doc) + math.config.target_delimiter + math.doc_to_target(doc)
+        assert text == corpus.math_text(doc)
+    code = tasks["dllmq_code"]
+    for doc in code.eval_docs:
+        assert code.doc_to_text(doc) + doc["canonical_solution"] == corpus.code_text(doc)
