@@ -145,3 +145,16 @@ def test_bad_configs_raise():
     m = _model("llada", hidden_size=48, num_heads=4)
     with pytest.raises(ValueError, match="does not divide 48"):
         quantize_(m, (DuQuantConfig(block_size=32, rotation_steps=2),), _calib(), progress=False)
+
+
+def test_named_duquant_recipes_follow_appendix_a():
+    from dllmq.quant import get_recipe
+
+    for bits in (8, 4):
+        dq, rtn = get_recipe(f"w{bits}a{bits}-duquant")
+        assert (dq.alpha, dq.block_size, dq.rotation_steps, dq.permutation_times) == (0.5, 128, 256, 1)
+        assert dq.act == QuantSpec(bits, sym=False, granularity="token", clip_ratio=0.9)
+        assert rtn.weight == QuantSpec(bits, sym=False, granularity="channel", clip_ratio=0.8)
+        assert dq.attn is None
+        assert get_recipe(f"w{bits}a{bits}-duquant:code")[0].attn == QuantSpec(
+            bits, sym=False, granularity="token")

@@ -156,3 +156,20 @@ def test_rotation_removes_injected_outlier_channel(arch):
     for k in ("q", "down"):
         assert before[k][0] > 20 and after[k][0] < before[k][0] / 4, (k, before, after)
         assert after[k][1] < before[k][1] / 3, (k, before, after)
+
+
+def test_named_quarot_recipes_follow_appendix_a_and_run():
+    from dllmq.quant import Calibration, GPTQConfig, get_recipe
+
+    for bits in (8, 4):
+        rot, gptq = get_recipe(f"w{bits}a{bits}-quarot")
+        assert isinstance(rot, QuaRotConfig) and isinstance(gptq, GPTQConfig)
+        assert rot.act == rot.kv == QuantSpec(bits, sym=True, granularity="token")
+        assert gptq.weight == QuantSpec(bits, sym=True, granularity="channel")
+        assert get_recipe(f"w{bits}a{bits}-quarot:code") == (rot, gptq)
+    ids = _ids()
+    m = _model("Dream")
+    ref = m(ids)
+    s = quantize_(m, "w8a8-quarot", Calibration.random(60, 4, 16, seed=0), progress=False)
+    assert s.weight_counts["q"] == 2 and "gptq" in s.weight_specs["down"][0]
+    assert ((m(ids) - ref).norm() / ref.norm()).item() < 0.02

@@ -143,3 +143,20 @@ def test_smoothing_flattens_the_outlier_channel_at_q_input(arch):
     quantize_(m, (SmoothQuantConfig(act=None),), _calib(), progress=False)
     after = channel_ranges(m)
     assert before > 4 and after < before**0.75, (before, after)
+
+
+def test_named_smoothquant_recipes_follow_appendix_a():
+    from dllmq.quant import get_recipe
+
+    for bits in (8, 4):
+        sq, rtn = get_recipe(f"w{bits}a{bits}-smoothquant")
+        act = QuantSpec(bits, sym=False, granularity="token")
+        assert sq.alpha == 0.5 and sq.act == act and sq.attn is None
+        assert rtn.weight == QuantSpec(bits, sym=False, granularity="channel") and rtn.act is None
+        sq_code, _ = get_recipe(f"w{bits}a{bits}-smoothquant:code")
+        assert sq_code.attn == act
+    m = _model("llada")
+    ids = _ids()
+    ref = m(ids)
+    quantize_(m, "w8a8-smoothquant", _calib(), progress=False)
+    assert _rel(m(ids), ref) < 0.02
