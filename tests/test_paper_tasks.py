@@ -105,11 +105,14 @@ def _ours(tm, paper_task: str, subtask: str):
     return task
 
 
-def _lm_evals(tm, name: str, num_fewshot: int):
+def _lm_evals(tm, name: str, settings):
+    """lm-eval's own task as `--num_fewshot N --gen_kwargs max_gen_toks=L` would run it."""
     spec = name if name in tm.all_tasks else str(LM_EVAL_TASKS / name)
     (task,) = tm.load([spec])["tasks"].values()
     assert not isinstance(task, PaperTask)
-    task.set_config("num_fewshot", num_fewshot)  # what `--num_fewshot N` does
+    task.set_config("num_fewshot", settings.num_fewshot)
+    if settings.gen_length is not None:
+        task.set_config("generation_kwargs", {"max_gen_toks": settings.gen_length}, update=True)
     return task
 
 
@@ -136,11 +139,13 @@ CASES = [  # (paper task, its lm-eval subtask, lm-eval's own task name or yaml p
 @pytest.mark.parametrize(("paper_task", "subtask", "theirs"), CASES, ids=[c[0] for c in CASES])
 def test_prompts_equal_lm_evals_own(tm, paper_task, subtask, theirs):
     ours = _ours(tm, paper_task, subtask)
-    shots = paper_task_settings(paper_task).num_fewshot
-    assert ours.config.num_fewshot == shots
-    mine, reference = _requests(ours), _requests(_lm_evals(tm, theirs, shots))
+    settings = paper_task_settings(paper_task)
+    assert ours.config.num_fewshot == settings.num_fewshot
+    mine, reference = _requests(ours), _requests(_lm_evals(tm, theirs, settings))
     assert len(mine) >= LIMIT
     assert mine == reference
+    if settings.gen_length is not None:
+        assert all(args[1]["max_gen_toks"] == settings.gen_length for *_, args in mine)
 
 
 def test_fewshot_contexts_hold_the_papers_shots(tm):
@@ -287,6 +292,9 @@ def test_every_paper_task_has_a_task_file_and_settings():
     assert (gsm8k.gen_length, gsm8k.steps, gsm8k.block_length) == (256, 256, 32)
     assert paper_task_settings("minerva_math_algebra").block_length == 64
     assert paper_task_settings("humaneval").output_type == "generate_until"
+    assert paper_task_settings("mbpp").model_settings() == {"gen_length": 512, "steps": 512,
+                                                            "block_length": 32}
+    assert paper_task_settings("piqa").model_settings() == {"mc_num": 128}
 
 
 @pytest.mark.parametrize("bad", [

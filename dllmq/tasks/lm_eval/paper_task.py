@@ -2,8 +2,11 @@
 
 The paper task files (`paper/*.yaml`) reference lm-eval's own tasks and groups and swap in this
 class (`class: !function dllmq.tasks.lm_eval.paper_task.PaperTask`), so every prompt, filter and
-metric is lm-eval's and only two things change:
+metric is lm-eval's and only these change:
 - `num_fewshot` comes from `dllmq_settings.yaml` (Appendix A), looked up by the task's name;
+- generation tasks get the paper's generation length as lm-eval's `max_gen_toks` (the one
+  generation setting every lm-eval model reads; what `--gen_kwargs max_gen_toks=N` would do);
+  steps and block length are for the dLLM model to read from `paper_task_settings`;
 - with a data directory (metadata `dllmq_data_dir` or `$DLLMQ_DATA_DIR`) the dataset is read from
   local files in the Hub's schema (`local_data.py`) instead of `datasets.load_dataset`; splits the
   local files lack are dropped from the config, so lm-eval falls back as it does for any task
@@ -29,7 +32,11 @@ class PaperTask(ConfigurableTask):
 
     def __init__(self, config: dict):
         config = {k: v for k, v in config.items() if k != "class"}
-        config["num_fewshot"] = paper_task_settings(config["task"]).num_fewshot
+        settings = paper_task_settings(config["task"])
+        config["num_fewshot"] = settings.num_fewshot
+        if settings.output_type == "generate_until":
+            config["generation_kwargs"] = {**(config.get("generation_kwargs") or {}),
+                                           "max_gen_toks": settings.gen_length}
         data_dir = resolve_data_dir(config.get("metadata"))
         self._local = None
         if data_dir is not None:

@@ -61,6 +61,14 @@ class TaskSettings:
         """`loglikelihood` (multiple choice by Monte Carlo likelihood) or `generate_until`."""
         return "loglikelihood" if self.mc_num is not None else "generate_until"
 
+    def model_settings(self) -> dict[str, int]:
+        """The dllmq model's settings this task fixes: {mc_num} or {gen_length, steps,
+        block_length} (names as the dllmq lm-eval model's model args)."""
+        if self.mc_num is not None:
+            return {"mc_num": self.mc_num}
+        return {"gen_length": self.gen_length, "steps": self.steps,
+                "block_length": self.block_length}
+
     def matches(self, name: str) -> bool:
         """Whether `name` is this paper task, the lm-eval task it wraps, or one of its subtasks."""
         return name in (self.task, self.lm_eval) or any(
