@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-FP_RECIPE = "fp"
+FP_RECIPE = "fp16"  # the store's name for "not quantized" (dllmq.eval.NO_QUANT)
 LEVELS = ((1.0, "negligible"), (4.0, "moderate"), (math.inf, "significant"))
 NOISE_Z = 2.0  # a difference counts only beyond 2 standard errors
 
@@ -42,12 +42,12 @@ class RecipeInfo:
 
 
 def parse_recipe(name: str) -> RecipeInfo:
-    """`w4a16g128-gptq` -> setting W4A16g128, method GPTQ; `fp` -> FP."""
-    if name == FP_RECIPE:
+    """`w4a16g128-gptq` -> setting W4A16g128, method GPTQ; `fp16` (or `fp`) -> FP."""
+    if name in (FP_RECIPE, "fp"):
         return RecipeInfo(name, "FP", "-", 16, 16)
     m = _RECIPE_RE.match(name)
     if not m:
-        raise ValueError(f"recipe name {name!r} is not of the form w<bits>a<bits>[g<group>]-<method> or 'fp'")
+        raise ValueError(f"recipe name {name!r} is not of the form w<bits>a<bits>[g<group>]-<method> or 'fp16'")
     w, a, g = int(m["w"]), int(m["a"]), m["g"]
     setting = f"W{w}A{a}" + (f"g{g}" if g else "")
     return RecipeInfo(name, setting, METHOD_NAMES.get(m["method"], m["method"]), w, a)
@@ -235,3 +235,47 @@ def combine(checks: Iterable[Check], majority: bool = False) -> str:
     if n_h == n_f == 0:
         return NOISE
     return MIXED
+
+
+def plot_accuracy(df: pd.DataFrame, x_order: Sequence[str], hue: str, col: str, row: str | None = None,
+                  x: str = "setting", ylabel: str = "accuracy (%)"):
+    """Points with +-1 se error bars: x = setting, one line per `hue`, one panel per `col` (and
+    `row`). df columns: x, hue, col, [row], value (%), se (%)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    cols = list(dict.fromkeys(df[col]))
+    rows = list(dict.fromkeys(df[row])) if row else [None]
+    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.4 * len(cols), 2.8 * len(rows)),
+                             squeeze=False, sharey=False)
+    hues = list(dict.fromkeys(df[hue]))
+    palette = dict(zip(hues, sns.color_palette("colorblind", len(hues)), strict=False))
+    pos = {v: i for i, v in enumerate(x_order)}
+    for i, rv in enumerate(rows):
+        for j, cv in enumerate(cols):
+            ax = axes[i][j]
+            sub = df[(df[col] == cv) & ((df[row] == rv) if row else True)]
+            for k, h in enumerate(hues):
+                d = sub[sub[hue] == h].copy()
+                d = d[d[x].isin(pos)]
+                if d.empty:
+                    continue
+                d["_x"] = d[x].map(pos) + (k - (len(hues) - 1) / 2) * 0.06
+                d = d.sort_values("_x")
+                ax.errorbar(d["_x"], d["value"], yerr=d["se"], marker="o", ms=4, capsize=2,
+                            lw=1.2, color=palette[h], label=h)
+            ax.set_xticks(range(len(x_order)), x_order)
+            ax.set_title(f"{rv} · {cv}" if row else str(cv), fontsize=9)
+            ax.set_ylabel(ylabel if j == 0 else "")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax_row in axes:
+        for ax in ax_row:
+            h, lab = ax.get_legend_handles_labels()
+            for hh, ll in zip(h, lab, strict=True):
+                if ll not in labels:
+                    handles.append(hh)
+                    labels.append(ll)
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6),
+               bbox_to_anchor=(0.5, 1.02), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig

@@ -35,3 +35,61 @@ def output_dirs(out_dir: str) -> tuple[Path, Path]:
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
     return figs, tabs
+
+
+# ---- running the grid behind a notebook ----------------------------------------------------
+def task_specs(params: dict[str, Any], categories) -> list[dict[str, Any]]:
+    """The params' tasks of the given categories as sweep task entries."""
+    out = []
+    for cat in categories:
+        for t in params["tasks"][cat]:
+            out.append({"task": t["task"], "settings": dict(t.get("settings", {}))})
+    return out
+
+
+def category_of(params: dict[str, Any]) -> dict[str, str]:
+    return {t["task"]: cat for cat, ts in params["tasks"].items() for t in ts}
+
+
+def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
+              progress: bool = True):
+    """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
+    skipping stored cells; returns the tidy frame (model, role, recipe, task, category, metric,
+    value, stderr) of exactly these cells, averaged over seeds."""
+    import pandas as pd
+
+    from .store import Store
+    from .sweep import parse_grid, run_sweep
+
+    store = Store(repo_path(params["store"]))
+    cat_of, metric_of = category_of(params), params["metrics"]
+    rows = []
+    for role in roles:
+        name = params["models"][role]
+        grid = parse_grid({
+            "models": [name], "recipes": list(recipes), "tasks": task_specs(params, categories),
+            "seeds": list(params.get("seeds", [0])),
+            "settings": {"limit": params["limit"],
+                         "apply_chat_template": role in params.get("chat_template_roles", [])},
+            "include_path": [str(p) for p in params.get("include_path", [])],
+            "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
+        }, f"{params['preset']} preset, {role}")
+        report = run_sweep(grid, store, progress=progress)
+        for r in report.done:
+            want = metric_of[r.cell.task]
+            picked = [k for k in r.metrics if k == want or k.startswith(want + ",")]
+            if len(picked) != 1:
+                raise KeyError(f"task {r.cell.task} has metrics {sorted(r.metrics)}; params "
+                               f"'metrics' names {want!r}, which matches {len(picked)} of them")
+            m = r.metrics[picked[0]]
+            rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
+                         "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
+                         "value": m["value"], "stderr": m["stderr"] or 0.0})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    keys = ["model", "role", "recipe", "task", "category", "metric"]
+    g = df.groupby(keys, as_index=False, sort=False)
+    # mean over seeds; its se: the per-seed item-sampling se shrinks with the number of seeds
+    out = g.agg(value=("value", "mean"), stderr=("stderr", lambda s: (s.pow(2).sum()) ** 0.5 / len(s)))
+    return out

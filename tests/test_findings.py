@@ -17,7 +17,7 @@ def _frame(acc):
 def _scenario(w3_math, awq_better=False):
     acc = {}
     for m in ("base", "inst"):
-        acc[(m, "fp")] = {"qa": 0.80, "math": 0.60, "code": 0.50}
+        acc[(m, "fp16")] = {"qa": 0.80, "math": 0.60, "code": 0.50}
         acc[(m, "w4a16g128-gptq")] = {"qa": 0.80, "math": 0.60, "code": 0.50}
         acc[(m, "w4a16g128-awq")] = {"qa": 0.79 if not awq_better else 0.81, "math": 0.59, "code": 0.49}
         acc[(m, "w3a16g128-gptq")] = {"qa": 0.70, "math": w3_math, "code": 0.30}

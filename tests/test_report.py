@@ -52,7 +52,7 @@ def test_mean_se_and_drop_se():
 def _df():
     rows = []
     for model, fp in (("a", 0.8), ("b", 0.6)):
-        for recipe, f in (("fp", 1.0), ("w4a16g128-gptq", 0.99), ("w3a16g128-gptq", 0.8)):
+        for recipe, f in (("fp16", 1.0), ("w4a16g128-gptq", 0.99), ("w3a16g128-gptq", 0.8)):
             for task in ("qa", "math"):
                 rows.append(dict(model=model, recipe=recipe, task=task, value=fp * f, stderr=0.01))
     return pd.DataFrame(rows)
