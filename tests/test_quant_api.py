@@ -142,3 +142,40 @@ def test_walker_reproduces_the_model_forward(arch):
         ref = model(ids, attention_mask=am)
         got = torch.cat([head(final(x)) for x in inputs.xs])
     torch.testing.assert_close(got, ref)
+
+
+@pytest.mark.parametrize("arch,recipe", [("llada", "w4a16g128-gptq"), ("Dream", "w3a16g128-awq"),
+                                         ("Dream", "w8a8-rtn")])
+def test_save_load_packed_identical_outputs(tmp_path, arch, recipe):
+    from dllmq.quant import load_quantized, save_quantized
+
+    model = random_model(tiny_config(arch), seed=0)
+    quantize_(model, recipe, _calib(n=2), progress=False)
+    save_quantized(model, tmp_path)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert files == {"config.json", "model.safetensors"}
+    loaded = load_quantized(tmp_path)
+    ids = torch.randint(0, 60, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    q = get_module(loaded.blocks[0], loaded.spec.down)
+    assert isinstance(q, QLinear) and q.weight_spec.bits == int(recipe[1])
+
+
+def test_pack_roundtrip_and_act_order_g_idx(tmp_path):
+    from dllmq.quant.export import load_quantized, pack_int32, save_quantized, unpack_int32
+
+    for bits in (2, 3, 4, 5, 8):
+        codes = torch.randint(0, 2**bits, (3, 45), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(bits))
+        packed = pack_int32(codes, bits)
+        assert packed.dtype == torch.int32 and packed.shape == (3, -(-45 * bits // 32))
+        assert torch.equal(unpack_int32(packed, bits, 45), codes)
+    model = random_model(tiny_config("llada", hidden_size=64, intermediate_size=128), seed=0)
+    cfg = GPTQConfig(QuantSpec(4, group_size=16), act_order=True, static_groups=False)
+    quantize_(model, (cfg,), _calib(n=2), progress=False)
+    assert get_module(model.blocks[0], model.spec.q).g_idx is not None
+    save_quantized(model, tmp_path)
+    ids = torch.randint(0, 60, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(load_quantized(tmp_path)(ids), model(ids))
