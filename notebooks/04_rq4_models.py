@@ -1,0 +1,84 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: dllmq (.venv)
+#     language: python
+#     name: dllmq
+# ---
+
+# %% [markdown]
+# # 04 · RQ4: does the model matter? Base vs instruct, LLaDA vs Dream
+#
+# **Question (paper §4.5, findings F7, F8, and everything else judged).** Is the instruct
+# model more robust than the base model? Does Dream show the same picture (W4 near-lossless,
+# W3 significant even on QA, GPTQ over AWQ)? Beyond the paper: Dream under weight-activation
+# quantization, which the paper left out.
+#
+# **Writes** `tables/table5_dream_weight_only_general`, `tables/table6_dream_weight_act_all`
+# (beyond the paper), `figures/fig_rq4_models.{png,pdf}` and `tables/findings.md`: each
+# finding F0-F8 judged holds / does not hold / mixed / within noise from this run's numbers and
+# standard errors (F0 from notebook 00's outlier tables).
+
+# %% tags=["parameters"]
+preset = "default"  # params/<preset>.yaml supplies everything else (papermill -f)
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import pandas as pd
+from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
+from dllmq.study import load_params, output_dirs, run_study, write_paper_table
+
+P = load_params(preset)
+set_style()
+fig_dir, tab_dir = output_dirs(P["out_dir"])
+
+# %%
+from dllmq.findings import findings_markdown, judge  # noqa: E402
+from dllmq.report import rel_drop  # noqa: E402
+from dllmq.study import category_of  # noqa: E402
+
+recipes = ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]]
+llada = run_study(P, ["llada_base", "llada_instruct"], recipes, progress=False)
+dream = run_study(P, ["dream_base"], recipes)
+df = pd.concat([llada, dream], ignore_index=True)
+for name in ("table5_dream_weight_only_general", "table6_dream_weight_act_all"):
+    write_paper_table(name, df, P, tab_dir)
+    print((tab_dir / f"{name}.md").read_text())
+
+# %%
+fp = df[df.recipe == "fp16"].set_index(["model", "task"])
+rows = []
+for _, r in df[df.recipe != "fp16"].iterrows():
+    f = fp.loc[(r.model, r.task)]
+    d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
+    i = parse_recipe(r.recipe)
+    rows.append({"model": r.model, "category": r.category, "recipe": f"{i.setting.split('g')[0]} {i.method}",
+                 "value": -d, "se": se})
+rel = pd.DataFrame(rows)
+rel["panel"] = rel["category"]
+order = list(dict.fromkeys(rel["recipe"]))
+fig = plot_accuracy(rel, order, hue="model", col="panel", x="recipe", ylabel="relative change vs FP (%)")
+for ax in fig.axes:
+    ax.tick_params(axis="x", rotation=70, labelsize=7)
+save_figure(fig, fig_dir / "fig_rq4_models")
+plt.show()
+
+# %% [markdown]
+# ## Findings F0-F8, judged by code
+
+# %%
+outliers = pd.read_csv(tab_dir / "outliers_stats.csv") if (tab_dir / "outliers_stats.csv").is_file() else None
+if outliers is not None:
+    outliers = outliers[outliers["input"] == "clean"]
+roles = {role: name for role, name in P["models"].items()}
+found = judge(df, category_of(P), roles, outliers)
+md = findings_markdown(found)
+(tab_dir / "findings.md").write_text(md)
+print(md)
