@@ -49,6 +49,11 @@ $(BUILD)/%.ipynb: notebooks/%.py $(PARAMS) $(STAMP) FORCE
 	mv $@.part $@
 	rm -f $(BUILD)/$*.src.ipynb
 
+# 01 evaluates every LLaDA cell that 02 and 03 read; 04 adds Dream and judges the findings,
+# F0 from 00's outlier tables. Under `make -j` this gives 00 || 01, then 02 || 03 || 04.
+$(BUILD)/02_rq2_methods.ipynb $(BUILD)/03_rq3_tasks.ipynb: $(BUILD)/01_rq1_bitwidth.ipynb
+$(BUILD)/04_rq4_models.ipynb: $(BUILD)/00_outliers.ipynb $(BUILD)/01_rq1_bitwidth.ipynb
+
 smoke: $(STAMP)
 	$(MAKE) reproduce PRESET=smoke
 
