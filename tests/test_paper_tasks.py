@@ -13,14 +13,15 @@ import copy
 import csv
 import functools
 import gzip
+import importlib.util
 import json
 import os
-import sys
 import time
 import types
 from pathlib import Path
 
 import datasets
+import evaluate
 import pytest
 from dllmq.tasks.lm_eval import (
     LocalDataError,
@@ -87,8 +88,7 @@ def tm(small_readers):
         mp.setattr(datasets, "load_dataset", _hub_from_local)
         # lm-eval's humaneval/mbpp utils load evaluate's code_eval (a download) on import;
         # their metric is not what is compared here, only their prompts.
-        mp.setattr(sys.modules.setdefault("evaluate", __import__("evaluate")), "load",
-                   lambda name, *a, **k: code_eval)
+        mp.setattr(evaluate, "load", lambda name, *a, **k: code_eval)
         yield task_manager(data_dir=DATA_DIR, include_defaults=False)
 
 
@@ -130,13 +130,15 @@ CASES = [  # (paper task, its lm-eval subtask, lm-eval's own task name or yaml p
     ("paper_winogrande", "winogrande", "winogrande"),
     ("paper_mmlu", "mmlu_anatomy", "mmlu_anatomy"),
     ("paper_gsm8k", "gsm8k", "gsm8k"),
-    ("paper_math500", "minerva_math500", "minerva_math500"),
+    pytest.param("paper_math500", "minerva_math500", "minerva_math500", marks=pytest.mark.skipif(
+        importlib.util.find_spec("math_verify") is None,
+        reason="lm-eval's minerva_math needs lm-eval[math] (math_verify, antlr4 4.11)")),
     ("paper_humaneval", "paper_humaneval", "humaneval/humaneval.yaml"),
     ("paper_mbpp", "paper_mbpp", "mbpp/mbpp.yaml"),
 ]
 
 
-@pytest.mark.parametrize(("paper_task", "subtask", "theirs"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(("paper_task", "subtask", "theirs"), CASES)
 def test_prompts_equal_lm_evals_own(tm, paper_task, subtask, theirs):
     ours = _ours(tm, paper_task, subtask)
     settings = paper_task_settings(paper_task)
@@ -346,3 +348,28 @@ def test_without_a_data_dir_the_hub_is_asked(monkeypatch, small_readers):
     assert resolve_data_dir() == DATA_DIR
     with pytest.raises(LocalDataError, match="/elsewhere"):  # metadata wins over the env
         resolve_data_dir({"dllmq_data_dir": "/elsewhere"})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("math_verify") is None,
+                    reason="lm-eval's minerva_math needs lm-eval[math] (math_verify, antlr4 4.11)")
+def test_paper_math_is_minervas_seven_subjects_zero_shot(tmp_path):
+    """MATH's files are not in shared/data: two made-up problems per subject in the documented
+    layout (hendrycks_math/SUBJECT_test.jsonl) stand in for them."""
+    subjects = {"algebra": "algebra", "counting_and_prob": "counting_and_probability",
+                "geometry": "geometry", "intermediate_algebra": "intermediate_algebra",
+                "num_theory": "number_theory", "prealgebra": "prealgebra",
+                "precalc": "precalculus"}  # task suffix -> Hub config (the file's name)
+    (tmp_path / "hendrycks_math").mkdir()
+    for s in subjects.values():
+        rows = [{"problem": f"What is {i} + 1?", "level": "Level 1", "type": s,
+                 "solution": f"It is $\\boxed{{{i + 1}}}$."} for i in range(2)]
+        (tmp_path / f"hendrycks_math/{s}_test.jsonl").write_text(
+            "".join(json.dumps(r) + "\n" for r in rows))
+    loaded = task_manager(data_dir=tmp_path, include_defaults=False).load(["paper_math"])
+    assert sorted(loaded["tasks"]) == sorted(f"minerva_math_{s}" for s in subjects)
+    task = loaded["tasks"]["minerva_math_algebra"]
+    assert task.config.num_fewshot == 0
+    (request,) = _requests(task)[:1]
+    assert request[3][0] == "Problem:\nWhat is 0 + 1?\n\nSolution:"
+    assert request[3][1]["max_gen_toks"] == 256
+    assert task.doc_to_target(task.eval_docs[1]) == "2"
