@@ -1,0 +1,248 @@
+"""HumanEval/MBPP-style code problems: a signature + docstring, the model writes the body.
+
+Problems come from small function families with parameterised variants ("return x plus 7",
+"the sum of the 3 largest", "count the characters of s that are in 'aei'", "clamp to 4..20").
+Difficulty follows the shape of the canonical body: 1 = one expression, 2 = branches,
+3 = a loop. Every (family, parameters) pair belongs to exactly one split, so each test item is
+a variant never seen in training. Hidden tests follow HumanEval's layout
+(`def check(candidate): assert ...`, then `check(entry_point)`), and their inputs are redrawn
+until every off-by-one variant of the parameters fails them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from itertools import combinations
+
+from .common import Item, check_disjoint
+
+WORDS = ("Fizz", "Buzz", "Ping", "Pong", "Zap", "Bop", "Tick", "Tock")
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A function family: parameters, the prompt's docstring, the canonical body, a reference
+    implementation and an input sampler. `params` enumerates every variant."""
+
+    name: str
+    difficulty: int
+    signature: str
+    params: Callable[[], Iterator[tuple]]
+    doc: Callable[..., str]
+    body: Callable[..., str]
+    ref: Callable[..., Callable]
+    inputs: Callable[..., tuple]   # (rng, *params) -> one argument tuple
+
+
+def _ints(rng: random.Random, n: int, lo: int = -20, hi: int = 60) -> list[int]:
+    return [rng.randint(lo, hi) for _ in range(n)]
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 10)))
+
+
+def _near(rng: random.Random, xs: list[int], *edges: int) -> list[int]:
+    """xs with the edge values (thresholds, bounds, one past them) mixed in, shuffled."""
+    out = xs + [e + rng.choice((-1, 0, 1)) for e in edges]
+    rng.shuffle(out)
+    return out
+
+
+def _clamp_ref(lo: int, hi: int) -> Callable:
+    return lambda x: min(max(x, lo), hi)
+
+
+def _fizz_ref(a: int, b: int, wa: str, wb: str) -> Callable:
+    return lambda n: wa if n % a == 0 else wb if n % b == 0 else str(n)
+
+
+def _product_ref(a: int) -> Callable:
+    def f(n: int) -> int:
+        out = 1
+        for i in range(a, n + 1):
+            out *= i
+        return out
+    return f
+
+
+FAMILIES = (
+    Family("add_const", 1, "def add_const(x):",
+           lambda: ((k,) for k in range(1, 100)),
+           lambda k: f"Return x plus {k}.",
+           lambda k: f"    return x + {k}\n",
+           lambda k: (lambda x: x + k),
+           lambda rng, *_: (rng.randint(-50, 200),)),
+    Family("affine", 1, "def affine(x):",
+           lambda: ((a, b) for a in range(2, 10) for b in range(1, 31)),
+           lambda a, b: f"Return {a} times x minus {b}.",
+           lambda a, b: f"    return {a} * x - {b}\n",
+           lambda a, b: (lambda x: a * x - b),
+           lambda rng, *_: (rng.randint(-30, 60),)),
+    Family("scale_list", 1, "def scale_list(xs):",
+           lambda: ((k,) for k in range(2, 41)),
+           lambda k: f"Return a list with every number of xs multiplied by {k}.",
+           lambda k: f"    return [x * {k} for x in xs]\n",
+           lambda k: (lambda xs: [x * k for x in xs]),
+           lambda rng, *_: (_ints(rng, rng.randint(1, 5)),)),
+    Family("sum_largest", 1, "def sum_largest(xs):",
+           lambda: ((k, w) for k in range(1, 9) for w in ("largest", "smallest")),
+           lambda k, w: f"Return the sum of the {k} {w} numbers in xs.",
+           lambda k, w: (f"    return sum(sorted(xs)[-{k}:])\n" if w == "largest"
+                         else f"    return sum(sorted(xs)[:{k}])\n"),
+           lambda k, w: (lambda xs: sum(sorted(xs)[-k:] if w == "largest" else sorted(xs)[:k])),
+           lambda rng, *_: (_ints(rng, rng.randint(9, 12)),)),
+    Family("remainder", 1, "def remainder(x):",
+           lambda: ((k,) for k in range(2, 60)),
+           lambda k: f"Return the remainder of x divided by {k}.",
+           lambda k: f"    return x % {k}\n",
+           lambda k: (lambda x: x % k),
+           lambda rng, *_: (rng.randint(0, 500),)),
+    Family("count_letter", 1, "def count_letter(s):",
+           lambda: ((c,) for c in LETTERS),
+           lambda c: f"Return how many times the letter '{c}' appears in s.",
+           lambda c: f"    return s.count('{c}')\n",
+           lambda c: (lambda s: s.count(c)),
+           lambda rng, *_: (_word(rng),)),
+    Family("clamp", 2, "def clamp(x):",
+           lambda: ((lo, hi) for lo in range(-10, 21) for hi in range(lo + 5, lo + 41, 5)),
+           lambda lo, hi: f"Return x limited to the range {lo} to {hi}.",
+           lambda lo, hi: (f"    if x < {lo}:\n        return {lo}\n"
+                           f"    if x > {hi}:\n        return {hi}\n    return x\n"),
+           _clamp_ref,
+           lambda rng, lo, hi: (rng.choice([rng.randint(-30, 80), lo + rng.choice((-1, 0, 1)),
+                                            hi + rng.choice((-1, 0, 1))]),)),
+    Family("fizz", 2, "def fizz(n):",
+           lambda: ((a, b, wa, wb) for a in range(2, 8) for b in range(2, 8) if a != b
+                    for wa in WORDS[:4] for wb in WORDS[4:]),
+           lambda a, b, wa, wb: (f"Return '{wa}' if n is divisible by {a}, else '{wb}' if n is "
+                                 f"divisible by {b}, else n as a string."),
+           lambda a, b, wa, wb: (f"    if n % {a} == 0:\n        return '{wa}'\n"
+                                 f"    if n % {b} == 0:\n        return '{wb}'\n    return str(n)\n"),
+           _fizz_ref,
+           lambda rng, *_: (rng.randint(1, 100),)),
+    Family("compare", 2, "def compare(x):",
+           lambda: ((t,) for t in range(-50, 51)),
+           lambda t: f"Return 'high' if x is greater than {t}, 'low' if x is less than {t}, else 'equal'.",
+           lambda t: (f"    if x > {t}:\n        return 'high'\n"
+                      f"    if x < {t}:\n        return 'low'\n    return 'equal'\n"),
+           lambda t: (lambda x: "high" if x > t else "low" if x < t else "equal"),
+           lambda rng, t: (rng.choice([rng.randint(-60, 60), t + rng.choice((-1, 0, 1))]),)),
+    Family("count_greater", 3, "def count_greater(xs):",
+           lambda: ((t,) for t in range(-10, 51)),
+           lambda t: f"Return how many numbers in xs are greater than {t}.",
+           lambda t: (f"    count = 0\n    for x in xs:\n        if x > {t}:\n"
+                      f"            count += 1\n    return count\n"),
+           lambda t: (lambda xs: sum(1 for x in xs if x > t)),
+           lambda rng, t: (_near(rng, _ints(rng, rng.randint(3, 8)), t, t),)),
+    Family("count_chars", 3, "def count_chars(s):",
+           lambda: ((c,) for n in (2, 3) for c in ("".join(p) for p in combinations("aeiourst", n))),
+           lambda c: f"Return how many characters of s are in '{c}'.",
+           lambda c: (f"    count = 0\n    for ch in s:\n        if ch in '{c}':\n"
+                      f"            count += 1\n    return count\n"),
+           lambda c: (lambda s: sum(1 for ch in s if ch in c)),
+           lambda rng, *_: ("".join(rng.choice("aeiourstlnmp") for _ in range(rng.randint(5, 14))),)),
+    Family("sum_greater", 3, "def sum_greater(xs):",
+           lambda: ((t,) for t in range(1, 72)),   # t in {-1, 0}: adding x == 0 changes no sum
+           lambda t: f"Return the sum of the numbers in xs that are greater than {t}.",
+           lambda t: (f"    total = 0\n    for x in xs:\n        if x > {t}:\n"
+                      f"            total += x\n    return total\n"),
+           lambda t: (lambda xs: sum(x for x in xs if x > t)),
+           lambda rng, t: (_near(rng, _ints(rng, rng.randint(3, 8)), t, t),)),
+    Family("drop_chars", 3, "def drop_chars(s):",
+           lambda: ((c,) for n in (2, 3) for c in ("".join(p) for p in combinations("aeiourst", n))),
+           lambda c: f"Return s without the characters that are in '{c}'.",
+           lambda c: (f"    out = ''\n    for ch in s:\n        if ch not in '{c}':\n"
+                      f"            out += ch\n    return out\n"),
+           lambda c: (lambda s: "".join(ch for ch in s if ch not in c)),
+           lambda rng, *_: ("".join(rng.choice("aeiourstlnmp") for _ in range(rng.randint(5, 14))),)),
+    Family("sum_multiples", 3, "def sum_multiples(n):",
+           lambda: ((k,) for k in range(2, 30)),
+           lambda k: f"Return the sum of all multiples of {k} below n.",
+           lambda k: (f"    total = 0\n    for i in range(n):\n        if i % {k} == 0:\n"
+                      f"            total += i\n    return total\n"),
+           lambda k: (lambda n: sum(i for i in range(n) if i % k == 0)),
+           lambda rng, *_: (rng.randint(0, 120),)),
+    Family("product_from", 3, "def product_from(n):",
+           lambda: ((a,) for a in range(3, 12)),   # a = 1 and a = 2 give the same products
+           lambda a: f"Return the product of the whole numbers from {a} to n.",
+           lambda a: f"    out = 1\n    for i in range({a}, n + 1):\n        out *= i\n    return out\n",
+           _product_ref,
+           lambda rng, *_: (rng.randint(0, 14),)),
+)
+
+
+def _mutants(params: tuple) -> list[tuple]:
+    """Off-by-one variants: each int parameter +-1, each letter parameter moved one letter on."""
+    out = []
+    for i, p in enumerate(params):
+        if isinstance(p, int):
+            out += [params[:i] + (p + d,) + params[i + 1:] for d in (-1, 1)]
+        elif isinstance(p, str) and len(p) == 1 and p in LETTERS:
+            out.append(params[:i] + (LETTERS[(LETTERS.index(p) + 1) % 26],) + params[i + 1:])
+    return out
+
+
+def _safe(f: Callable, args: tuple):
+    try:
+        return f(*args)
+    except ZeroDivisionError:
+        return ZeroDivisionError
+
+
+def _test_inputs(rng: random.Random, fam: Family, params: tuple, n: int = 5) -> list[tuple]:
+    """n inputs on which the variant differs from every off-by-one mutant (redrawn until so)."""
+    ref = fam.ref(*params)
+    mutants = [fam.ref(*m) for m in _mutants(params)]
+    for _ in range(200):
+        cases = [fam.inputs(rng, *params) for _ in range(n)]
+        outs = [ref(*c) for c in cases]
+        if all(any(_safe(m, c) != o for c, o in zip(cases, outs, strict=True)) for m in mutants):
+            return cases
+    raise AssertionError(f"{fam.name}{params}: no inputs tell it from its mutants; widen inputs")
+
+
+def make_problem(rng: random.Random, fam: Family, params: tuple, idx: str) -> Item:
+    prompt = f'{fam.signature}\n    """{fam.doc(*params)}"""\n'
+    ref = fam.ref(*params)
+    cases = _test_inputs(rng, fam, params)
+    asserts = "".join(f"    assert candidate({', '.join(map(repr, c))}) == {ref(*c)!r}\n"
+                      for c in cases)
+    row = {"id": idx, "prompt": prompt, "entry_point": fam.signature[4:].split("(")[0],
+           "test": "def check(candidate):\n" + asserts, "canonical_solution": fam.body(*params),
+           "difficulty": fam.difficulty}
+    return Item(row=row, key=(fam.name, params))
+
+
+def generate(seed: int, n_test: int = 300, n_fewshot: int = 12) -> dict[str, list[Item]]:
+    """Every variant of every family goes to one split. Test and few-shot are balanced across
+    difficulties (equal counts per level, round robin over its families); the rest is train."""
+    rng = random.Random(f"code-{seed}")
+    pools = {}
+    for fam in FAMILIES:
+        variants = list(fam.params())
+        rng.shuffle(variants)
+        pools[fam.name] = (fam, variants)
+    picked: dict[str, list[tuple[Family, tuple]]] = {"test": [], "fewshot": []}
+    for name, n in (("test", n_test), ("fewshot", n_fewshot)):
+        turn = {level: 0 for level in (1, 2, 3)}
+        for i in range(n):   # levels cycle 1, 2, 3 so any prefix (a --limit) stays balanced
+            level = 1 + i % 3
+            fams = [f for f in FAMILIES if f.difficulty == level
+                    and len(pools[f.name][1]) > len(list(f.params())) // 2]
+            if not fams:
+                raise ValueError(f"code: level {level} has too few variants for n_{name}={n}")
+            fam, variants = pools[fams[turn[level] % len(fams)].name]
+            turn[level] += 1
+            picked[name].append((fam, variants.pop()))
+    train = [(fam, v) for fam, variants in pools.values() for v in variants]
+    rng.shuffle(train)
+    order = {"train": train, "fewshot": picked["fewshot"], "test": picked["test"]}
+    splits = {name: [make_problem(rng, fam, params, f"code/{name}/{i}")
+                     for i, (fam, params) in enumerate(pairs)]
+              for name, pairs in order.items()}
+    check_disjoint(splits, "prompt")
+    return splits

@@ -1,0 +1,166 @@
+"""The embedded task suite: splits disjoint and deterministic, difficulties as declared, math
+worked correctly, code canonical solutions pass (and mutants fail), the tokenizer and its chat
+template."""
+
+import json
+import re
+from collections import Counter
+
+import pytest
+from dllmq.tasks import build_suite, code_problems, math_problems, normalise, qa, write_suite
+from dllmq.tasks.corpus import build_corpus
+from dllmq.tasks.execution import check_completions
+from dllmq.tasks.tokenizer import BOS, EOS, EOT, MASK, SPECIAL_TOKENS, train_tokenizer
+
+TEXT_FIELD = {"qa": "question", "math": "question", "code": "prompt"}
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return build_suite(0)
+
+
+@pytest.fixture(scope="module")
+def corpus(suite):
+    return build_corpus(0, stdlib_chars=200_000, suite=suite)
+
+
+@pytest.mark.parametrize("category", ["qa", "math", "code"])
+def test_splits_disjoint_by_key_and_text(suite, category):
+    splits = suite.items[category]
+    field = TEXT_FIELD[category]
+    train_keys = {it.key for it in splits["train"]}
+    train_texts = {normalise(it.row[field]) for it in splits["train"]}
+    for held in ("test", "fewshot"):
+        assert not train_keys & {it.key for it in splits[held]}
+        assert not train_texts & {normalise(it.row[field]) for it in splits[held]}
+    assert not {it.key for it in splits["test"]} & {it.key for it in splits["fewshot"]}
+    assert len({it.row["id"] for s in splits.values() for it in s}) == sum(map(len, splits.values()))
+
+
+def test_corpus_holds_no_test_question(suite, corpus):
+    asked = {normalise(m.group(1)) for d in corpus.pretrain
+             for m in [re.match(r"Question: (.*)\nAnswer:", d, re.S)] if m}
+    sft_prompts = {normalise(p.removeprefix("Complete the function.\n")) for p, _ in corpus.sft}
+    code_prompts = {d[: d.index('"""\n', d.index('"""') + 3) + 4] for d in corpus.source("code")}
+    assert len(asked) > 20000 and len(code_prompts) == len(suite.rows("code", "train"))
+    for category in ("qa", "math", "code"):
+        for row in suite.rows(category, "test") + suite.rows(category, "fewshot"):
+            text = row[TEXT_FIELD[category]]
+            assert normalise(text) not in asked | sft_prompts
+            assert text not in code_prompts
+
+
+def test_qa_test_facts_are_stated_in_corpus(suite, corpus):
+    facts = " ".join(corpus.source("facts"))
+    for row in suite.rows("qa", "test")[:50]:
+        name = re.search(r"([A-Z][a-z]+)('s)?\W*(live|job|pet|in|have)?", row["question"].split(" ", 2)[-1])
+        assert name and name.group(1) in facts
+        assert row["choices"][row["gold"]] in facts
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, suite):
+    a = write_suite(tmp_path / "a", suite=suite)
+    b = write_suite(tmp_path / "b", seed=0)
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert code_problems.generate(1)["test"][0].row != code_problems.generate(0)["test"][0].row
+    assert math_problems.generate(1, n_train=50)["test"][0].row["question"] != \
+        math_problems.generate(0, n_train=50)["test"][0].row["question"]
+    assert qa.generate(1)[0].facts() != qa.generate(0)[0].facts()
+
+
+def test_jsonl_schema(tmp_path, suite):
+    write_suite(tmp_path, suite=suite)
+    schema = {"qa": {"id", "question", "choices", "gold", "difficulty"},
+              "math": {"id", "question", "answer", "target", "difficulty"},
+              "code": {"id", "prompt", "entry_point", "test", "canonical_solution", "difficulty"}}
+    for category, keys in schema.items():
+        for split in ("train", "fewshot", "test"):
+            rows = [json.loads(line) for line in (tmp_path / f"{category}_{split}.jsonl").open()]
+            assert rows and all(set(r) == keys for r in rows)
+
+
+def test_difficulty_distribution_as_declared(suite):
+    qa_levels = [r["difficulty"] for r in suite.rows("qa", "test")]
+    assert qa_levels[:4] == [1, 2, 1, 2] and Counter(qa_levels) == {1: 200, 2: 200}
+    assert all(len(r["choices"]) == 4 and len(set(r["choices"])) == 4 for r in suite.rows("qa", "test"))
+    math_levels = [r["difficulty"] for r in suite.rows("math", "test")]
+    assert math_levels[:8] == [1, 2, 3, 4, 1, 2, 3, 4] and Counter(math_levels) == {d: 100 for d in (1, 2, 3, 4)}
+    code_levels = [r["difficulty"] for r in suite.rows("code", "test")]
+    assert code_levels[:6] == [1, 2, 3, 1, 2, 3] and Counter(code_levels) == {d: 100 for d in (1, 2, 3)}
+    for r in suite.rows("code", "test"):   # the declared level matches the body's shape
+        body = r["canonical_solution"]
+        loop, branch = re.search(r"^ +for ", body, re.M), re.search(r"^ +if ", body, re.M)
+        assert bool(loop) == (r["difficulty"] == 3)
+        assert r["difficulty"] != 2 or branch
+        assert r["difficulty"] != 1 or (not branch and body.count("\n") == 1)
+
+
+_LINE = re.compile(r"^(-?\d+) ([-+*/]) (\d+) = (-?\d+)$")
+
+
+@pytest.mark.parametrize("split", ["train", "test", "fewshot"])
+def test_math_worked_steps_are_correct(suite, split):
+    for row in suite.rows("math", split):
+        *steps, final = row["answer"].split("\n")
+        assert len(steps) == row["difficulty"]
+        for line in steps:
+            a, op, b, c = _LINE.match(line).groups()
+            a, b, c = int(a), int(b), int(c)
+            assert c == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op] and 0 <= c <= 999
+            assert op != "/" or a % b == 0
+        assert final == f"#### {row['target']}" and steps[-1].endswith(f"= {row['target']}")
+
+
+def test_code_canonical_pass_and_mutants_fail(suite):
+    rows = suite.rows("code", "test")[:60] + suite.rows("code", "train")[:30]
+    canonical = check_completions(rows, [r["canonical_solution"] for r in rows], workers=2)
+    assert all(r.passed for r in canonical), [r.reason for r in canonical if not r.passed]
+
+    def mutate(body):   # every number literal one larger, or the quoted letters rotated
+        out = re.sub(r"(?<![\w.])(\d+)", lambda m: str(int(m.group(1)) + 1), body)
+        if out == body:
+            out = re.sub(r"'([a-z]+)'", lambda m: repr(m.group(1)[1:] + "z"), body)
+        return out
+    mutants = [mutate(r["canonical_solution"]) for r in rows]
+    assert all(m != r["canonical_solution"] for m, r in zip(mutants, rows, strict=True))
+    results = check_completions(rows, mutants, workers=2)
+    assert not any(r.passed for r in results)
+
+
+def test_code_test_variants_unseen_in_training(suite):
+    train = {it.key for it in suite.items["code"]["train"]}
+    test = [it.key for it in suite.items["code"]["test"]]
+    assert len(set(test)) == len(test) and not train & set(test)
+    assert len({k[0] for k in test}) == len(code_problems.FAMILIES)
+
+
+def test_tokenizer_roundtrip_specials_and_chat_template(tmp_path, corpus, suite):
+    from transformers import AutoTokenizer
+    out = train_tokenizer(corpus, tmp_path / "tok", vocab_size=1024)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.mask_token) == (BOS, EOS, EOS, MASK)
+    samples = [corpus.pretrain[-1], suite.rows("code", "test")[0]["prompt"], "Ünïcode ✓ 12345\t\n"]
+    for text in samples:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert tok.decode(ids) == text
+    assert tok.tokenize("1234") == ["1", "2", "3", "4"]   # digits one per token
+    chat = [{"role": "user", "content": "Where?"}, {"role": "assistant", "content": "    return 1\n"}]
+    text = tok.apply_chat_template(chat, tokenize=False)
+    assert text == (f"{BOS}<|start_header_id|>user<|end_header_id|>\n\nWhere?{EOT}"
+                    f"<|start_header_id|>assistant<|end_header_id|>\n\n    return 1\n{EOT}")
+    prompt = tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    again = train_tokenizer(corpus, tmp_path / "tok2", vocab_size=1024)
+    assert (again / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+
+
+def test_prompt_and_answer_lengths_fit(tmp_path, corpus, suite):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(train_tokenizer(corpus, tmp_path / "tok", vocab_size=2048))
+    n = lambda s: len(tok.encode(s, add_special_tokens=False))
+    assert max(n("Question: " + r["question"] + "\nAnswer:") for r in suite.rows("math", "test")) < 96
+    assert max(n(r["answer"]) for r in suite.rows("math", "test")) < 64
+    assert max(n(r["prompt"]) for r in suite.rows("code", "test")) < 96
+    assert max(n(r["canonical_solution"]) for r in suite.rows("code", "test")) < 64
