@@ -137,8 +137,8 @@ def greedy_block_rotation(x: torch.Tensor, block_size: int, steps: int,
         xb = xb @ Rs.float()
         acc = acc @ Rs
         peak = xb.abs().amax(dim=(1, 2))
-        better = peak < best_peak
-        best[better] = acc[better]
+        better = peak < best_peak  # no boolean indexing: keeps the loop free of host syncs
+        best = torch.where(better[:, None, None], acc, best)
         best_peak = torch.where(better, peak, best_peak)
     return best
 
