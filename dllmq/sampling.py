@@ -301,13 +301,12 @@ def llada_denoise_step(model, x, attn, pos, prompt_index, lo: int, hi: int, k: i
         x0_p = torch.gather(p, -1, x0[..., None]).squeeze(-1)  # (B, hi - lo)
     else:
         x0_p = torch.rand(x.shape, device=x.device, generator=generator)[:, lo:hi]
-    masked = x[:, lo:hi] == mask_id
-    confidence = torch.where(masked, x0_p, -torch.inf)
-    take = top_k_mask(confidence, k)  # (B, hi - lo)
+    # top-k over the full rows (B, L), -inf outside [lo, hi): the same ties as upstream
+    confidence = torch.full(x.shape, -torch.inf, dtype=x0_p.dtype, device=x.device)
+    confidence[:, lo:hi] = torch.where(x[:, lo:hi] == mask_id, x0_p, -torch.inf)
+    transfer = top_k_mask(confidence, k)  # (B, L)
     x = x.clone()
-    x[:, lo:hi] = torch.where(take, x0, x[:, lo:hi])
-    transfer = torch.zeros_like(x, dtype=torch.bool)
-    transfer[:, lo:hi] = take
+    x[:, lo:hi] = torch.where(transfer[:, lo:hi], x0, x[:, lo:hi])
     return x, transfer
 
 

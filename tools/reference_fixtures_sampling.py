@@ -190,6 +190,17 @@ def seed_weights(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) / p.shape[1] ** 0.5)
 
 
+def favour_special_tokens(lm_head: torch.Tensor, seed: int) -> None:
+    """Give EOS, EoT and MASK the output rows of frequent tokens (plus noise), so that the
+    fixtures exercise logits_eos_inf / confidence_eos_eot_inf and a predicted [MASK]
+    (which stays masked and eligible later); with random rows they are never predicted."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for dst, src in ((EOS, 20), (EOT, 6), (MASK, 70)):
+            noise = torch.randn(lm_head.shape[1], generator=g)
+            lm_head[dst] = lm_head[src] + 0.3 * lm_head[src].norm() / lm_head.shape[1] ** 0.5 * noise
+
+
 # ---- running the official code ---------------------------------------------------------------
 def run_llada(gen, model, case: dict) -> list[list[int]]:
     prompt = torch.tensor(case["prompts"])
@@ -264,6 +275,7 @@ def main() -> None:
         llada = mods["modeling_llada"].LLaDAModelLM(
             mods["configuration_llada"].LLaDAConfig(**LLADA_CONFIG), init_params=False).eval()
         seed_weights(llada, seed=5)
+        favour_special_tokens(llada.model.transformer.ff_out.weight, seed=9)
         dcfg = mods["configuration_dream"].DreamConfig(**DREAM_CONFIG)
         dcfg._attn_implementation = "sdpa"
         dream = mods["modeling_dream"].DreamModel(dcfg).eval()

@@ -1,0 +1,124 @@
+"""dllmq.likelihood against the official LLaDA get_log_likelihood.py and QDLM's Dream lm-eval
+estimator (fixtures made by tools/reference_fixtures_sampling.py), plus packing invariance,
+the draws' structure, the exact single-token case and the greedy check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from dllmq.likelihood import (
+    draw_masks,
+    evaluate_masks,
+    greedy_check,
+    loglikelihood,
+    loglikelihood_rolling,
+)
+from dllmq.models import load
+
+FIX = Path(__file__).parent / "fixtures" / "sampling"
+REF = json.loads((FIX / "likelihood.json").read_text())
+REQUESTS = [(c, t) for c, t in REF["requests"]]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is ~40x faster than two on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load(FIX / name, device="cpu", dtype=torch.float32) for name in ("llada", "dream")}
+
+
+def cases():
+    for name in ("llada", "dream"):
+        settings = [s for s in REF["settings"] if name == "llada" or s["cfg_scale"] == 0]
+        for s, ref in zip(settings, REF[name], strict=True):
+            yield name, s, ref
+
+
+@pytest.mark.parametrize("name,s,ref", list(cases()),
+                         ids=[f"{n}-mc{s['mc_num']}-b{s['batch_size']}-cfg{s['cfg_scale']}"
+                              for n, s, _ in cases()])
+@pytest.mark.parametrize("rows_per_forward", [None, 5, 64])
+def test_equals_official_estimate(models, name, s, ref, rows_per_forward):
+    """Same seed -> same draws -> the official value to 1e-5, however the rows are packed."""
+    ours = loglikelihood(models[name], REQUESTS, s["mc_num"], s["batch_size"], s["cfg_scale"],
+                         torch.Generator().manual_seed(s["seed"]), rows_per_forward=rows_per_forward)
+    assert ours == pytest.approx(ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("estimator", ["llada", "dream"])
+def test_packing_does_not_change_the_estimate(models, estimator):
+    g = torch.Generator().manual_seed(3)
+    draws = [draw_masks(len(c), len(t), 12, 4, g, estimator) for c, t in REQUESTS]
+    model = models["llada"]
+    alone = [evaluate_masks(model, [r], [d], rows_per_forward=4)[0] for r, d in zip(REQUESTS, draws,
+                                                                                      strict=True)]
+    for rows in (3, 48):
+        packed = evaluate_masks(model, REQUESTS, draws, rows_per_forward=rows)
+        assert packed == pytest.approx(alone, rel=1e-6)
+
+
+def test_llada_draws_are_stratified_exact_counts():
+    T, b = 7, 5
+    d = draw_masks(3, T, 20, b, torch.Generator().manual_seed(0), "llada")
+    counts = d.is_mask.sum(1)
+    assert torch.equal(d.p_mask, counts / T) and bool((counts >= 1).all())
+    for grp in counts.view(-1, b):  # k, k + T/b, ... mod T: spread over the whole range
+        spread = sorted(grp.tolist())
+        assert max(spread) - min(spread) >= T - T / b - 1
+
+
+def test_dream_draws_never_mask_the_last_token():
+    d = draw_masks(0, 6, 400, 8, torch.Generator().manual_seed(0), "dream")
+    assert not d.is_mask[:, 0].any() and not d.is_mask[:, -1].any()  # first of seq, last (EOS)
+    assert d.is_mask[:, 1:-1].any()
+    rate = d.is_mask[:, 1:-1].float().mean(1)
+    assert torch.corrcoef(torch.stack([rate, d.p_mask]))[0, 1] > 0.8
+
+
+def test_single_token_continuation_is_exact(models):
+    """LLaDA's estimator with one continuation token always masks it with p = 1: the estimate is
+    the exact log-softmax at that position, for every Monte Carlo sample."""
+    model = models["llada"]
+    ctx, tok = [93, 4, 8, 15], 16
+    x = torch.tensor([ctx + [model.config.mask_token_id]])
+    exact = torch.log_softmax(model.denoise_logits(x)[0, -1].double(), -1)[tok].item()
+    got = loglikelihood(model, [(ctx, [tok])], mc_num=8, batch_size=4)[0]
+    assert got == pytest.approx(exact, rel=1e-6)
+
+
+def test_greedy_check_equals_official(models):
+    g = REF["greedy_llada"]
+    flags = greedy_check(models["llada"], [(c, t) for c, t in g["requests"]])
+    assert flags == g["is_greedy"] and any(flags) and not all(flags)
+
+
+def test_rolling_sums_chunk_estimates(models):
+    model = models["llada"]
+    seq = list(range(1, 41))
+    got = loglikelihood_rolling(model, [seq], 8, 4, torch.Generator().manual_seed(1), window=16)
+    chunks = [(seq[:0], seq[0:16]), (seq[:16], seq[16:32]), (seq[:32], seq[32:40])]
+    want = sum(loglikelihood(model, chunks, 8, 4, generator=torch.Generator().manual_seed(1)))
+    assert got[0] == pytest.approx(want, rel=1e-9)
+    with pytest.raises(ValueError, match="window 500"):
+        loglikelihood_rolling(model, [seq], 8, 4, window=500)
+
+
+def test_errors(models):
+    with pytest.raises(ValueError, match="lower batch_size"):
+        loglikelihood(models["llada"], REQUESTS, mc_num=2, batch_size=4)
+    with pytest.raises(ValueError, match="beyond the model's context"):
+        loglikelihood(models["llada"], [([1] * 130, [2])], mc_num=4, batch_size=4)
+    with pytest.raises(ValueError, match="empty continuation"):
+        loglikelihood(models["llada"], [([1], [])], mc_num=4, batch_size=4)
+    with pytest.raises(ValueError, match="estimator 'x'"):
+        loglikelihood(models["llada"], REQUESTS, 4, 4, estimator="x")
