@@ -66,14 +66,16 @@ def search_scales(
     loss_fn: Callable[[list[torch.Tensor]], float],
     spec: QuantSpec,
     n_grid: int = 20,
+    ratios: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Grid search of the AWQ scale exponent. `loss_fn(ws)` returns the objective when the
     linears use weights `ws` (same order as `weights`). Returns (best scales (C,), losses per
-    grid point); grid point 0 is scale 1, so losses[argmin] <= losses[0] always."""
+    grid point); grid point 0 is scale 1, so losses[argmin] <= losses[0] always.
+    ratios default to llm-awq's i / n_grid (i < n_grid); llm-compressor uses i / (n_grid - 1)."""
     losses: list[float] = []
     best, best_s = float("inf"), None
-    for i in range(n_grid):
-        s = candidate_scales(x_mean, i / n_grid)
+    for r in ratios if ratios is not None else [i / n_grid for i in range(n_grid)]:
+        s = candidate_scales(x_mean, r)
         ws = [(fake_quant(w * s.to(w.dtype), spec.for_features(w.shape[1])) / s.to(w.dtype))
               for w in weights]
         loss = loss_fn(ws)
