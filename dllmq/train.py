@@ -11,7 +11,7 @@ Objectives (pure functions at the top of this file):
 - `mdm_loss`: masked-diffusion pretraining as LLaDA's GUIDELINES.md (ML-GSAI/LLaDA):
   per sequence t ~ U(0, 1], p = (1 - eps) t + eps, each token masked with probability p,
   cross-entropy on masked tokens weighted 1/p, summed and divided by B * L. LLaDA truncates 1 %
-  of batches to a random length; we do the same with `random_length_prob`.
+  of batches to a random length (`random_length_prob`).
 - `sft_loss`: LLaDA's SFT (same file): the prompt is never noised, the response is padded with
   EOS to the row length and the padding is part of the response (so the model learns to stop),
   each masked token weighted 1 / (p * response length), summed and divided by B.
@@ -21,10 +21,12 @@ Objectives (pure functions at the top of this file):
   `mdm_loss` trains it. We do not implement Dream's context-adaptive noise rescheduling (CART):
   the plain 1/t weight is used.
 
-Where we differ from LLaDA: position 0 always holds BOS and is never masked (Dream's shifted
-logits cannot predict position 0; LLaDA's samplers never mask it either); pretraining rows are
-whole documents packed greedily and filled with EOS instead of a cut stream, so every row starts
-at a document boundary as evaluation prompts do.
+Where we differ from LLaDA: 5 % of pretraining batches (not 1 %) are cut to a random length,
+since evaluation sequences are short while training rows are full; position 0 always holds BOS
+and is never masked (Dream's shifted logits cannot predict position 0; LLaDA's samplers never
+mask it either); pretraining rows are whole documents packed greedily and filled with EOS
+instead of a cut stream, so every row starts at a document boundary as evaluation prompts do,
+and the model learns to fill the positions after an answer with EOS, as generation needs.
 
 Determinism: data order and masking come from `torch.Generator`s seeded per step from the
 preset's seed, so a run is a function of (preset, data, seed) and a resumed run equals an
@@ -152,10 +154,11 @@ PRESETS: dict[str, Preset] = {
                description="Dream architecture with causal attention, trained autoregressively "
                            "(next-token loss): the starting point of tiny-dream-base."),
         Preset(name="tiny-dream-base", arch="Dream", objective="mdm", init_from="tiny-ar",
-               num_kv_heads=4, steps=3000, lr=5e-4, warmup_steps=100,
+               num_kv_heads=4, steps=3000, lr=5e-4, warmup_steps=100, random_length_prob=0.05,
                description="tiny-ar adapted to masked diffusion with Dream's shifted logits "
                            "(position i predicts token i+1), attention made bidirectional."),
         Preset(name="tiny-llada-base", arch="llada", objective="mdm", steps=4000,
+               random_length_prob=0.05,
                description="LLaDA architecture, masked-diffusion pretraining from scratch "
                            "(random mask ratio per sequence, 1/t-weighted loss)."),
         Preset(name="tiny-llada-instruct", arch="llada", objective="sft",
@@ -547,7 +550,8 @@ def write_model_card(model_dir: str | Path, metrics: dict | None = None) -> Path
              f"{p['seq_len']} tokens; tokenizer vocabulary {train_log['vocab_size']}.", "",
              "## Training loss", "",
              f"First logged {train_log['history']['loss'][0]:.4f}, final "
-             f"{train_log['final_loss']:.4f} (mean over the last {p['log_every']} steps).", "",
+             f"{train_log['final_loss']:.4f} (mean of the last logged interval, up to "
+             f"{p['log_every']} steps).", "",
              "| step | loss |", "| ---: | ---: |"]
     hist = train_log["history"]
     n = len(hist["step"])
@@ -603,69 +607,81 @@ class TrainingData:
     description: str
 
 
-def special_ids(tokenizer) -> SpecialIds:
-    """Mask, BOS, EOS (and end-of-turn, when the tokenizer has one) ids of a tokenizer."""
+def special_ids(tokenizer, eot_token: str | None = None) -> SpecialIds:
+    """Mask, BOS, EOS (and end-of-turn, when `eot_token` names one) ids of a tokenizer."""
     missing = [n for n in ("mask_token_id", "bos_token_id", "eos_token_id")
                if getattr(tokenizer, n, None) is None]
     if missing:
         raise ValueError(f"tokenizer lacks {', '.join(missing)}; train it with the mask, BOS and "
-                         "EOS specials (dllmq.tasks.train_tokenizer)")
-    eot = getattr(tokenizer, "eot_token_id", None)
+                         "EOS specials (dllmq.tasks.tokenizer.train_tokenizer)")
+    eot = None
+    if eot_token is not None:
+        eot = tokenizer.convert_tokens_to_ids(eot_token)
+        if eot is None or eot == tokenizer.unk_token_id:
+            raise ValueError(f"tokenizer has no {eot_token!r} token")
     return SpecialIds(tokenizer.mask_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
                       eot)
 
 
-def encode_sft_pair(tokenizer, prompt: str, response: str) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids) of one exchange in the tokenizer's chat template: the prompt
-    is the user turn plus the assistant header, the response the rest of the rendered
-    conversation (answer and end-of-turn)."""
-    user = [{"role": "user", "content": prompt}]
-    head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}],
-                                         tokenize=False)
-    if not full.startswith(head):
-        raise ValueError("the chat template renders the prompt differently with and without the "
-                         "answer; cannot split prompt from response")
-    p = tokenizer(head, add_special_tokens=False)["input_ids"]
-    r = tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
-    return p, r
+def encode_sft_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, response ids) of each exchange in the tokenizer's chat template: the prompt
+    is the user turn plus the assistant header (what a user sends at inference), the response
+    the rest of the rendered conversation (answer and end-of-turn)."""
+    heads, tails = [], []
+    for prompt, response in pairs:
+        user = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": response}],
+                                             tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("the chat template renders the prompt differently with and without "
+                             "the answer; cannot split prompt from response")
+        heads.append(head)
+        tails.append(full[len(head):])
+    if not heads:
+        return []
+    p = tokenizer(heads, add_special_tokens=False)["input_ids"]
+    r = tokenizer(tails, add_special_tokens=False)["input_ids"]
+    return [(list(a), list(b)) for a, b in zip(p, r, strict=True)]
 
 
-def tokenize_data(tokenizer, pretrain_texts: Sequence[str],
-                  sft_pairs: Sequence[tuple[str, str]], description: str) -> TrainingData:
-    docs = tokenizer(list(pretrain_texts), add_special_tokens=False)["input_ids"]
-    examples = [encode_sft_pair(tokenizer, p, r) for p, r in sft_pairs]
-    return TrainingData(tokenizer, special_ids(tokenizer), [list(d) for d in docs], examples,
-                        description)
+def tokenize_data(tokenizer, pretrain_texts: Sequence[str], sft_pairs: Sequence[tuple[str, str]],
+                  description: str, eot_token: str | None = None) -> TrainingData:
+    docs = tokenizer(list(pretrain_texts), add_special_tokens=False)["input_ids"] \
+        if pretrain_texts else []
+    return TrainingData(tokenizer, special_ids(tokenizer, eot_token), [list(d) for d in docs],
+                        encode_sft_pairs(tokenizer, sft_pairs), description)
 
 
-def prepare_data(seed: int, tokenizer_dir: Path | None) -> TrainingData:
-    """Build the corpus with dllmq.tasks and tokenize it; reuse the tokenizer saved in
-    `tokenizer_dir` when given (models trained in one output directory share one tokenizer),
-    else train one (it is saved next to each model's weights)."""
+def prepare_data(data_seed: int, tokenizer_dir: Path | None) -> TrainingData:
+    """The corpus of `dllmq.tasks.corpus.build_corpus(data_seed)`, tokenized. The tokenizer in
+    `tokenizer_dir` is reused when given (models trained into one directory share one
+    tokenizer), else one is trained on the corpus (it is saved next to each model's weights).
+    `data_seed` must be the seed of the suite the models are evaluated on: it fixes the
+    generated world, problems and the train/test split."""
     from transformers import AutoTokenizer
 
-    from . import tasks
+    from .tasks.corpus import build_corpus
+    from .tasks.tokenizer import EOT, train_tokenizer
 
-    corpus = tasks.build_corpus(seed)
+    t0 = time.perf_counter()
+    corpus = build_corpus(data_seed)
     if tokenizer_dir is not None:
         log.info("using the tokenizer of %s", tokenizer_dir)
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            tokenizer = tasks.train_tokenizer(corpus, Path(tmp))
-    texts, pairs, description = _corpus_parts(corpus)
-    return tokenize_data(tokenizer, texts, pairs, description)
-
-
-def _corpus_parts(corpus) -> tuple[list[str], list[tuple[str, str]], str]:
-    """(pretraining texts, SFT (prompt, response) pairs, one-line description) of a corpus
-    built by dllmq.tasks.build_corpus."""
-    texts = list(corpus.pretrain_texts)
-    pairs = [(p, r) for p, r in corpus.sft_pairs]
-    description = getattr(corpus, "description", f"{len(texts)} pretraining documents and "
-                          f"{len(pairs)} SFT pairs from dllmq.tasks.build_corpus.")
-    return texts, pairs, description
+            tokenizer = AutoTokenizer.from_pretrained(str(train_tokenizer(corpus, Path(tmp))))
+    data = tokenize_data(tokenizer, corpus.pretrain, corpus.sft, "", eot_token=EOT)
+    tokens = {name: sum(len(d) for d in data.pretrain_docs[a:b])
+              for name, (a, b) in corpus.sources.items()}
+    groups = ", ".join(f"{name} {b - a} documents / {tokens[name]} tokens"
+                       for name, (a, b) in corpus.sources.items())
+    description = (f"`dllmq.tasks.corpus.build_corpus({data_seed})` (Python "
+                   f"{corpus.python_version} standard library): pretraining {groups}; "
+                   f"{len(corpus.sft)} SFT pairs from the same train splits.")
+    log.info("data ready in %.0f s: %s", time.perf_counter() - t0, description)
+    return dataclasses.replace(data, description=description)
 
 
 def rows_for(preset: Preset, data: TrainingData) -> Rows:
@@ -803,7 +819,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="model to train; 'all' trains the four in dependency order")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="models are written to OUT/<name>/")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="training seed (init, order, masks)")
+    ap.add_argument("--data-seed", type=int, help="corpus seed; default dllmq.tasks.DEFAULT_SEED, "
+                                                   "the suite the models are evaluated on")
     ap.add_argument("--steps", type=int, help="override every preset's step count (smoke runs)")
     ap.add_argument("--batch-size", type=int, help="override every preset's batch size")
     ap.add_argument("--force", action="store_true", help="retrain finished models from scratch")
@@ -835,6 +853,10 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m dllmq.train " + " ".join(argv if argv is not None else sys.argv[1:])
     names = expand(args.preset)
+    if args.data_seed is None:
+        from .tasks import DEFAULT_SEED as data_seed
+    else:
+        data_seed = args.data_seed
     t0 = time.perf_counter()
     data: TrainingData | None = None
     for name in names:
@@ -851,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if data is None:
             trained = [out / n for n in ALL_ORDER if is_finished(out / n)]
-            data = prepare_data(args.seed, trained[0] if trained else None)
+            data = prepare_data(data_seed, trained[0] if trained else None)
         train_preset(preset, data, out, device, autocast_dtype, command, args.keep_checkpoints,
                      commit=args.commit)
     log.info("trained %s in %.0f s", ", ".join(names), time.perf_counter() - t0)
