@@ -127,20 +127,31 @@ def hadamard_matrix(n: int, dtype: torch.dtype = torch.float64,
 
 
 # ---- fast application ------------------------------------------------------------------------
+_DENSE_MAX = 128  # powers of two up to this size are one matmul; larger ones are Kronecker products
+
+
+@functools.lru_cache(maxsize=64)
+def _dense(kind: str, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Cached +-1 matrices on the device (no host-to-device copy per call)."""
+    H = _sylvester(n) if kind == "sylvester" else _base_matrix(n)
+    return H.to(dtype=dtype, device=device)
+
+
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised Walsh-Hadamard transform on the last axis (a power of two): x -> x H_p
-    (H_p Sylvester, symmetric), log2(p) butterfly stages, O(p log p) per row."""
+    """Unnormalised Walsh-Hadamard transform on the last axis (a power of two p): x -> x H_p
+    (H_p Sylvester, symmetric). H_{ab} = H_a (x) H_b, so (..., p) is viewed as (..., a, b) with
+    b <= 128 and transformed by one dense matmul per factor: O(p (a + b)) per row, two or three
+    large matmuls instead of log2(p) memory-bound butterfly passes."""
     p = x.shape[-1]
     if p & (p - 1):
         raise HadamardError(f"fwht needs a power-of-two length, got {p}")
+    if p <= _DENSE_MAX:
+        return x @ _dense("sylvester", p, x.dtype, x.device)
     lead = x.shape[:-1]
-    h = 1
-    while h < p:
-        y = x.reshape(*lead, p // (2 * h), 2, h)  # (..., blocks, 2, h)
-        a, b = y[..., 0, :], y[..., 1, :]
-        x = torch.stack([a + b, a - b], dim=-2).reshape(*lead, p)
-        h *= 2
-    return x
+    b = _DENSE_MAX
+    y = fwht(x.reshape(*lead, p // b, b))  # inner factor H_b on the last axis
+    y = fwht(y.transpose(-1, -2)).transpose(-1, -2)  # outer factor H_{p/b} across chunks
+    return y.reshape(*lead, p)
 
 
 def hadamard_transform(x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
@@ -152,7 +163,7 @@ def hadamard_transform(x: torch.Tensor, transpose: bool = False) -> torch.Tensor
     lead = x.shape[:-1]
     y = fwht(x.reshape(*lead, m, p))  # (..., m, p) @ H_p^T
     if m > 1:
-        Hm = _base_matrix(m).to(dtype=x.dtype, device=x.device)
+        Hm = _dense("base", m, x.dtype, x.device)
         if transpose:
             Hm = Hm.T
         y = torch.einsum("ij,...jp->...ip", Hm, y)  # H_m @ (..., m, p)
