@@ -1,0 +1,7 @@
+"""`python -m dllmq ...`: see dllmq/cli.py."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

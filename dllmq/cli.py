@@ -1,0 +1,264 @@
+"""`python -m dllmq <command>` (also the `dllmq` console script). The only argparse in dllmq.
+
+    eval      evaluate one model x recipe on tasks (optionally into a results store)
+    sweep     run a grid file into its results store, skipping finished cells
+    lm_eval   lm-eval's own CLI with the `dllmq` model registered:
+              python -m dllmq lm_eval --model dllmq --model_args pretrained=NAME,recipe=R ...
+              (lm-eval 0.4.13 has no plugin entry points: its registry only knows models whose
+              module was imported, so plain `lm_eval --model dllmq` cannot find ours)
+    quantize  quantize a model with a recipe and save it (weight-only recipes)
+    train     train the shipped tiny models (dllmq.train)
+    bench     run a benchmark script from bench/
+
+Each command is a pair `_add_<name>(subparsers)` / `_run_<name>(args)`; library functions get
+plain values, never the argparse namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger("dllmq")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class CLIError(SystemExit):
+    """Exit with one line on stderr."""
+
+    def __init__(self, msg: str):
+        super().__init__(f"dllmq: error: {msg}")
+
+
+def _value(text: str):
+    """`--set k=v` values: JSON scalars (true, 3, 0.5, null), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _settings(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        k, eq, v = p.partition("=")
+        if not eq or not k:
+            raise CLIError(f"--set takes name=value, got {p!r}")
+        out[k] = _value(v)
+    return out
+
+
+# ---- eval -----------------------------------------------------------------------------------
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model x recipe on tasks")
+    p.add_argument("--model", required=True, help="shipped name, checkpoint dir or Hub id")
+    p.add_argument("--recipe", default="fp16", help="quantization recipe (fp16: none)")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
+    p.add_argument("--limit", type=int, help="documents per task")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--seed", type=int, action="append", help="repeatable; default 0")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="an evaluation setting (mc_num, batch_size, gen_length, steps, ...)")
+    p.add_argument("--apply-chat-template", action="store_true")
+    p.add_argument("--include-path", action="append", default=[], help="extra lm-eval task folder")
+    p.add_argument("--no-default-tasks", action="store_true",
+                   help="only tasks under --include-path (faster start)")
+    p.add_argument("--store", help="results store (SQLite) to read finished cells from and write to")
+    p.add_argument("--device")
+    p.add_argument("--json", help="write the metrics to this JSON file")
+
+
+def _run_eval(args) -> int:
+    from .store import Store
+    from .sweep import GridError, grid_for_eval, run_sweep
+
+    settings = _settings(args.set)
+    for key, val in (("limit", args.limit), ("num_fewshot", args.num_fewshot)):
+        if val is not None:
+            settings[key] = val
+    if args.apply_chat_template:
+        settings["apply_chat_template"] = True
+    try:
+        grid = grid_for_eval([args.model], [args.recipe], args.tasks.split(","),
+                             args.seed or [0], settings, args.include_path,
+                             not args.no_default_tasks, args.device)
+        report = run_sweep(grid, Store(args.store) if args.store else None)
+    except GridError as e:
+        raise CLIError(str(e)) from None
+    print(report.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(
+            [{"model": r.cell.model, "recipe": r.cell.recipe, "task": r.cell.task,
+              "seed": r.cell.seed, "settings": dict(r.cell.settings), "metrics": r.metrics}
+             for r in report.done], indent=2) + "\n")
+    return 0
+
+
+# ---- sweep ----------------------------------------------------------------------------------
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="run a grid file, skipping finished cells")
+    p.add_argument("grid", help="grid YAML (see dllmq/sweep.py)")
+    p.add_argument("--store", help="results store; overrides the grid's `store`")
+    p.add_argument("--check", action="store_true", help="validate the grid and exit")
+
+
+def _run_sweep(args) -> int:
+    from .store import Store
+    from .sweep import GridError, load_grid, run_sweep, validate
+
+    try:
+        grid = load_grid(args.grid)
+        path = args.store or grid.store
+        if path is None:
+            raise GridError(f"{args.grid}: no `store` in the grid and no --store given")
+        if args.check:
+            validate(grid)
+            print(f"{args.grid}: {len(grid.cells())} cells, valid")
+            return 0
+        report = run_sweep(grid, Store(path))
+    except GridError as e:
+        raise CLIError(str(e)) from None
+    print(report.table())
+    return 0
+
+
+# ---- quantize -------------------------------------------------------------------------------
+def _add_quantize(sub) -> None:
+    p = sub.add_parser("quantize", help="quantize a model and save it (weight-only recipes)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--calib", help="calibration source (wikitext2, pileval, embedded)")
+    p.add_argument("--calib-samples", type=int)
+    p.add_argument("--calib-seqlen", type=int)
+    p.add_argument("--device")
+
+
+def _run_quantize(args) -> int:
+    from .eval import quantize_model
+    from .models import load, load_tokenizer, save_pretrained
+
+    model = load(args.model, device=args.device)
+    tok = load_tokenizer(args.model)
+    summary = quantize_model(model, tok, args.recipe, args.calib, args.calib_samples,
+                             args.calib_seqlen)
+    if summary is not None and (summary.act_counts or _has_transforms(model)):
+        raise CLIError(f"recipe {args.recipe} quantizes activations or rotates inputs online; a "
+                       "checkpoint holds weights only. Evaluate it with --recipe instead")
+    _restore_linears(model)
+    save_pretrained(model, args.out)
+    tok.save_pretrained(args.out)
+    (Path(args.out) / "dllmq_quantization.txt").write_text(f"{summary}\n")
+    print(f"saved {args.recipe} weights (dequantized, official layout) to {args.out}")
+    return 0
+
+
+def _has_transforms(model) -> bool:
+    from .quant.qlinear import QLinear
+
+    return any(isinstance(m, QLinear) and m.input_transform is not None for m in model.modules())
+
+
+def _restore_linears(model) -> None:
+    """QLinear -> nn.Linear with the dequantized weight, so the official loader reads it."""
+    from torch import nn
+
+    from .quant.qlinear import QLinear
+
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, QLinear):
+                lin = nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                device=child.weight.device, dtype=child.weight.dtype)
+                lin.weight.data.copy_(child.weight.data)
+                if child.bias is not None:
+                    lin.bias.data.copy_(child.bias.data)
+                setattr(mod, child_name, lin)
+
+
+# ---- train, bench, lm_eval (pass-throughs) ----------------------------------------------
+def _add_passthrough(sub) -> None:
+    sub.add_parser("train", help="train the tiny models (arguments: python -m dllmq train -h)",
+                   add_help=False)
+    p = sub.add_parser("bench", help="run bench/<name>.py with the remaining arguments")
+    p.add_argument("name", nargs="?", help="benchmark name (without .py); none: list them")
+    sub.add_parser("lm_eval", help="lm-eval's CLI with --model dllmq available", add_help=False)
+
+
+def _run_train(rest: list[str]) -> int:
+    from .train import main
+
+    return main(rest) or 0
+
+
+def _run_bench(args, rest: list[str]) -> int:
+    scripts = sorted(p.stem for p in (REPO_ROOT / "bench").glob("*.py") if not p.stem.startswith("_"))
+    if not args.name:
+        print("benchmarks: " + (", ".join(scripts) or "none (no bench/ folder)"))
+        return 0
+    if args.name not in scripts:
+        raise CLIError(f"no benchmark {args.name!r}; available: {', '.join(scripts) or 'none'}")
+    return subprocess.call([sys.executable, str(REPO_ROOT / "bench" / f"{args.name}.py"), *rest])
+
+
+def run_lm_eval(argv: list[str]) -> int:
+    """lm-eval's CLI after registering `dllmq` (importing dllmq.eval does that)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    from . import eval as _registers_dllmq  # noqa: F401
+
+    old = sys.argv
+    sys.argv = ["lm_eval", *argv]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = old
+    return 0
+
+
+# ---- main -----------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m dllmq", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_eval(sub)
+    _add_sweep(sub)
+    _add_quantize(sub)
+    _add_passthrough(sub)
+    return p
+
+
+PASSTHROUGH = ("train", "lm_eval", "bench")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    # pass-through commands hand everything after their name to the tool they wrap
+    cmd_at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    rest: list[str] = []
+    if cmd_at is not None and argv[cmd_at] in PASSTHROUGH:
+        keep = 2 if argv[cmd_at] == "bench" and len(argv) > cmd_at + 1 \
+            and not argv[cmd_at + 1].startswith("-") else 1
+        rest = argv[cmd_at + keep:]
+        argv = argv[:cmd_at + keep]
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "eval":
+        return _run_eval(args)
+    if args.command == "sweep":
+        return _run_sweep(args)
+    if args.command == "quantize":
+        return _run_quantize(args)
+    if args.command == "train":
+        return _run_train(rest)
+    if args.command == "bench":
+        return _run_bench(args, rest)
+    return run_lm_eval(rest)

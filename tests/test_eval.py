@@ -1,0 +1,241 @@
+"""DLLMEvalLM: model args, seeded Monte Carlo likelihood, generation with stops, chat template,
+the lm-eval CLI path vs simple_evaluate, data parallel (slow)."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dllmq.eval import DLLMEvalLM, EvalSettings, cut_at_stops, request_settings
+from lm_eval.api.instance import Instance
+
+from evalkit import make_model_dir, write_tasks
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    model_dir = make_model_dir(root / "tiny-llada")
+    return {"root": root, "model": model_dir, "tasks": write_tasks(root)}
+
+
+@pytest.fixture(scope="module")
+def lm(env):
+    return DLLMEvalLM(str(env["model"]), mc_num=8, batch_size=4)
+
+
+def _req(kind: str, *args) -> Instance:
+    return Instance(request_type=kind, doc={}, arguments=args, idx=0)
+
+
+def test_unknown_model_arg_is_one_line_listing_the_valid_ones(env):
+    with pytest.raises(TypeError) as e:
+        DLLMEvalLM(str(env["model"]), mc_nmu=4)
+    msg = str(e.value)
+    assert "\n" not in msg and "mc_nmu" in msg
+    assert all(k in msg for k in ("mc_num", "gen_length", "pretrained", "recipe", "seed"))
+
+
+def test_bad_settings_fail_at_construction(env, lm):
+    model, tok = lm.model, lm.tokenizer
+    with pytest.raises(ValueError, match="integer batch size"):
+        DLLMEvalLM(model=model, tokenizer=tok, batch_size="auto")
+    with pytest.raises(ValueError, match="Dream's sampler"):
+        DLLMEvalLM(model=model, tokenizer=tok, alg="entropy")
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        DLLMEvalLM(model=model, tokenizer=tok, gen_length=10, block_length=4)
+    with pytest.raises(ValueError, match="quantize a model object yourself"):
+        DLLMEvalLM(model=model, tokenizer=tok, recipe="w4a16g128-rtn")
+    with pytest.raises(ValueError, match="either pretrained"):
+        DLLMEvalLM(str(env["model"]), model=model, tokenizer=tok)
+
+
+def test_likelihood_is_seeded_and_each_request_independent_of_the_others(lm):
+    reqs = [_req("loglikelihood", "q: what is 2 plus 1?\na:", c) for c in (" 33", " 4 4", " no way")]
+    first = [ll for ll, _ in lm.loglikelihood(reqs)]
+    assert [ll for ll, _ in lm.loglikelihood(reqs)] == first
+    # the same request alone, or in another order, gets the same estimate
+    alone = lm.loglikelihood([reqs[1]])[0][0]
+    assert alone == pytest.approx(first[1], rel=1e-6)
+    rev = [ll for ll, _ in lm.loglikelihood(reqs[::-1])]
+    assert rev[::-1] == pytest.approx(first, rel=1e-6)
+    other = [ll for ll, _ in lm.with_settings(seed=7).loglikelihood(reqs)]
+    assert all(a != b for a, b in zip(other, first, strict=True))
+    assert all(ll < 0 for ll in first)
+
+
+def test_greedy_check_matches_the_models_own_greedy_suffix(lm):
+    """is_greedy is True exactly for the continuation the one-token-per-step decode produces."""
+    import torch
+
+    ctx = lm.tok_encode("say yes:")
+    seq = torch.tensor([ctx + [lm.model.config.mask_token_id] * 3])
+    for _ in range(3):
+        masked = seq == lm.model.config.mask_token_id
+        logits = lm.model.denoise_logits(seq)[masked]
+        conf, x0 = logits.softmax(-1).max(-1)
+        best = conf.argmax()
+        pos = masked.nonzero()[best]
+        seq[pos[0], pos[1]] = x0[best]
+    target = lm.tokenizer.decode(seq[0, len(ctx):].tolist())
+    g = lm.with_settings(greedy_check=True)
+    res = g.loglikelihood([_req("loglikelihood", "say yes:", target),
+                           _req("loglikelihood", "say yes:", target[::-1] + "#")])
+    assert [r[1] for r in res] == [True, False]
+
+
+def test_rolling_is_the_elbo_of_the_text_after_the_prefix_token(lm):
+    text = "the cat sat on the mat."
+    rolled = lm.loglikelihood_rolling([_req("loglikelihood_rolling", text)])[0]
+    tokens = lm.tok_encode(text, add_special_tokens=False)
+    direct = lm._mc_loglikelihood([([lm.prefix_token_id], tokens)], "t", disable_tqdm=True)[0]
+    assert rolled == pytest.approx(direct, rel=1e-6)
+    # a context shorter than the text: several windows, each token scored once
+    short = lm.with_settings(max_length=8).loglikelihood_rolling(
+        [_req("loglikelihood_rolling", text)])[0]
+    assert short < 0 and short != pytest.approx(rolled, rel=1e-3)
+
+
+def test_generate_until_cuts_at_stops_and_batches_decode_as_singles(lm):
+    prompts = [f"say {w}:" for w in ("yes", "no", "down")]
+    kw = {"max_gen_toks": 6, "until": []}
+    free = lm.generate_until([_req("generate_until", p, kw) for p in prompts])
+    assert len(set(free)) > 1, "the tiny model should not decode every prompt alike"
+    singles = [lm.with_settings(batch_size=1).generate_until([_req("generate_until", p, kw)])[0]
+               for p in prompts]
+    assert singles == free
+    stops = [t[3] if len(t) > 3 else t[-1] for t in free]
+    cut = lm.generate_until([_req("generate_until", p, {"max_gen_toks": 6, "until": [s, "\0"]})
+                             for p, s in zip(prompts, stops, strict=True)])
+    assert cut == [t[:t.index(s)] for t, s in zip(free, stops, strict=True)]
+
+
+def test_request_settings_from_generation_kwargs():
+    base = EvalSettings(gen_length=64, temperature=0.5)
+    s, until = request_settings(base, {"until": "\n", "max_gen_toks": 16, "do_sample": False,
+                                       "steps": 8})
+    assert (s.gen_length, s.steps, s.temperature, until) == (16, 8, 0.0, ["\n"])
+    with pytest.raises(ValueError, match="not understood"):
+        request_settings(base, {"repetition_penalty": 1.1})
+    with pytest.raises(ValueError, match="give one of them"):
+        request_settings(base, {"max_gen_toks": 16, "gen_length": 32})
+    assert cut_at_stops("ab.cd\nef", ["\n", "."]) == "ab"
+    assert cut_at_stops("abc", ["", "x"]) == "abc"
+
+
+def test_chat_template_only_when_asked(env, lm):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    tm = TaskManager(include_path=str(env["tasks"]), include_defaults=False)
+    prompts = {}
+    for flag in (False, True):
+        res = lm_eval.simple_evaluate(model=lm, tasks=["tiny_gen"], limit=2, task_manager=tm,
+                                      apply_chat_template=flag, log_samples=True)
+        prompts[flag] = [s["arguments"][0][0] for s in res["samples"]["tiny_gen"]]
+    assert all(p.startswith("<bos>user: say") and p.endswith("assistant: ") for p in prompts[True])
+    assert all(p.startswith("say") for p in prompts[False])
+
+
+def _subprocess_env() -> dict:
+    return {**os.environ, "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONPATH": str(REPO)}
+
+
+def _by_doc(samples):
+    return {s["doc_id"]: s["resps"] for s in samples}
+
+
+def _simple(env, model, **kw):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    return lm_eval.simple_evaluate(model=model, tasks=["tiny_mc", "tiny_gen"], log_samples=True,
+                                   task_manager=TaskManager(include_path=str(env["tasks"]),
+                                                            include_defaults=False), **kw)
+
+
+def _assert_same(cli_results, cli_samples, res):
+    """Metrics equal; per-sample responses equal (lm-eval's sample files hold them as text)."""
+    for task in ("tiny_mc", "tiny_gen"):
+        for k, v in res["results"][task].items():
+            if isinstance(v, float):
+                assert cli_results[task][k] == pytest.approx(v, rel=1e-9), (task, k)
+        a, b = _by_doc(cli_samples[task]), _by_doc(res["samples"][task])
+        assert a.keys() == b.keys()
+        for d in a:
+            if task == "tiny_mc":
+                assert [float(x[0][0]) for x in a[d]] == pytest.approx([x[0][0] for x in b[d]])
+            else:
+                assert a[d] == b[d]
+
+
+def test_registered_name_and_object_give_the_same_numbers(env, lm):
+    """The `--model dllmq --model_args ...` route (create_from_arg_string, as lm-eval's CLI
+    does it) equals passing the object to simple_evaluate."""
+    from lm_eval.api.registry import get_model
+
+    assert get_model("dllmq") is DLLMEvalLM
+    by_name = _simple(env, "dllmq", model_args=f"pretrained={env['model']},mc_num=8", batch_size=4)
+    by_obj = _simple(env, lm)
+    _assert_same(by_name["results"], by_name["samples"], by_obj)
+
+
+@pytest.mark.slow  # lm-eval's CLI indexes all of its ~14k task files first (~20-40 s here)
+def test_lm_eval_cli_and_simple_evaluate_give_the_same_numbers(env, lm, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "dllmq", "lm_eval", "--model", "dllmq", "--model_args",
+         f"pretrained={env['model']},mc_num=8", "--batch_size", "4", "--device", "cpu",
+         "--tasks", "tiny_mc,tiny_gen", "--include_path", str(env["tasks"]),
+         "--output_path", str(out), "--log_samples"],
+        capture_output=True, text=True, env=_subprocess_env(), cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = glob.glob(str(out / "**" / "results_*.json"), recursive=True)
+    cli = json.loads(Path(found[0]).read_text())
+    samples = {t: [json.loads(line) for line in Path(glob.glob(
+        str(out / "**" / f"samples_{t}_*.jsonl"), recursive=True)[0]).read_text().splitlines()]
+        for t in ("tiny_mc", "tiny_gen")}
+    _assert_same(cli["results"], samples, _simple(env, lm))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_data_parallel_two_cpu_processes_equal_one(env, tmp_path):
+    """`accelerate launch` with 2 CPU processes (gloo): per-sample numbers equal one process.
+    Note: `accelerate launch --cpu --num_processes 2` needs mpirun; torchrun-style launching
+    with ACCELERATE_USE_CPU=1 gives the same MULTI_CPU setup without it."""
+    script = Path(__file__).with_name("evalkit_dp.py")
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"dp{n}.json"
+        cmd = ([sys.executable, str(script)] if n == 1 else
+               [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",
+                "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script)])
+        proc = subprocess.run([*cmd, str(env["model"]), str(env["tasks"]), str(out)],
+                              capture_output=True, text=True, timeout=600,
+                              env={**_subprocess_env(), "ACCELERATE_USE_CPU": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outs[n] = json.loads(out.read_text())
+    assert (outs[1]["world_size"], outs[2]["world_size"]) == (1, 2)
+    one, two = outs[1]["samples"], outs[2]["samples"]
+    assert one["tiny_gen"] == two["tiny_gen"]
+    assert one["tiny_mc"].keys() == two["tiny_mc"].keys()
+    for d, resps in one["tiny_mc"].items():  # batch composition differs: float rounding only
+        assert [r[0][0] for r in two["tiny_mc"][d]] == pytest.approx([r[0][0] for r in resps],
+                                                                     rel=1e-5)
+    for task, metrics in outs[1]["results"].items():
+        assert outs[2]["results"][task] == pytest.approx(metrics)
