@@ -21,8 +21,9 @@ Both average mc_num // batch_size groups (Dream: at least one group).
 generator (the official code uses the global RNG; on GPU its randperm even runs on the CPU RNG).
 We always draw on the CPU, so `torch.manual_seed(s)` + official on CPU == ours with
 `torch.Generator().manual_seed(s)`, on any device. `evaluate_masks` is then pure evaluation:
-all samples of all requests are sorted by length and cut into batches of `rows_per_forward`
-rows (right-padded with an attention mask where lengths differ), so batches stay full.
+all samples of all requests are sorted by length and cut into model calls of a token budget
+(or a fixed row count), right-padded with an attention mask only where lengths differ, so the
+device stays full and equal-length calls keep the unmasked (flash) attention path.
 """
 
 from __future__ import annotations
@@ -111,11 +112,28 @@ def masked_logits(model, x: torch.Tensor, attention_mask: torch.Tensor | None,
     return un + (cfg_scale + 1) * (cond - un)
 
 
+def plan_batches(lengths: list[int], rows_per_forward: int | None,
+                 tokens_per_forward: int) -> list[list[int]]:
+    """Row indices grouped into model calls: sorted by length (stable, so equal lengths share a
+    call and need no padding), then either fixed groups of rows_per_forward, or as many rows as
+    keep rows x longest <= tokens_per_forward (at least one row)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    if rows_per_forward:
+        return [order[i:i + rows_per_forward] for i in range(0, len(order), rows_per_forward)]
+    chunks: list[list[int]] = [[]]
+    for i in order:  # ascending lengths: the newest row is the chunk's longest
+        if chunks[-1] and (len(chunks[-1]) + 1) * lengths[i] > tokens_per_forward:
+            chunks.append([])
+        chunks[-1].append(i)
+    return chunks
+
+
 @torch.no_grad()
 def evaluate_masks(model, requests: list[Request], draws: list[MaskDraw], cfg_scale: float = 0.0,
-                   rows_per_forward: int = 32, progress: bool = False) -> list[float]:
+                   rows_per_forward: int | None = None, tokens_per_forward: int = 16384,
+                   progress: bool = False) -> list[float]:
     """Mean over each request's samples of -sum_masked CE / p_mask, i.e. the log-likelihood
-    estimate; the samples of all requests are packed into batches of rows_per_forward."""
+    estimate; the samples of all requests are packed into model calls (`plan_batches`)."""
     device, mask_id, pad_id = model.device, model.config.mask_token_id, model.config.pad_token_id
     rows = [(r, j) for r, d in enumerate(draws) for j in range(d.is_mask.shape[0])]
     lengths = [len(requests[r][0]) + len(requests[r][1]) for r, _ in rows]
@@ -123,9 +141,8 @@ def evaluate_masks(model, requests: list[Request], draws: list[MaskDraw], cfg_sc
     if longest > model.config.max_position:
         raise ValueError(f"a request has {longest} tokens, beyond the model's context of "
                          f"{model.config.max_position}; truncate the context on the left")
-    order = sorted(range(len(rows)), key=lambda i: lengths[i])  # stable: similar lengths together
     total = torch.zeros(len(draws), dtype=torch.float64, device=device)
-    chunks = [order[i:i + rows_per_forward] for i in range(0, len(order), rows_per_forward)]
+    chunks = plan_batches(lengths, rows_per_forward, tokens_per_forward)
     for chunk in tqdm(chunks, disable=not progress, desc="likelihood batches"):
         L = max(lengths[i] for i in chunk)
         seq = torch.full((len(chunk), L), pad_id, dtype=torch.long)
@@ -161,12 +178,15 @@ def evaluate_masks(model, requests: list[Request], draws: list[MaskDraw], cfg_sc
 def loglikelihood(model, requests: list[Request], mc_num: int, batch_size: int,
                   cfg_scale: float = 0.0, generator: torch.Generator | None = None, *,
                   estimator: str | None = None, rows_per_forward: int | None = None,
-                  eps: float = 1e-3, progress: bool = False) -> list[float]:
+                  tokens_per_forward: int = 16384, eps: float = 1e-3,
+                  progress: bool = False) -> list[float]:
     """Monte Carlo log p(continuation | context) per request (see the module docstring).
 
     batch_size: the official group size of the stratified draw (what the official code also
-    uses as its batch). rows_per_forward: rows per model call after packing (default
-    batch_size). estimator: "llada" or "dream" (default: the model's architecture).
+    uses as its batch). Model calls: rows_per_forward rows each if given, else as many rows as
+    fit tokens_per_forward tokens (16384: 136 rows of 120 tokens, 8 rows of 2048; the logits of
+    one call then take 16384 x vocab x 2 bytes, 4.1 GB for LLaDA in bf16).
+    estimator: "llada" or "dream" (default: the model's architecture).
     generator: a CPU torch.Generator (None: seeded with 0)."""
     if mc_num < 1 or batch_size < 1:
         raise ValueError("mc_num and batch_size must be >= 1")
@@ -179,7 +199,8 @@ def loglikelihood(model, requests: list[Request], mc_num: int, batch_size: int,
                          "torch.Generator() without a device")
     draws = [draw_masks(len(c), len(t), mc_num, batch_size, generator, estimator, eps)
              for c, t in requests]
-    return evaluate_masks(model, requests, draws, cfg_scale, rows_per_forward or batch_size, progress)
+    return evaluate_masks(model, requests, draws, cfg_scale, rows_per_forward, tokens_per_forward,
+                          progress)
 
 
 # ---- lm-eval's is_greedy and loglikelihood_rolling ------------------------------------------

@@ -134,15 +134,16 @@ class GenerationResult:
 
 
 # ---- pure tensor steps ----------------------------------------------------------------------
-def add_gumbel_noise(logits: torch.Tensor, temperature: float,
-                     generator: torch.Generator) -> torch.Tensor:
-    """exp(logits) / (-log u)^T in float64 (LLaDA generate.py; float64 after arXiv:2409.02908).
-    argmax of the result samples softmax(logits / T). Identity at T = 0 (no draw)."""
+def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator,
+                     positions: slice = slice(None)) -> torch.Tensor:
+    """exp(logits) / (-log u)^T in float64 (LLaDA generate.py; float64 after arXiv:2409.02908),
+    whose argmax samples softmax(logits / T); identity at T = 0 (no draw). The uniform noise is
+    drawn for all of (B, L, V), as upstream, but only `positions` (along L) are computed and
+    returned, so a step pays float64 arithmetic for the current block only."""
     if temperature == 0:
-        return logits
-    logits = logits.to(torch.float64)
+        return logits[:, positions]
     noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-    return logits.exp() / (-torch.log(noise)) ** temperature
+    return logits[:, positions].to(torch.float64).exp() / (-torch.log(noise[:, positions])) ** temperature
 
 
 def num_transfer_tokens(n_masked: int, steps: int) -> list[int]:
@@ -288,8 +289,8 @@ def llada_denoise_step(model, x, attn, pos, prompt_index, lo: int, hi: int, k: i
     logits = cfg_logits(model, x, attn, pos, prompt_index, cfg.cfg_scale, mask_id)  # (B, L, V)
     if cfg.logits_eos_inf:
         logits[:, :, c.eos_token_id] = -torch.inf
-    noisy = add_gumbel_noise(logits, cfg.temperature, generator)  # full draw, then the block
-    x0 = torch.argmax(noisy[:, lo:hi], dim=-1)  # (B, hi - lo)
+    noisy = add_gumbel_noise(logits, cfg.temperature, generator, slice(lo, hi))  # (B, hi-lo, V)
+    x0 = torch.argmax(noisy, dim=-1)  # (B, hi - lo)
     if cfg.remasking == "low_confidence":
         blk = logits[:, lo:hi]
         if cfg.confidence_eos_eot_inf:

@@ -15,6 +15,7 @@ from dllmq.likelihood import (
     greedy_check,
     loglikelihood,
     loglikelihood_rolling,
+    plan_batches,
 )
 from dllmq.models import load
 
@@ -62,9 +63,20 @@ def test_packing_does_not_change_the_estimate(models, estimator):
     model = models["llada"]
     alone = [evaluate_masks(model, [r], [d], rows_per_forward=4)[0] for r, d in zip(REQUESTS, draws,
                                                                                       strict=True)]
-    for rows in (3, 48):
-        packed = evaluate_masks(model, REQUESTS, draws, rows_per_forward=rows)
+    for rows, budget in ((3, 0), (48, 0), (None, 40), (None, 16384)):
+        packed = evaluate_masks(model, REQUESTS, draws, rows_per_forward=rows,
+                                tokens_per_forward=budget)
         assert packed == pytest.approx(alone, rel=1e-6)
+
+
+def test_plan_batches_respects_the_token_budget():
+    lengths = [14, 12, 7, 7, 30, 7, 12, 14, 5]
+    chunks = plan_batches(lengths, None, 28)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for c in chunks:
+        assert len(c) * max(lengths[i] for i in c) <= 28 or len(c) == 1
+    assert [lengths[i] for c in chunks for i in c] == sorted(lengths)
+    assert [len(c) for c in plan_batches(lengths, 4, 28)] == [4, 4, 1]
 
 
 def test_llada_draws_are_stratified_exact_counts():
