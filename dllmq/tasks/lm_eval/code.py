@@ -2,48 +2,31 @@
 
 lm-eval's humaneval/mbpp metrics load `evaluate`'s `code_eval`, which downloads a metric script and
 needs HF_ALLOW_CODE_EVAL. Here the program a metric builds is the same as code_eval's
-(`candidate + "\n" + test`, OpenAI human-eval `execution.py` / HF `code_eval`), but it runs through
-`run_tests`: a fresh `python -I` subprocess in an empty temporary directory, killed (with its
-process group) after `timeout` seconds, passing iff it exits 0. code_eval also disables os/shutil
-functions inside the process (`reliability_guard`); this does not: run untrusted generations in a
-sandbox (container) as for any unsafe_code task.
+(`candidate + "\n" + test`, OpenAI human-eval `execution.py` / HF `code_eval`, with code_eval's
+3 s timeout), and it runs through dllmq's sandboxed subprocess executor
+(`dllmq.tasks.execution`: fresh interpreter in a temp dir, resource limits, an audit hook that
+refuses writes outside it, subprocesses and sockets; not a defence against an adversary).
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+
+from dllmq.tasks.execution import run_program, run_programs
 
 DEFAULT_TIMEOUT = 3.0  # seconds per program, code_eval's default
 
 
 def run_tests(program: str, timeout: float = DEFAULT_TIMEOUT) -> bool:
-    """Whether `program` (solution + tests) exits 0 within `timeout` seconds in a subprocess."""
-    with tempfile.TemporaryDirectory(prefix="dllmq-exec-") as tmp:
-        path = Path(tmp) / "program.py"
-        path.write_text(program, encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, "-I", path.name], cwd=tmp,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, start_new_session=True,
-                                env={"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"})
-        try:
-            return proc.wait(timeout=timeout) == 0
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return False
+    """Whether `program` (solution + tests) exits 0 within `timeout` seconds in the sandbox."""
+    return run_program(program, timeout_s=timeout).passed
 
 
 def run_many(programs: list[str], timeout: float = DEFAULT_TIMEOUT,
              workers: int | None = None) -> list[bool]:
     """`run_tests` on each program, `workers` subprocesses at a time (default: CPU count)."""
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        return list(pool.map(lambda p: run_tests(p, timeout), programs))
+    results = run_programs(programs, workers=workers or os.cpu_count() or 1, timeout_s=timeout)
+    return [r.passed for r in results]
 
 
 def _pass_fraction(references: list[str], predictions: list[list[str]],
