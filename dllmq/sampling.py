@@ -20,15 +20,19 @@ Where we differ from the official code (all documented, none changes single-prom
   mask and position ids cumsum(mask) - 1 (Dream's `tok_idx`) for BOTH architectures, so a
   padded prompt decodes as it would alone. (Official LLaDA ignores the attention mask and
   shifts positions, so its padded batches differ from its single prompts.)
+  Deterministic settings (temperature 0, no random remasking, Dream alg != origin) thus give
+  each prompt the tokens it gets alone; random draws depend on the batch shape, as upstream.
 - A prompt may not contain the mask token (the official code would fill it in too).
-- Argmax, softmax and top-k run only on the positions that can be committed (LLaDA: the
-  generated part up to the current block's end); the official computes them everywhere and discards the rest.
+- LLaDA computes argmax, softmax and the float64 Gumbel arithmetic only on the positions that
+  can be committed (the generated part up to the current block's end); the official computes
+  them everywhere and discards the rest. Top-k runs on full rows, so ties break as upstream.
 - LLaDA's `confidence_eos_eot_inf` reproduces the official effect exactly: the EoT logit is
   set to -inf before the confidence softmax, and so is the EOS logit, but only at
   temperature 0 (upstream writes EOS into the noisy logits, which alias the logits only then).
 - Dream's `sample_tokens` falls back to argmax inside a bare `except` when
-  `torch.distributions.Categorical` rejects the probabilities (possible in bf16); we always
-  sample (probabilities normalised as Categorical does, so fp32 draws are identical).
+  `torch.distributions.Categorical` rejects the probabilities (e.g. NaN); we never fall back
+  (a NaN raises in torch.multinomial). Probabilities are normalised as Categorical does, so
+  the draws are identical otherwise.
 """
 
 from __future__ import annotations
