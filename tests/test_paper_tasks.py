@@ -22,6 +22,7 @@ from pathlib import Path
 
 import datasets
 import evaluate
+import lm_eval
 import pytest
 from dllmq.tasks.lm_eval import (
     LocalDataError,
@@ -43,6 +44,7 @@ from dllmq.tasks.lm_eval.code import (
 )
 from dllmq.tasks.lm_eval.paper_task import PaperTask
 from dllmq.tasks.lm_eval.settings import TaskSettings
+from lm_eval.api.model import LM
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("DLLMQ_DATA_DIR") or REPO.parent / "shared/data/benchmarks")
@@ -373,3 +375,33 @@ def test_paper_math_is_minervas_seven_subjects_zero_shot(tmp_path):
     assert request[3][0] == "Problem:\nWhat is 0 + 1?\n\nSolution:"
     assert request[3][1]["max_gen_toks"] == 256
     assert task.doc_to_target(task.eval_docs[1]) == "2"
+
+
+class Oracle(LM):
+    """Answers every item right: the gold choice, GSM8K's reference answer, the canonical code."""
+
+    def loglikelihood(self, requests):
+        def right(doc, continuation):
+            gold = doc["choices"]["text"][doc["choices"]["label"].index(doc["answerKey"])]
+            return continuation == " " + gold
+
+        return [(0.0 if right(r.doc, r.args[1]) else -9.0, False) for r in requests]
+
+    def generate_until(self, requests):
+        return [r.doc["canonical_solution"] if "canonical_solution" in r.doc
+                else " " + r.doc["answer"] for r in requests]
+
+    def loglikelihood_rolling(self, requests):
+        raise NotImplementedError
+
+
+def test_oracle_scores_full_marks_through_simple_evaluate(tm):
+    """The whole lm-eval path (requests, filters, metrics, aggregation) on the paper tasks."""
+    res = lm_eval.simple_evaluate(model=Oracle(), tasks=["paper_arc_easy", "paper_gsm8k",
+                                  "paper_humaneval"], task_manager=tm, limit=4,
+                                  confirm_run_unsafe_code=True)
+    results = res["results"]
+    assert results["arc_easy"]["acc,none"] == 1.0
+    assert results["gsm8k"]["exact_match,strict-match"] == 1.0
+    assert results["paper_humaneval"]["pass@1,create_test"] == 1.0
+    assert res["configs"]["gsm8k"]["num_fewshot"] == 4
