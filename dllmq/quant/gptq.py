@@ -164,6 +164,7 @@ def gptq_quantize(
         i2 = min(i1 + blocksize, in_f)
         W1 = W[:, i1:i2].clone()  # (out, b)
         Err1 = torch.zeros_like(W1)
+        C1 = torch.zeros_like(W1)  # codes of this block, as floats until the block ends
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             c = i1 + i
@@ -181,11 +182,12 @@ def gptq_quantize(
                 scale, zero = scales[:, j], zeros[:, j]
             qcode = torch.clamp(torch.round(w / scale) + zero, 0, spec.maxq)  # (out,)
             q = (qcode - zero) * scale
-            codes[:, c] = qcode.to(torch.uint8)
+            C1[:, i] = qcode
             Q[:, c] = q
             err = (w - q) / d
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # rank-1 update, one kernel
             Err1[:, i] = err
+        codes[:, i1:i2] = C1.to(torch.uint8)
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
     g_idx = None
