@@ -74,7 +74,6 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> int:
-    from .store import Store
     from .sweep import GridError, grid_for_eval, run_sweep
 
     settings = _settings(args.set)
@@ -87,7 +86,7 @@ def _run_eval(args) -> int:
         grid = grid_for_eval([args.model], [args.recipe], args.tasks.split(","),
                              args.seed or [0], settings, args.include_path,
                              not args.no_default_tasks, args.device)
-        report = run_sweep(grid, Store(args.store) if args.store else None)
+        report = run_sweep(grid, args.store)
     except GridError as e:
         raise CLIError(str(e)) from None
     print(report.table())
@@ -108,7 +107,6 @@ def _add_sweep(sub) -> None:
 
 
 def _run_sweep(args) -> int:
-    from .store import Store
     from .sweep import GridError, load_grid, run_sweep, validate
 
     try:
@@ -120,7 +118,7 @@ def _run_sweep(args) -> int:
             validate(grid)
             print(f"{args.grid}: {len(grid.cells())} cells, valid")
             return 0
-        report = run_sweep(grid, Store(path))
+        report = run_sweep(grid, path)
     except GridError as e:
         raise CLIError(str(e)) from None
     print(report.table())
@@ -251,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.verbose and args.command in ("eval", "sweep"):
+        logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one progress bar, not per-task chatter
     if args.command == "eval":
         return _run_eval(args)
     if args.command == "sweep":

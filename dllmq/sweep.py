@@ -1,0 +1,436 @@
+"""Sweeps: a grid of models x recipes x tasks x seeds x settings, run into the results store.
+
+    # grid.yaml
+    store: results/embedded.sqlite      # relative to this file; `--store` overrides
+    models: [tiny-llada-instruct]
+    recipes: [fp16, w4a16g128-gptq]     # fp16 = not quantized
+    tasks:                              # names, or {task: name, settings: {...}} per task
+      - embedded_qa
+      - {task: gsm8k, settings: {num_fewshot: 4, gen_length: 256, steps: 256, block_length: 32}}
+    seeds: [0, 1]
+    settings: {limit: 100, mc_num: 32}  # every cell
+    axes: {steps: [64, 128]}            # optional: one cell per value (cartesian product)
+    include_path: [tasks/]              # optional lm-eval task folders (relative to this file)
+    include_defaults: true              # also lm-eval's own tasks
+    calib: {source: embedded, samples: 16, seqlen: 128}   # optional; default: the recipe's
+    device: cpu                         # optional
+
+`load_grid` checks the file's shape, `validate` checks it against the world (tasks exist,
+recipes exist, local data files exist, generation fits each model's context, sampler settings
+are valid for each architecture); both raise `GridError` with one line and write nothing.
+`run_sweep` evaluates every cell missing from the store: the model is loaded and quantized
+once per model x recipe (only if one of its cells is missing), each cell is one
+`simple_evaluate` call on one task, committed to the store when it completes.
+
+Cell settings are the grid's settings, the task's and the axis values, as given (defaults are
+not filled in; the dllmq version is part of the cell key). The cell's seed seeds the model's
+Monte Carlo and sampling draws; lm-eval's own seeds (few-shot order) stay at their defaults,
+so prompts are the same for every seed. Sampler settings in a cell are passed to lm-eval as
+`gen_kwargs` as well, so they override what a task's YAML says (`gen_length` -> max_gen_toks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm.auto import tqdm
+
+from .eval import NO_QUANT, SAMPLER_KEYS, SETTING_NAMES, EvalSettings, sampler_config
+from .store import Cell, Result, Store
+
+log = logging.getLogger(__name__)
+
+EVAL_KEYS = ("limit", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn")
+SETTING_KEYS = EVAL_KEYS + SETTING_NAMES
+GRID_KEYS = ("store", "models", "recipes", "tasks", "seeds", "settings", "axes", "include_path",
+             "include_defaults", "calib", "device", "dtype")
+CALIB_KEYS = ("source", "samples", "seqlen", "seed")
+
+
+class GridError(ValueError):
+    """A grid that cannot run; the message is one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Grid:
+    models: tuple[str, ...]
+    recipes: tuple[str, ...]
+    tasks: tuple[TaskSpec, ...]
+    seeds: tuple[int, ...] = (0,)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    axes: Mapping[str, tuple] = field(default_factory=dict)
+    store: Path | None = None
+    include_path: tuple[Path, ...] = ()
+    include_defaults: bool = True
+    calib: Mapping[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+
+    def cells(self) -> list[Cell]:
+        """All cells, grouped by model then recipe (the order they run in)."""
+        names = list(self.axes)
+        combos = list(itertools.product(*(self.axes[n] for n in names))) or [()]
+        out = []
+        for model, recipe, task in itertools.product(self.models, self.recipes, self.tasks):
+            for combo in combos:
+                settings = {**self.settings, **task.settings, **dict(zip(names, combo, strict=True))}
+                out.extend(Cell(model, recipe, task.name, settings, seed) for seed in self.seeds)
+        return out
+
+
+# ---- reading and checking a grid --------------------------------------------------------------
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise GridError(msg)
+
+
+def _str_list(d: Mapping, key: str, where: str) -> tuple[str, ...]:
+    v = d[key]
+    v = [v] if isinstance(v, str) else v
+    _need(isinstance(v, list) and v and all(isinstance(x, str) and x for x in v),
+          f"{where}: `{key}` must be a non-empty list of names")
+    _need(len(set(v)) == len(v), f"{where}: `{key}` lists a name twice")
+    return tuple(v)
+
+
+def _settings(d: Any, where: str) -> dict[str, Any]:
+    _need(isinstance(d, dict), f"{where}: settings must be a mapping of name: value")
+    unknown = sorted(set(d) - set(SETTING_KEYS))
+    _need(not unknown, f"{where}: unknown setting(s) {', '.join(map(str, unknown))}; valid: "
+                       f"{', '.join(SETTING_KEYS)}")
+    for k, v in d.items():
+        _need(v is None or isinstance(v, bool | int | float | str),
+              f"{where}: setting {k} must be a single value, got {type(v).__name__} "
+              "(put value lists under `axes`)")
+    return dict(d)
+
+
+def parse_grid(raw: Any, where: str = "grid", base: Path | None = None) -> Grid:
+    """A Grid from a parsed YAML mapping; relative paths are resolved against `base`."""
+    _need(isinstance(raw, dict), f"{where}: the grid must be a YAML mapping with keys "
+                                 f"{', '.join(GRID_KEYS)}")
+    unknown = sorted(set(map(str, raw)) - set(GRID_KEYS))
+    _need(not unknown, f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(GRID_KEYS)}")
+    for key in ("models", "recipes", "tasks"):
+        _need(key in raw, f"{where}: missing `{key}`")
+    base = base or Path.cwd()
+    tasks = []
+    tlist = raw["tasks"] if isinstance(raw["tasks"], list) else [raw["tasks"]]
+    _need(bool(tlist), f"{where}: `tasks` is empty")
+    for t in tlist:
+        if isinstance(t, str) and t:
+            tasks.append(TaskSpec(t))
+            continue
+        _need(isinstance(t, dict) and isinstance(t.get("task"), str) and set(t) <= {"task", "settings"},
+              f"{where}: a task is a name or {{task: name, settings: {{...}}}}, got {t!r}")
+        tasks.append(TaskSpec(t["task"], _settings(t.get("settings", {}), f"{where}: task {t['task']}")))
+    seeds = raw.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else seeds
+    _need(isinstance(seeds, list) and seeds and all(type(s) is int for s in seeds)
+          and len(set(seeds)) == len(seeds), f"{where}: `seeds` must be a list of distinct integers")
+    axes = raw.get("axes") or {}
+    _need(isinstance(axes, dict), f"{where}: `axes` must map a setting to a list of values")
+    _settings({k: None for k in axes}, f"{where}: axes")
+    for k, v in axes.items():
+        _need(isinstance(v, list) and v and len(set(map(json.dumps, v))) == len(v),
+              f"{where}: axis {k} must be a non-empty list of distinct values")
+    calib = raw.get("calib") or {}
+    _need(isinstance(calib, dict) and set(calib) <= set(CALIB_KEYS),
+          f"{where}: `calib` takes {', '.join(CALIB_KEYS)}")
+    inc = raw.get("include_path") or []
+    inc = [inc] if isinstance(inc, str) else inc
+    _need(isinstance(inc, list) and all(isinstance(p, str) for p in inc),
+          f"{where}: `include_path` must be a folder or a list of folders")
+    include = tuple((base / p) if not Path(p).is_absolute() else Path(p) for p in inc)
+    for p in include:
+        _need(p.is_dir(), f"{where}: include_path {p} is not a directory")
+    store = raw.get("store")
+    _need(store is None or isinstance(store, str), f"{where}: `store` must be a file path")
+    inc_def = raw.get("include_defaults", True)
+    _need(isinstance(inc_def, bool), f"{where}: `include_defaults` must be true or false")
+    return Grid(
+        models=_str_list(raw, "models", where), recipes=_str_list(raw, "recipes", where),
+        tasks=tuple(tasks), seeds=tuple(seeds),
+        settings=_settings(raw.get("settings") or {}, f"{where}: settings"),
+        axes={k: tuple(v) for k, v in axes.items()},
+        store=None if store is None else (base / store if not Path(store).is_absolute() else Path(store)),
+        include_path=include, include_defaults=inc_def, calib=dict(calib),
+        device=raw.get("device"), dtype=raw.get("dtype"))
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path)
+    _need(path.is_file(), f"grid file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise GridError(f"{path}: not valid YAML{at} ({getattr(e, 'problem', e)})") from None
+    return parse_grid(raw, str(path), path.parent.resolve())
+
+
+def task_manager(grid: Grid):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=[str(p) for p in grid.include_path] or None,
+                       include_defaults=grid.include_defaults)
+
+
+def _task_config(tm, name: str) -> dict[str, Any]:
+    """The task's config as lm-eval indexed it (includes resolved; empty for groups/tags)."""
+    entry = tm.task_index.get(name)
+    cfg = getattr(entry, "cfg", None)
+    return dict(cfg) if isinstance(cfg, Mapping) else {}
+
+
+def _data_files(cfg: Mapping[str, Any]) -> list[Path]:
+    """Local files a task config names (dataset_kwargs.data_files / data_dir, a local path)."""
+    out: list[Any] = []
+    kw = cfg.get("dataset_kwargs") or {}
+    files = kw.get("data_files")
+    if isinstance(files, Mapping):
+        files = list(files.values())
+    for f in [files] if isinstance(files, str) else (files or []):
+        out.extend([f] if isinstance(f, str) else f)
+    if isinstance(kw.get("data_dir"), str):
+        out.append(kw["data_dir"])
+    path = cfg.get("dataset_path")
+    if isinstance(path, str) and path.startswith(("/", "./", "../", "~")):
+        out.append(path)
+    return [Path(p).expanduser() for p in out if isinstance(p, str) and "://" not in p]
+
+
+def _gen_length(cfg: Mapping[str, Any], settings: Mapping[str, Any]) -> int | None:
+    if cfg.get("output_type") != "generate_until":
+        return None
+    if "gen_length" in settings:
+        return int(settings["gen_length"])
+    gk = cfg.get("generation_kwargs") or {}
+    n = gk.get("max_gen_toks", gk.get("gen_length"))
+    return int(n) if n is not None else EvalSettings().gen_length
+
+
+def validate(grid: Grid, tm=None) -> None:
+    """Check the grid against tasks, recipes, models and data; raise GridError (one line)."""
+    from .models.io import LoadError, read_config, resolve, shipped_models
+
+    for r in grid.recipes:
+        if r == NO_QUANT:
+            continue
+        from .quant.api import resolve_recipe
+
+        try:
+            resolve_recipe(r)
+        except (KeyError, ValueError, ImportError) as e:
+            raise GridError(f"recipe {r!r}: {e.args[0] if e.args else e}") from None
+    configs = {}
+    for m in grid.models:
+        local = Path(m).expanduser()
+        if m in shipped_models() or local.exists():
+            try:
+                configs[m] = read_config(resolve(m))
+            except (LoadError, OSError, ValueError) as e:
+                raise GridError(f"model {m!r}: {e}") from None
+        elif m.count("/") != 1 or m.startswith((".", "/")):
+            raise GridError(f"model {m!r} is neither a shipped model ({', '.join(shipped_models()) or 'none'}), "
+                            "an existing directory, nor a Hub id owner/name")
+    tm = tm or task_manager(grid)
+    known = set(tm.all_tasks)
+    for t in grid.tasks:
+        if t.name not in known:
+            near = sorted(k for k in known if t.name.lower() in k.lower())[:5]
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise GridError(f"unknown task {t.name!r} (not in lm-eval's tasks"
+                            f"{' or ' + ', '.join(map(str, grid.include_path)) if grid.include_path else ''})"
+                            f"{hint}")
+    for cell in grid.cells():
+        s = cell.settings
+        model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
+        try:
+            es = EvalSettings(**model_s)
+        except (TypeError, ValueError) as e:
+            raise GridError(f"cell {cell.task} / {cell.model}: {e}") from None
+        cfg = _task_config(tm, cell.task)
+        for f in _data_files(cfg):
+            _need(f.exists(), f"task {cell.task}: data file {f} is missing (set DLLMQ_DATA_DIR "
+                              "to the folder holding it)")
+        if cell.model not in configs:
+            continue
+        mc = configs[cell.model]
+        n = _gen_length(cfg, s)
+        ctx = min(mc.max_position, es.max_length or mc.max_position)
+        _need(n is None or n < ctx, f"task {cell.task}: generation of {n} tokens does not fit "
+                                    f"model {cell.model}'s context of {ctx} tokens")
+        try:
+            sampler_config(mc.model_type, es.replace(gen_length=n or es.gen_length))
+        except ValueError as e:
+            raise GridError(f"task {cell.task} on {cell.model}: {e}") from None
+
+
+# ---- running -------------------------------------------------------------------------------------
+def metrics_of(results: Mapping[str, Any], task: str) -> dict[str, tuple[float, float | None]]:
+    """{"acc,none": (value, stderr)} for a task (and "subtask/metric" for a group's members)."""
+    out: dict[str, tuple[float, float | None]] = {}
+    for name, block in results.get("results", {}).items():
+        prefix = "" if name == task else f"{name}/"
+        for k, v in block.items():
+            if k in ("alias", "name", "sample_len", "sample_count") or "_stderr," in k:
+                continue
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            metric, _, filt = k.partition(",")
+            err = block.get(f"{metric}_stderr,{filt}")
+            out[prefix + k] = (float(v), float(err) if isinstance(err, int | float) else None)
+    if not out:
+        raise RuntimeError(f"lm-eval returned no metrics for task {task}")
+    return out
+
+
+def compact_sample(task: str, s: Mapping[str, Any]) -> dict[str, Any]:
+    """A per-sample record without the document and the full prompts (hashes kept)."""
+    drop = {"doc", "arguments", "resps"}
+    rec = {k: v for k, v in s.items() if k not in drop}
+    rec["task"] = task
+    return rec
+
+
+@dataclass
+class SweepReport:
+    done: list[Result] = field(default_factory=list)  # cells present before or written now
+    ran: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    def table(self, max_rows: int = 40) -> str:
+        """Model/recipe rows x task columns, the first metric of each task, mean over seeds
+        and settings; one screen."""
+        cols: dict[str, str] = {}
+        vals: dict[tuple[str, str], dict[str, list[float]]] = {}
+        for r in self.done:
+            metric = next(iter(r.metrics))
+            cols.setdefault(r.cell.task, metric.split(",")[0])
+            vals.setdefault((r.cell.model, r.cell.recipe), {}).setdefault(r.cell.task, []).append(
+                r.metrics[metric]["value"])
+        tasks = list(cols)
+        head = ["model", "recipe", *[f"{t} ({cols[t]})" for t in tasks]]
+        rows = [[m, rc, *[(f"{sum(v) / len(v):.4g}" if (v := d.get(t)) else "-") for t in tasks]]
+                for (m, rc), d in list(vals.items())[:max_rows]]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
+        lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True))
+                 for row in [head, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(f"{len(self.done)} cells: {self.ran} run now, {self.skipped} already stored; "
+                     f"{self.seconds:.0f} s")
+        return "\n".join(lines)
+
+
+def evaluate_cell(lm, cell: Cell, tm) -> tuple[dict, list[dict], float]:
+    """One `simple_evaluate` on one task with the cell's settings: (metrics, samples, seconds)."""
+    import lm_eval
+
+    s = dict(cell.settings)
+    model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
+    gen = {("max_gen_toks" if k == "gen_length" else k): v for k, v in model_s.items()
+           if k in SAMPLER_KEYS + ("cfg_scale",) and v is not None}
+    t0 = time.perf_counter()
+    res = lm_eval.simple_evaluate(
+        model=lm.with_settings(seed=cell.seed, **model_s), tasks=[cell.task], task_manager=tm,
+        limit=s.get("limit"), num_fewshot=s.get("num_fewshot"),
+        apply_chat_template=s.get("apply_chat_template", False),
+        fewshot_as_multiturn=s.get("fewshot_as_multiturn", False),
+        gen_kwargs=gen or None, log_samples=True, bootstrap_iters=1000)
+    wall = time.perf_counter() - t0
+    if res is None:  # a non-zero rank under data parallel
+        return {}, [], wall
+    samples = [compact_sample(t, x) for t, xs in res.get("samples", {}).items() for x in xs]
+    return metrics_of(res, cell.task), samples, wall
+
+
+def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: bool = True,
+              tm=None) -> SweepReport:
+    """Validate, then run every missing cell; returns what the store now holds for the grid.
+    A store given as a path is opened (created) only after the grid passed validation."""
+    from . import eval as dllmq_eval
+    from .models import load, load_tokenizer
+
+    tm = tm or task_manager(grid)
+    validate(grid, tm)
+    if store is not None and not isinstance(store, Store):
+        store = Store(store)
+    cells = grid.cells()
+    report = SweepReport()
+    t0 = time.perf_counter()
+    have = {c: store.get(c) for c in cells} if store is not None else {}
+    todo = [c for c in cells if have.get(c) is None]
+    report.skipped = len(cells) - len(todo)
+    log.info("sweep: %d cells, %d already stored, %d to run", len(cells), report.skipped, len(todo))
+    results: dict[Cell, Result] = {c: r for c, r in have.items() if r is not None}
+    bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
+    for (model_name, recipe), group in itertools.groupby(todo, key=lambda c: (c.model, c.recipe)):
+        group = list(group)
+        bar.set_postfix_str(f"{model_name} {recipe}: loading")
+        model = load(model_name, device=grid.device,
+                     dtype=None if grid.dtype is None else _dtype(grid.dtype))
+        tok = load_tokenizer(model_name)
+        c = grid.calib
+        dllmq_eval.quantize_model(model, tok, recipe, c.get("source"), c.get("samples"),
+                                  c.get("seqlen"), seed=c.get("seed", 0))
+        lm = dllmq_eval.DLLMEvalLM(model=model, tokenizer=tok)
+        for cell in group:
+            bar.set_postfix_str(f"{model_name} {recipe} {cell.task} seed {cell.seed}")
+            metrics, samples, wall = evaluate_cell(lm, cell, tm)
+            if lm.rank == 0:
+                if store is not None:
+                    store.put(cell, metrics, samples, wall_s=wall)
+                    results[cell] = store.get(cell)
+                else:
+                    results[cell] = Result(cell, {k: {"value": v, "stderr": e}
+                                                  for k, (v, e) in metrics.items()},
+                                           len(samples), wall, "")
+            report.ran += 1
+            bar.update()
+        del lm, model
+    bar.close()
+    report.done = [results[c] for c in cells if c in results]
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _dtype(name: str):
+    from .eval import parse_dtype
+
+    return parse_dtype(name)
+
+
+def with_overrides(grid: Grid, **changes: Any) -> Grid:
+    return dataclasses.replace(grid, **{k: v for k, v in changes.items() if v is not None})
+
+
+def grid_for_eval(models: Sequence[str], recipes: Sequence[str], tasks: Sequence[str],
+                  seeds: Sequence[int] = (0,), settings: Mapping[str, Any] | None = None,
+                  include_path: Sequence[str | Path] = (), include_defaults: bool = True,
+                  device: str | None = None) -> Grid:
+    """The grid behind `python -m dllmq eval` (same checks as a grid file)."""
+    raw: dict[str, Any] = {"models": list(models), "recipes": list(recipes), "tasks": list(tasks),
+                           "seeds": list(seeds), "settings": dict(settings or {}),
+                           "include_path": [str(p) for p in include_path],
+                           "include_defaults": include_defaults}
+    if device is not None:
+        raw["device"] = device
+    return parse_grid(raw, "eval")
