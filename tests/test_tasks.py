@@ -10,7 +10,16 @@ import pytest
 from dllmq.tasks import build_suite, code_problems, math_problems, normalise, qa, write_suite
 from dllmq.tasks.corpus import build_corpus
 from dllmq.tasks.execution import check_completions
-from dllmq.tasks.tokenizer import BOS, EOS, EOT, MASK, SPECIAL_TOKENS, train_tokenizer
+from dllmq.tasks.tokenizer import (
+    BOS,
+    EOS,
+    EOT,
+    MASK,
+    SPECIAL_TOKENS,
+    corpus_texts,
+    train_bpe,
+    train_tokenizer,
+)
 
 TEXT_FIELD = {"qa": "question", "math": "question", "code": "prompt"}
 
@@ -44,10 +53,11 @@ def test_corpus_holds_no_test_question(suite, corpus):
     sft_prompts = {normalise(p.removeprefix("Complete the function.\n")) for p, _ in corpus.sft}
     code_prompts = {d[: d.index('"""\n', d.index('"""') + 3) + 4] for d in corpus.source("code")}
     assert len(asked) > 20000 and len(code_prompts) == len(suite.rows("code", "train"))
+    seen = asked | sft_prompts
     for category in ("qa", "math", "code"):
         for row in suite.rows(category, "test") + suite.rows(category, "fewshot"):
             text = row[TEXT_FIELD[category]]
-            assert normalise(text) not in asked | sft_prompts
+            assert normalise(text) not in seen
             assert text not in code_prompts
 
 
@@ -63,7 +73,8 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, suite):
     a = write_suite(tmp_path / "a", suite=suite)
     b = write_suite(tmp_path / "b", seed=0)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
-    assert code_problems.generate(1)["test"][0].row != code_problems.generate(0)["test"][0].row
+    assert code_problems.generate(1, max_train_per_family=1)["test"][0].row != \
+        suite.rows("code", "test")[0]
     assert math_problems.generate(1, n_train=50)["test"][0].row["question"] != \
         math_problems.generate(0, n_train=50)["test"][0].row["question"]
     assert qa.generate(1)[0].facts() != qa.generate(0)[0].facts()
@@ -113,12 +124,15 @@ def test_math_worked_steps_are_correct(suite, split):
 
 
 def test_code_canonical_pass_and_mutants_fail(suite):
-    rows = suite.rows("code", "test")[:60] + suite.rows("code", "train")[:30]
+    rows = suite.rows("code", "test")[:54]   # levels interleaved: every family appears
+    assert {r["entry_point"] for r in rows} == {f.name for f in code_problems.FAMILIES}
     canonical = check_completions(rows, [r["canonical_solution"] for r in rows], workers=2)
     assert all(r.passed for r in canonical), [r.reason for r in canonical if not r.passed]
 
-    def mutate(body):   # every number literal one larger, or the quoted letters rotated
-        out = re.sub(r"(?<![\w.])(\d+)", lambda m: str(int(m.group(1)) + 1), body)
+    def mutate(body):   # a parameter one larger (every use of the first non-zero number),
+        first = re.search(r"(?<![\w.])[1-9]\d*", body)   # else the quoted letters rotated
+        out = body if not first else re.sub(rf"(?<![\w.]){first.group()}(?!\d)",
+                                            str(int(first.group()) + 1), body)
         if out == body:
             out = re.sub(r"'([a-z]+)'", lambda m: repr(m.group(1)[1:] + "z"), body)
         return out
@@ -135,12 +149,18 @@ def test_code_test_variants_unseen_in_training(suite):
     assert len({k[0] for k in test}) == len(code_problems.FAMILIES)
 
 
-def test_tokenizer_roundtrip_specials_and_chat_template(tmp_path, corpus, suite):
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory, corpus):
     from transformers import AutoTokenizer
-    out = train_tokenizer(corpus, tmp_path / "tok", vocab_size=1024)
-    tok = AutoTokenizer.from_pretrained(out)
+    return AutoTokenizer.from_pretrained(train_tokenizer(corpus, tmp_path_factory.mktemp("tok"),
+                                                         vocab_size=2048))
+
+
+def test_tokenizer_roundtrip_specials_and_chat_template(tokenizer, corpus, suite):
+    tok = tokenizer
     assert [tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == list(range(len(SPECIAL_TOKENS)))
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.mask_token) == (BOS, EOS, EOS, MASK)
+    assert len(tok) == 2048
     samples = [corpus.pretrain[-1], suite.rows("code", "test")[0]["prompt"], "Ünïcode ✓ 12345\t\n"]
     for text in samples:
         ids = tok.encode(text, add_special_tokens=False)
@@ -152,15 +172,21 @@ def test_tokenizer_roundtrip_specials_and_chat_template(tmp_path, corpus, suite)
                     f"<|start_header_id|>assistant<|end_header_id|>\n\n    return 1\n{EOT}")
     prompt = tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
     assert prompt.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    again = train_tokenizer(corpus, tmp_path / "tok2", vocab_size=1024)
-    assert (again / "tokenizer.json").read_bytes() == (out / "tokenizer.json").read_bytes()
+    assert tok.encode(prompt, add_special_tokens=False)[:2] == [0, 4]   # specials stay whole
 
 
-def test_prompt_and_answer_lengths_fit(tmp_path, corpus, suite):
-    from transformers import AutoTokenizer
-    tok = AutoTokenizer.from_pretrained(train_tokenizer(corpus, tmp_path / "tok", vocab_size=2048))
-    n = lambda s: len(tok.encode(s, add_special_tokens=False))
-    assert max(n("Question: " + r["question"] + "\nAnswer:") for r in suite.rows("math", "test")) < 96
-    assert max(n(r["answer"]) for r in suite.rows("math", "test")) < 64
-    assert max(n(r["prompt"]) for r in suite.rows("code", "test")) < 96
-    assert max(n(r["canonical_solution"]) for r in suite.rows("code", "test")) < 64
+def test_tokenizer_training_is_deterministic(corpus):
+    texts = corpus_texts(corpus)[::20]
+    a, b = train_bpe(texts, 512), train_bpe(texts, 512)
+    assert a.to_str() == b.to_str()
+    assert train_bpe(texts[::-1][:500], 512).to_str() != a.to_str()
+
+
+def test_prompt_and_answer_lengths_fit(tokenizer, suite):
+    n = lambda s: len(tokenizer.encode(s, add_special_tokens=False))
+    for split in ("train", "test"):
+        math_rows, code_rows = suite.rows("math", split)[:4000], suite.rows("code", split)
+        assert max(n("Question: " + r["question"] + "\nAnswer:") for r in math_rows) < 96
+        assert max(n(r["answer"]) for r in math_rows) < 64
+        assert max(n(r["prompt"]) for r in code_rows) < 96
+        assert max(n(r["canonical_solution"]) for r in code_rows) < 64

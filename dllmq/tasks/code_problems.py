@@ -12,6 +12,7 @@ until every off-by-one variant of the parameters fails them.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import combinations
@@ -131,6 +132,14 @@ FAMILIES = (
                       f"    if x < {t}:\n        return 'low'\n    return 'equal'\n"),
            lambda t: (lambda x: "high" if x > t else "low" if x < t else "equal"),
            lambda rng, t: (rng.choice([rng.randint(-60, 60), t + rng.choice((-1, 0, 1))]),)),
+    Family("piecewise", 2, "def piecewise(x):",
+           # (a - 1) * x == b at x = t - 1 or t would make moving the threshold invisible
+           lambda: ((a, t, b) for a in range(2, 7) for t in range(-5, 21) for b in range(1, 21)
+                    if b not in ((a - 1) * (t - 1), (a - 1) * t)),
+           lambda a, t, b: f"Return {a} times x if x is less than {t}, else x plus {b}.",
+           lambda a, t, b: f"    if x < {t}:\n        return {a} * x\n    return x + {b}\n",
+           lambda a, t, b: (lambda x: a * x if x < t else x + b),
+           lambda rng, a, t, b: (rng.choice([rng.randint(-20, 40), t + rng.choice((-1, 0))]),)),
     Family("count_greater", 3, "def count_greater(xs):",
            lambda: ((t,) for t in range(-10, 51)),
            lambda t: f"Return how many numbers in xs are greater than {t}.",
@@ -159,6 +168,21 @@ FAMILIES = (
                       f"            out += ch\n    return out\n"),
            lambda c: (lambda s: "".join(ch for ch in s if ch not in c)),
            lambda rng, *_: ("".join(rng.choice("aeiourstlnmp") for _ in range(rng.randint(5, 14))),)),
+    Family("count_between", 3, "def count_between(xs):",
+           lambda: ((lo, hi) for lo in range(-10, 31) for hi in range(lo + 3, lo + 31, 3)),
+           lambda lo, hi: f"Return how many numbers in xs are between {lo} and {hi}, inclusive.",
+           lambda lo, hi: (f"    count = 0\n    for x in xs:\n        if {lo} <= x <= {hi}:\n"
+                           f"            count += 1\n    return count\n"),
+           lambda lo, hi: (lambda xs: sum(1 for x in xs if lo <= x <= hi)),
+           lambda rng, lo, hi: (_near(rng, _ints(rng, rng.randint(2, 6)), lo, lo, hi, hi),)),
+    Family("replace_multiples", 3, "def replace_multiples(xs):",
+           lambda: ((k, v) for k in range(2, 10) for v in range(-9, 31)),
+           lambda k, v: f"Return a copy of xs with every multiple of {k} replaced by {v}.",
+           lambda k, v: (f"    out = []\n    for x in xs:\n        if x % {k} == 0:\n"
+                         f"            out.append({v})\n        else:\n            out.append(x)\n"
+                         f"    return out\n"),
+           lambda k, v: (lambda xs: [v if x % k == 0 else x for x in xs]),
+           lambda rng, *_: (_ints(rng, rng.randint(3, 7), 1, 40),)),
     Family("sum_multiples", 3, "def sum_multiples(n):",
            lambda: ((k,) for k in range(2, 30)),
            lambda k: f"Return the sum of all multiples of {k} below n.",
@@ -186,22 +210,58 @@ def _mutants(params: tuple) -> list[tuple]:
     return out
 
 
+_FAILED = object()   # what a mutant "returns" when it raises
+
+
 def _safe(f: Callable, args: tuple):
     try:
         return f(*args)
-    except ZeroDivisionError:
-        return ZeroDivisionError
+    except (ArithmeticError, TypeError, ValueError, IndexError):
+        return _FAILED
 
 
-def _test_inputs(rng: random.Random, fam: Family, params: tuple, n: int = 5) -> list[tuple]:
-    """n inputs on which the variant differs from every off-by-one mutant (redrawn until so)."""
+def _body_mutants(fam: Family, params: tuple) -> list[Callable]:
+    """The canonical body with one number literal moved by one (`x > 34` for `x > 33`): the
+    off-by-one slips a model makes. Compiled here from our own generated source."""
+    body = fam.body(*params)
+    out = []
+    for m in re.finditer(r"(?<![\w.'])\d+", body):
+        for d in (-1, 1):
+            namespace: dict = {}
+            exec(f"{fam.signature}\n{body[:m.start()]}{int(m.group()) + d}{body[m.end():]}",
+                 namespace)
+            out.append(namespace[fam.signature[4:].split("(")[0]])
+    return out
+
+
+def _test_inputs(rng: random.Random, fam: Family, params: tuple, n: int = 5,
+                 pool_size: int = 64, max_cases: int = 8) -> list[tuple]:
+    """Hidden-test inputs: at least n, chosen (greedy cover over a drawn pool) so every
+    parameter off-by-one variant fails, and every one-literal body mutant that the pool can tell
+    apart fails too (some, like `if x < lo + 1: return lo` in clamp, are equivalent)."""
     ref = fam.ref(*params)
-    mutants = [fam.ref(*m) for m in _mutants(params)]
-    for _ in range(200):
-        cases = [fam.inputs(rng, *params) for _ in range(n)]
-        outs = [ref(*c) for c in cases]
-        if all(any(_safe(m, c) != o for c, o in zip(cases, outs, strict=True)) for m in mutants):
-            return cases
+    required = [fam.ref(*m) for m in _mutants(params)]
+    optional = _body_mutants(fam, params)
+    for _ in range(20):
+        pool = [fam.inputs(rng, *params) for _ in range(pool_size)]
+        outs = [ref(*c) for c in pool]
+        kills = [{i for i, (c, o) in enumerate(zip(pool, outs, strict=True)) if _safe(m, c) != o}
+                 for m in required + optional]
+        if not all(kills[: len(required)]):
+            continue
+        todo = [k for k in kills if k]
+        chosen: list[int] = []
+        while todo:
+            best = max(range(pool_size), key=lambda i: (sum(i in k for k in todo), -i))
+            chosen.append(best)
+            todo = [k for k in todo if best not in k]
+        rest = [i for i in range(pool_size) if i not in chosen]
+        chosen += rng.sample(rest, max(0, n - len(chosen)))
+        if len(chosen) > max_cases:
+            raise AssertionError(f"{fam.name}{params}: needs {len(chosen)} test cases; "
+                                 "give its input sampler more edge values")
+        rng.shuffle(chosen)
+        return [pool[i] for i in chosen]
     raise AssertionError(f"{fam.name}{params}: no inputs tell it from its mutants; widen inputs")
 
 
@@ -217,9 +277,11 @@ def make_problem(rng: random.Random, fam: Family, params: tuple, idx: str) -> It
     return Item(row=row, key=(fam.name, params))
 
 
-def generate(seed: int, n_test: int = 300, n_fewshot: int = 12) -> dict[str, list[Item]]:
-    """Every variant of every family goes to one split. Test and few-shot are balanced across
-    difficulties (equal counts per level, round robin over its families); the rest is train."""
+def generate(seed: int, n_test: int = 300, n_fewshot: int = 12,
+             max_train_per_family: int = 300) -> dict[str, list[Item]]:
+    """Every variant of every family goes to at most one split. Test and few-shot are balanced
+    across difficulties (levels interleaved, round robin over each level's families); train takes
+    up to max_train_per_family of each family's remaining variants (the rest are unused)."""
     rng = random.Random(f"code-{seed}")
     pools = {}
     for fam in FAMILIES:
@@ -238,7 +300,8 @@ def generate(seed: int, n_test: int = 300, n_fewshot: int = 12) -> dict[str, lis
             fam, variants = pools[fams[turn[level] % len(fams)].name]
             turn[level] += 1
             picked[name].append((fam, variants.pop()))
-    train = [(fam, v) for fam, variants in pools.values() for v in variants]
+    # train: the remaining variants, at most max_train_per_family each so no family dominates
+    train = [(fam, v) for fam, variants in pools.values() for v in variants[:max_train_per_family]]
     rng.shuffle(train)
     order = {"train": train, "fewshot": picked["fewshot"], "test": picked["test"]}
     splits = {name: [make_problem(rng, fam, params, f"code/{name}/{i}")
