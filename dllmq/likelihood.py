@@ -35,6 +35,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .models import get_module
+from .models.layers import key_padding_mask, rope_cos_sin
+
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("llada", "dream")
@@ -101,6 +104,43 @@ def draw_masks(ctx_len: int, cont_len: int, mc_num: int, batch_size: int,
 
 
 # ---- batched evaluation ---------------------------------------------------------------------
+def hidden_states(model, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Final-norm hidden states (B, L, C): the model's forward without its LM head, through the
+    block API the quantizers use (embed, block(x, rope, bias), final norm; see ArchSpec)."""
+    spec, c = model.spec, model.config
+    h = get_module(model, spec.embed)(x)
+    rope = rope_cos_sin(torch.arange(x.shape[1], device=x.device), c.head_dim, c.rope_theta)
+    bias = key_padding_mask(attention_mask, h.dtype)
+    for blk in model.blocks:
+        h = blk(h, rope, bias)
+    return get_module(model, spec.final_norm)(h)
+
+
+def head(model, h: torch.Tensor) -> torch.Tensor:
+    """The LM head on hidden states (..., C) -> logits (..., V), as the model's forward applies it."""
+    if model.config.model_type == "llada" and model.config.tie_word_embeddings:
+        return F.linear(h, get_module(model, model.spec.embed).weight)
+    return get_module(model, model.spec.lm_head)(h)
+
+
+def logits_at(model, x: torch.Tensor, attention_mask: torch.Tensor | None, select: torch.Tensor,
+              prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
+    """`masked_logits(...)[select]` (N, V), with the LM head applied to the N selected positions
+    only: for the likelihood, a tenth of the positions (saves ~7% of an 8B forward and the full
+    (B, L, V) logits). Dream's one-position shift is undone by reading the hidden state one to
+    the left (position 0 reads itself, as denoise_logits)."""
+    rows, cols = select.nonzero(as_tuple=True)  # row-major, the order of logits[select]
+    if model.config.model_type == "Dream":
+        cols = (cols - 1).clamp(min=0)
+    if cfg_scale == 0:
+        return head(model, hidden_states(model, x, attention_mask)[rows, cols])
+    un_x = x.masked_fill(prompt_index, model.config.mask_token_id)
+    am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
+    h = hidden_states(model, torch.cat([x, un_x]), am)
+    cond, un = head(model, h[rows, cols]), head(model, h[rows + x.shape[0], cols])
+    return un + (cfg_scale + 1) * (cond - un)
+
+
 def masked_logits(model, x: torch.Tensor, attention_mask: torch.Tensor | None,
                   prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """denoise_logits, with LLaDA's unsupervised CFG when cfg_scale > 0 (prompt masked)."""
@@ -164,9 +204,9 @@ def evaluate_masks(model, requests: list[Request], draws: list[MaskDraw], cfg_sc
         seq, is_mask, prompt_index = seq.to(device), is_mask.to(device), prompt_index.to(device)
         attn = None if bool(attn.all()) else attn.to(device)
         noisy = seq.masked_fill(is_mask, mask_id)
-        logits = masked_logits(model, noisy, attn, prompt_index, cfg_scale)  # (n, L, V)
+        logits = logits_at(model, noisy, attn, is_mask, prompt_index, cfg_scale)  # (N, V)
         p_full = p_row.to(device)[:, None].expand(-1, L)
-        loss = F.cross_entropy(logits[is_mask], seq[is_mask], reduction="none") / p_full[is_mask]
+        loss = F.cross_entropy(logits, seq[is_mask], reduction="none") / p_full[is_mask]
         row_of = torch.arange(len(chunk), device=device)[:, None].expand(-1, L)[is_mask]
         per_row = torch.zeros(len(chunk), dtype=torch.float64, device=device)
         per_row.index_add_(0, row_of, loss.double())

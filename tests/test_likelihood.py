@@ -13,11 +13,13 @@ from dllmq.likelihood import (
     draw_masks,
     evaluate_masks,
     greedy_check,
+    logits_at,
     loglikelihood,
     loglikelihood_rolling,
+    masked_logits,
     plan_batches,
 )
-from dllmq.models import load
+from dllmq.models import load, random_model, tiny_config
 
 FIX = Path(__file__).parent / "fixtures" / "sampling"
 REF = json.loads((FIX / "likelihood.json").read_text())
@@ -134,3 +136,24 @@ def test_errors(models):
         loglikelihood(models["llada"], [([1], [])], mc_num=4, batch_size=4)
     with pytest.raises(ValueError, match="estimator 'x'"):
         loglikelihood(models["llada"], REQUESTS, 4, 4, estimator="x")
+
+
+@pytest.mark.parametrize("arch,tied", [("llada", False), ("llada", True), ("Dream", False),
+                                       ("Dream", True)])
+def test_head_on_selected_positions_equals_full_logits(arch, tied):
+    """logits_at runs the blocks itself and the head on masked positions only: it must equal
+    the model's own denoise_logits there (guards against drift from the model's forward)."""
+    model = random_model(tiny_config(arch, tie_word_embeddings=tied), seed=2)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 60, (3, 11), generator=g)
+    select = torch.rand(3, 11, generator=g) < 0.4
+    select[:, 0] = True
+    attn = torch.ones(3, 11, dtype=torch.long)
+    attn[1, 8:] = 0
+    select &= attn.bool()
+    prompt = torch.zeros(3, 11, dtype=torch.bool)
+    prompt[:, :3] = True
+    for cfg_scale in (0.0, 0.7):
+        want = masked_logits(model, x, attn, prompt, cfg_scale)[select]
+        got = logits_at(model, x, attn, select, prompt, cfg_scale)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
