@@ -224,8 +224,9 @@ def loglikelihood(model, requests: list[Request], mc_num: int, batch_size: int,
 
     batch_size: the official group size of the stratified draw (what the official code also
     uses as its batch). Model calls: rows_per_forward rows each if given, else as many rows as
-    fit tokens_per_forward tokens (16384: 136 rows of 120 tokens, 8 rows of 2048; the logits of
-    one call then take 16384 x vocab x 2 bytes, 4.1 GB for LLaDA in bf16).
+    fit tokens_per_forward tokens (16384: 136 rows of 120 tokens, 8 rows of 2048). Logits are
+    computed for masked positions only, so memory per call is the activations of that many
+    tokens (8B, bf16: a few GB).
     estimator: "llada" or "dream" (default: the model's architecture).
     generator: a CPU torch.Generator (None: seeded with 0)."""
     if mc_num < 1 or batch_size < 1:
