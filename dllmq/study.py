@@ -73,6 +73,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
                          "apply_chat_template": role in params.get("chat_template_roles", [])},
             "include_path": [str(p) for p in params.get("include_path", [])],
             "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
+            "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
         }, f"{params['preset']} preset, {role}")
         report = run_sweep(grid, store, progress=progress)
         for r in report.done:
