@@ -173,3 +173,14 @@ def test_named_quarot_recipes_follow_appendix_a_and_run():
     s = quantize_(m, "w8a8-quarot", Calibration.random(60, 4, 16, seed=0), progress=False)
     assert s.weight_counts["q"] == 2 and "gptq" in s.weight_specs["down"][0]
     assert ((m(ids) - ref).norm() / ref.norm()).item() < 0.02
+
+
+def test_unconstructible_width_fails_before_touching_the_model():
+    from dllmq.quant.hadamard import HadamardError
+
+    m = _model("llada", intermediate_size=52)  # 52 = 4 * 13: no construction here
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(HadamardError, match="order 52"):
+        rotate_model(m, seed=0)
+    assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
+    rotate_model(m, seed=0, online_down=False)  # the residual rotation alone needs only 32

@@ -211,6 +211,11 @@ def rotate_model(model: nn.Module, seed: int, online_down: bool = True,
         raise ValueError("QuaRot needs untied embeddings (the LM head absorbs the final norm); "
                          "untie lm_head from the embedding first")
     C, H, D = cfg.hidden_size, cfg.num_heads, cfg.head_dim
+    # every Hadamard order checked before anything is modified (one-line HadamardError)
+    for n, used in ((C, True), (cfg.intermediate_size, online_down), (H, rotate_ov),
+                    (D, rotate_ov)):
+        if used:
+            factor_order(n)
     emb = get_module(model, spec.embed)
     head = _plain(get_module(model, spec.lm_head), "the LM head")
     dev = emb.weight.device
