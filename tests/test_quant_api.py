@@ -144,7 +144,7 @@ def test_walker_reproduces_the_model_forward(arch):
     torch.testing.assert_close(got, ref)
 
 
-@pytest.mark.parametrize("arch,recipe", [("llada", "w4a16g128-gptq"), ("Dream", "w3a16g128-awq"),
+@pytest.mark.parametrize("arch,recipe", [("llada", "w4a16g128-gptq"), ("Dream", "w3a16g128-rtn"),
                                          ("Dream", "w8a8-rtn")])
 def test_save_load_packed_identical_outputs(tmp_path, arch, recipe):
     from dllmq.quant import load_quantized, save_quantized
