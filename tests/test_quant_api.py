@@ -179,3 +179,18 @@ def test_pack_roundtrip_and_act_order_g_idx(tmp_path):
     ids = torch.randint(0, 60, (1, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(load_quantized(tmp_path)(ids), model(ids))
+
+
+def test_every_paper_recipe_resolves_to_registered_configs():
+    from dllmq.quant import get_recipe
+
+    assert len(RECIPES) == 14
+    for name in RECIPES:
+        for variant in ("paper", "code"):
+            configs = get_recipe(name, variant)
+            assert configs and all(type(c) in METHODS for c in configs), name
+    paper, code = get_recipe("w4a16g128-gptq")[0], get_recipe("w4a16g128-gptq:code")[0]
+    assert not paper.weight.sym and code.weight.sym  # paper: asymmetric; authors' code: AutoGPTQ sym
+    assert paper.weight.group_size == 128 and paper.damp == 0.01 and not paper.act_order
+    with pytest.raises(ValueError, match="variant"):
+        get_recipe("w4a16g128-gptq", "authors")
