@@ -206,7 +206,9 @@ SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 @dataclass(frozen=True)
 class GPTQConfig:
     """weight: the weight spec (paper: int4/int3 asym g128); blocksize/damp/act_order/
-    static_groups as in fasterquant; true_sequential: quantize q/k/v, then o, then gate/up,
+    static_groups as in fasterquant/AutoGPTQ (static_groups=False: a group's parameters come
+    from the weight as updated when the group starts; True: from the unquantized weight, as
+    llm-compressor's observer does); true_sequential: quantize q/k/v, then o, then gate/up,
     then down, each with inputs recomputed through the parts already quantized (authors'
     setting) instead of all linears from the block's float inputs."""
 
@@ -214,7 +216,7 @@ class GPTQConfig:
     blocksize: int = 128
     damp: float = 0.01
     act_order: bool = False
-    static_groups: bool = True
+    static_groups: bool = False  # AutoGPTQ's default, which the authors ran
     true_sequential: bool = True
     kinds: tuple[str, ...] = LINEAR_KINDS
     needs_calibration: ClassVar[bool] = True

@@ -66,7 +66,8 @@ def _gptq(wbits: int) -> Callable[[str], tuple]:
         # paper: asymmetric; authors' AutoGPTQ scripts: sym=True (AutoGPTQ default)
         return (GPTQConfig(weight=QuantSpec(wbits, sym=variant == "code", granularity="group",
                                             group_size=128),
-                           blocksize=128, damp=0.01, act_order=False, true_sequential=True),)
+                           blocksize=128, damp=0.01, act_order=False, static_groups=False,
+                           true_sequential=True),)
 
     return build
 
