@@ -19,10 +19,12 @@
 - `generate_until`: `dllmq.sampling.generate` (LLaDA's or Dream's sampler, chosen from the
   model's `model_type`), text cut at the first EOS/EoT token, then at the first stop sequence.
 
-Settings are model args (`EvalSettings`); a task's `generation_kwargs` (and lm-eval's
-`--gen_kwargs`) override the sampler settings per request, as in lm-eval's HF model.
-`max_gen_toks` is `gen_length`; steps and block_length default to gen_length (the paper's
-general-task setting). The chat template is applied only when lm-eval is told to
+Settings are model args (`EvalSettings`). Per request, in rising precedence: the defaults, the
+paper's per-task settings for the request's task (`dllmq.tasks.lm_eval.paper_task_settings`:
+mc_num 128 / MMLU 1, GSM8K 256/256/32, ...; off with task_settings=False), the task's
+`generation_kwargs` (and lm-eval's `--gen_kwargs`), and last the model args the user gave
+explicitly. `max_gen_toks` is `gen_length`; steps and block_length default to gen_length (the
+paper's general-task setting). The chat template is applied only when lm-eval is told to
 (`--apply_chat_template` / `simple_evaluate(apply_chat_template=True)`), never inferred from a
 task name (the authors' wrapper did that). Unknown model args raise with the valid ones.
 
@@ -120,7 +122,7 @@ class EvalSettings:
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(EvalSettings))
 CONSTRUCTOR_ARGS = ("pretrained", "recipe", "calib", "calib_samples", "calib_seqlen", "calib_seed",
-                    "device", "dtype", "max_batch_size")
+                    "device", "dtype", "max_batch_size", "task_settings")
 
 
 def sampler_config(model_type: str, s: EvalSettings) -> LLaDASamplerConfig | DreamSamplerConfig:
@@ -153,8 +155,10 @@ def sampler_config(model_type: str, s: EvalSettings) -> LLaDASamplerConfig | Dre
     return DreamSamplerConfig(**kw)
 
 
-def request_settings(base: EvalSettings, gen_kwargs: dict[str, Any]) -> tuple[EvalSettings, list[str]]:
-    """Per-request settings from a task's generation_kwargs: (settings, stop sequences)."""
+def request_settings(base: EvalSettings, gen_kwargs: dict[str, Any],
+                     explicit: frozenset[str] = frozenset()) -> tuple[EvalSettings, list[str]]:
+    """Per-request settings from a task's generation_kwargs: (settings, stop sequences).
+    Settings named in `explicit` (the model args the user gave) are kept as they are."""
     kw = dict(gen_kwargs)
     until = kw.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
@@ -173,7 +177,7 @@ def request_settings(base: EvalSettings, gen_kwargs: dict[str, Any]) -> tuple[Ev
         kw["temperature"] = 0.0
     elif do_sample and not kw.get("temperature", base.temperature):
         raise ValueError("do_sample=True with temperature 0 is contradictory; set temperature > 0")
-    return base.replace(**kw), until
+    return base.replace(**{k: v for k, v in kw.items() if k not in explicit}), until
 
 
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
@@ -253,6 +257,7 @@ class DLLMEvalLM(LM):
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         max_batch_size: int | None = None,
+        task_settings: bool = True,
         **settings: Any,
     ):
         super().__init__()
@@ -269,6 +274,9 @@ class DLLMEvalLM(LM):
             raise ValueError("max_batch_size applies to batch_size=auto, which dllmq does not do; "
                              "give an integer batch_size")
         self.settings = EvalSettings(**settings)
+        self.explicit = frozenset(settings)  # given by the user: no task setting overrides these
+        self.task_settings = task_settings
+        self._per_task: dict[str | None, EvalSettings] = {}
         self.accelerator = self._distributed()
         if self.accelerator is not None:  # its CPU device prints as cpu:0, which safetensors rejects
             d = self.accelerator.device
@@ -318,6 +326,8 @@ class DLLMEvalLM(LM):
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
         new.settings = self.settings.replace(**changes)
+        new.explicit = self.explicit | frozenset(changes)
+        new._per_task = {}
         new.max_length = new.settings.max_length or self.model.config.max_position
         sampler_config(self.model.config.model_type, new.settings)
         return new
@@ -401,14 +411,37 @@ class DLLMEvalLM(LM):
         room = self.max_length - len(cont)
         return ctx[-room:] if len(ctx) > room else ctx
 
+    def settings_for(self, task_name: str | None) -> EvalSettings:
+        """The settings for one task's requests: the paper's per-task settings (Appendix A,
+        `dllmq.tasks.lm_eval.paper_task_settings`: mc_num, or gen_length/steps/block_length)
+        where the task has them and `task_settings` is on, except for settings given
+        explicitly as model args, which always win."""
+        if task_name not in self._per_task:
+            s = self.settings
+            if self.task_settings and task_name:
+                from .tasks.lm_eval import UnknownTaskError, paper_task_settings
+
+                try:
+                    fixed = paper_task_settings(task_name).model_settings()
+                except UnknownTaskError:
+                    fixed = {}  # not a paper task: the model's settings as given
+                fixed = {k: v for k, v in fixed.items() if k not in self.explicit}
+                if fixed:
+                    log.info("task %s: paper settings %s", task_name, fixed)
+                    s = s.replace(**fixed)
+            self._per_task[task_name] = s
+        return self._per_task[task_name]
+
     # ---- the three request types ----------------------------------------------------
     def _mc_loglikelihood(self, pairs: list[tuple[list[int], list[int]]], desc: str,
-                          disable_tqdm: bool = False) -> list[float]:
-        """`dllmq.likelihood`'s estimator (draws per request from `request_seed`, then all
-        samples packed into batches of batch_size rows); contexts left-truncated to fit."""
+                          disable_tqdm: bool = False,
+                          settings: list[EvalSettings] | None = None) -> list[float]:
+        """`dllmq.likelihood`'s estimator (draws per request from `request_seed` with that
+        request's mc_num, then all samples packed into batches of batch_size rows); contexts
+        left-truncated to fit."""
         s = self.settings
+        per = settings or [s] * len(pairs)
         estimator = "dream" if self.model.config.model_type == "Dream" else "llada"
-        group = s.mc_batch or min(s.mc_num, s.batch_size)
         fitted = [(self._fit(ctx, cont), cont) for ctx, cont in pairs]
         truncated = sum(len(f) < len(c) for (f, _), (c, _) in zip(fitted, pairs, strict=True))
         if truncated:
@@ -419,9 +452,9 @@ class DLLMEvalLM(LM):
         bar = tqdm(total=len(fitted), desc=desc, disable=disable_tqdm or self.rank != 0)
         for i in range(0, len(fitted), chunk):
             part = fitted[i:i + chunk]
-            draws = [draw_masks(len(c), len(t), s.mc_num, group,
-                                torch.Generator().manual_seed(request_seed(s.seed, c, t)),
-                                estimator) for c, t in part]
+            draws = [draw_masks(len(c), len(t), r.mc_num, r.mc_batch or min(r.mc_num, r.batch_size),
+                                torch.Generator().manual_seed(request_seed(r.seed, c, t)),
+                                estimator) for (c, t), r in zip(part, per[i:i + chunk], strict=True)]
             out.extend(evaluate_masks(self.model, part, draws, s.cfg_scale, s.batch_size))
             bar.update(len(part))
         bar.close()
@@ -429,7 +462,8 @@ class DLLMEvalLM(LM):
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.encode_pair(*r.args) for r in requests]
-        lls = self._mc_loglikelihood(pairs, "dllmq loglikelihood", disable_tqdm)
+        lls = self._mc_loglikelihood(pairs, "dllmq loglikelihood", disable_tqdm,
+                                     [self.settings_for(_task(r)) for r in requests])
         if not self.settings.greedy_check:
             return [(ll, False) for ll in lls]
         greedy = greedy_check(self.model, [(self._fit(c, t), t) for c, t in pairs],
@@ -439,7 +473,7 @@ class DLLMEvalLM(LM):
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-        pairs, owner = [], []
+        pairs, owner, per = [], [], []
         for i, r in enumerate(requests):
             (text,) = r.args
             tokens = self.tok_encode(text, add_special_tokens=False)
@@ -448,7 +482,8 @@ class DLLMEvalLM(LM):
                     max_seq_len=self.max_length - 1, context_len=1)):  # ctx + cont <= max
                 pairs.append((list(ctx), list(cont)))
                 owner.append(i)
-        lls = self._mc_loglikelihood(pairs, "dllmq rolling ELBO", disable_tqdm)
+                per.append(self.settings_for(_task(r)))
+        lls = self._mc_loglikelihood(pairs, "dllmq rolling ELBO", disable_tqdm, per)
         totals = [0.0] * len(requests)
         for i, ll in zip(owner, lls, strict=True):
             totals[i] += ll
@@ -463,7 +498,7 @@ class DLLMEvalLM(LM):
         prepared = []
         for i, r in enumerate(requests):
             context, gen_kwargs = r.args
-            s, until = request_settings(self.settings, gen_kwargs)
+            s, until = request_settings(self.settings_for(_task(r)), gen_kwargs, self.explicit)
             cfg = sampler_config(c.model_type, s)
             room = min(self.max_length, c.max_position) - cfg.new_tokens
             if room < 1:
@@ -494,3 +529,7 @@ class DLLMEvalLM(LM):
                 bar.update(len(batch))
         bar.close()
         return out
+
+
+def _task(request) -> str | None:
+    return getattr(request, "task_name", None)

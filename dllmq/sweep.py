@@ -11,7 +11,9 @@
     settings: {limit: 100, mc_num: 32}  # every cell
     axes: {steps: [64, 128]}            # optional: one cell per value (cartesian product)
     include_path: [tasks/]              # optional lm-eval task folders (relative to this file)
-    include_defaults: true              # also lm-eval's own tasks
+    include_defaults: true              # all of lm-eval's tasks (dllmq's own always)
+    data_dir: /data/benchmarks          # optional: local benchmark files (else $DLLMQ_DATA_DIR)
+    confirm_run_unsafe_code: false      # code tasks execute generated programs: say so here
     calib: {source: embedded, samples: 16, seqlen: 128}   # optional; default: the recipe's
     device: cpu                         # optional
 
@@ -25,8 +27,8 @@ once per model x recipe (only if one of its cells is missing), each cell is one
 Cell settings are the grid's settings, the task's and the axis values, as given (defaults are
 not filled in; the dllmq version is part of the cell key). The cell's seed seeds the model's
 Monte Carlo and sampling draws; lm-eval's own seeds (few-shot order) stay at their defaults,
-so prompts are the same for every seed. Sampler settings in a cell are passed to lm-eval as
-`gen_kwargs` as well, so they override what a task's YAML says (`gen_length` -> max_gen_toks).
+so prompts are the same for every seed. A cell's model settings are explicit model args of
+`DLLMEvalLM`, so they win over the task's YAML and the paper's per-task settings.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .eval import NO_QUANT, SAMPLER_KEYS, SETTING_NAMES, EvalSettings, sampler_config
+from .eval import NO_QUANT, SETTING_NAMES, EvalSettings, sampler_config
 from .store import Cell, Result, Store
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 EVAL_KEYS = ("limit", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn")
 SETTING_KEYS = EVAL_KEYS + SETTING_NAMES
 GRID_KEYS = ("store", "models", "recipes", "tasks", "seeds", "settings", "axes", "include_path",
-             "include_defaults", "calib", "device", "dtype")
+             "include_defaults", "data_dir", "confirm_run_unsafe_code", "calib", "device", "dtype")
 CALIB_KEYS = ("source", "samples", "seqlen", "seed")
 
 
@@ -77,6 +79,8 @@ class Grid:
     store: Path | None = None
     include_path: tuple[Path, ...] = ()
     include_defaults: bool = True
+    data_dir: Path | None = None
+    confirm_run_unsafe_code: bool = False
     calib: Mapping[str, Any] = field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None
@@ -162,14 +166,22 @@ def parse_grid(raw: Any, where: str = "grid", base: Path | None = None) -> Grid:
     store = raw.get("store")
     _need(store is None or isinstance(store, str), f"{where}: `store` must be a file path")
     inc_def = raw.get("include_defaults", True)
-    _need(isinstance(inc_def, bool), f"{where}: `include_defaults` must be true or false")
+    unsafe = raw.get("confirm_run_unsafe_code", False)
+    _need(isinstance(inc_def, bool) and isinstance(unsafe, bool),
+          f"{where}: `include_defaults` and `confirm_run_unsafe_code` must be true or false")
+    data_dir = raw.get("data_dir")
+    _need(data_dir is None or isinstance(data_dir, str), f"{where}: `data_dir` must be a folder")
+    if data_dir is not None:
+        data_dir = base / data_dir if not Path(data_dir).is_absolute() else Path(data_dir)
+        _need(data_dir.is_dir(), f"{where}: data_dir {data_dir} is not a directory")
     return Grid(
         models=_str_list(raw, "models", where), recipes=_str_list(raw, "recipes", where),
         tasks=tuple(tasks), seeds=tuple(seeds),
         settings=_settings(raw.get("settings") or {}, f"{where}: settings"),
         axes={k: tuple(v) for k, v in axes.items()},
         store=None if store is None else (base / store if not Path(store).is_absolute() else Path(store)),
-        include_path=include, include_defaults=inc_def, calib=dict(calib),
+        include_path=include, include_defaults=inc_def, data_dir=data_dir,
+        confirm_run_unsafe_code=unsafe, calib=dict(calib),
         device=raw.get("device"), dtype=raw.get("dtype"))
 
 
@@ -186,10 +198,19 @@ def load_grid(path: str | Path) -> Grid:
 
 
 def task_manager(grid: Grid):
+    """lm-eval's TaskManager over dllmq's task files (paper tasks, embedded suite), the grid's
+    include_path folders and, with include_defaults, all of lm-eval's tasks (else only the
+    folders the paper tasks build on); the grid's data_dir goes to the paper tasks' loaders."""
+    import lm_eval.tasks
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=[str(p) for p in grid.include_path] or None,
-                       include_defaults=grid.include_defaults)
+    from .tasks.lm_eval import DATA_DIR_KEY, LM_EVAL_TASK_DIRS, TASK_DIR
+
+    paths = [str(TASK_DIR), *map(str, grid.include_path)]
+    if not grid.include_defaults:
+        paths = [str(Path(lm_eval.tasks.__file__).parent / d) for d in LM_EVAL_TASK_DIRS] + paths
+    meta = {DATA_DIR_KEY: str(grid.data_dir)} if grid.data_dir is not None else None
+    return TaskManager(include_path=paths, include_defaults=grid.include_defaults, metadata=meta)
 
 
 def _task_config(tm, name: str) -> dict[str, Any]:
@@ -216,10 +237,23 @@ def _data_files(cfg: Mapping[str, Any]) -> list[Path]:
     return [Path(p).expanduser() for p in out if isinstance(p, str) and "://" not in p]
 
 
+def _paper_settings(task: str) -> dict[str, Any]:
+    """The paper's per-task model settings DLLMEvalLM applies to this task ({} if none)."""
+    from .tasks.lm_eval import UnknownTaskError, paper_task_settings
+
+    try:
+        return paper_task_settings(task).model_settings()
+    except UnknownTaskError:
+        return {}
+
+
 def _gen_length(cfg: Mapping[str, Any], settings: Mapping[str, Any]) -> int | None:
-    if cfg.get("output_type") != "generate_until":
+    """Tokens a generation task generates (None for likelihood tasks); settings include the
+    paper's per-task ones under the cell's."""
+    if cfg.get("output_type") != "generate_until" and settings.get("block_length") is None \
+            and "steps" not in settings:
         return None
-    if "gen_length" in settings:
+    if settings.get("gen_length") is not None:
         return int(settings["gen_length"])
     gk = cfg.get("generation_kwargs") or {}
     n = gk.get("max_gen_toks", gk.get("gen_length"))
@@ -260,16 +294,23 @@ def validate(grid: Grid, tm=None) -> None:
                             f"{' or ' + ', '.join(map(str, grid.include_path)) if grid.include_path else ''})"
                             f"{hint}")
     for cell in grid.cells():
-        s = cell.settings
+        for f in _data_files(_task_config(tm, cell.task)):
+            _need(f.exists(), f"task {cell.task}: data file {f} is missing (set DLLMQ_DATA_DIR "
+                              "or the grid's data_dir to the folder holding it)")
+    for name in dict.fromkeys(t.name for t in grid.tasks):  # build each task once: its data loads
+        try:
+            tm.load([name])
+        except Exception as e:  # missing local file, offline Hub, broken YAML: one line each
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise GridError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
+    for cell in grid.cells():
+        s = {**_paper_settings(cell.task), **cell.settings}  # as DLLMEvalLM merges them
         model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
         try:
             es = EvalSettings(**model_s)
         except (TypeError, ValueError) as e:
             raise GridError(f"cell {cell.task} / {cell.model}: {e}") from None
         cfg = _task_config(tm, cell.task)
-        for f in _data_files(cfg):
-            _need(f.exists(), f"task {cell.task}: data file {f} is missing (set DLLMQ_DATA_DIR "
-                              "to the folder holding it)")
         if cell.model not in configs:
             continue
         mc = configs[cell.model]
@@ -324,7 +365,7 @@ class SweepReport:
         vals: dict[tuple[str, str], dict[str, list[float]]] = {}
         for r in self.done:
             metric = next(iter(r.metrics))
-            cols.setdefault(r.cell.task, metric.split(",")[0])
+            cols.setdefault(r.cell.task, metric.removesuffix(",none"))
             vals.setdefault((r.cell.model, r.cell.recipe), {}).setdefault(r.cell.task, []).append(
                 r.metrics[metric]["value"])
         tasks = list(cols)
@@ -340,21 +381,21 @@ class SweepReport:
         return "\n".join(lines)
 
 
-def evaluate_cell(lm, cell: Cell, tm) -> tuple[dict, list[dict], float]:
-    """One `simple_evaluate` on one task with the cell's settings: (metrics, samples, seconds)."""
+def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False
+                  ) -> tuple[dict, list[dict], float]:
+    """One `simple_evaluate` on one task with the cell's settings: (metrics, samples, seconds).
+    The cell's model settings are explicit model args, so they win over the task's."""
     import lm_eval
 
     s = dict(cell.settings)
     model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
-    gen = {("max_gen_toks" if k == "gen_length" else k): v for k, v in model_s.items()
-           if k in SAMPLER_KEYS + ("cfg_scale",) and v is not None}
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(
         model=lm.with_settings(seed=cell.seed, **model_s), tasks=[cell.task], task_manager=tm,
         limit=s.get("limit"), num_fewshot=s.get("num_fewshot"),
         apply_chat_template=s.get("apply_chat_template", False),
         fewshot_as_multiturn=s.get("fewshot_as_multiturn", False),
-        gen_kwargs=gen or None, log_samples=True, bootstrap_iters=1000)
+        confirm_run_unsafe_code=confirm_run_unsafe_code, log_samples=True, bootstrap_iters=1000)
     wall = time.perf_counter() - t0
     if res is None:  # a non-zero rank under data parallel
         return {}, [], wall
@@ -394,7 +435,7 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
         lm = dllmq_eval.DLLMEvalLM(model=model, tokenizer=tok)
         for cell in group:
             bar.set_postfix_str(f"{model_name} {recipe} {cell.task} seed {cell.seed}")
-            metrics, samples, wall = evaluate_cell(lm, cell, tm)
+            metrics, samples, wall = evaluate_cell(lm, cell, tm, grid.confirm_run_unsafe_code)
             if lm.rank == 0:
                 if store is not None:
                     store.put(cell, metrics, samples, wall_s=wall)
@@ -425,12 +466,16 @@ def with_overrides(grid: Grid, **changes: Any) -> Grid:
 def grid_for_eval(models: Sequence[str], recipes: Sequence[str], tasks: Sequence[str],
                   seeds: Sequence[int] = (0,), settings: Mapping[str, Any] | None = None,
                   include_path: Sequence[str | Path] = (), include_defaults: bool = True,
-                  device: str | None = None) -> Grid:
+                  device: str | None = None, data_dir: str | Path | None = None,
+                  confirm_run_unsafe_code: bool = False) -> Grid:
     """The grid behind `python -m dllmq eval` (same checks as a grid file)."""
     raw: dict[str, Any] = {"models": list(models), "recipes": list(recipes), "tasks": list(tasks),
                            "seeds": list(seeds), "settings": dict(settings or {}),
                            "include_path": [str(p) for p in include_path],
-                           "include_defaults": include_defaults}
+                           "include_defaults": include_defaults,
+                           "confirm_run_unsafe_code": confirm_run_unsafe_code}
+    if data_dir is not None:
+        raw["data_dir"] = str(data_dir)
     if device is not None:
         raw["device"] = device
     return parse_grid(raw, "eval")

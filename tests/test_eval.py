@@ -239,3 +239,20 @@ def test_data_parallel_two_cpu_processes_equal_one(env, tmp_path):
                                                                      rel=1e-5)
     for task, metrics in outs[1]["results"].items():
         assert outs[2]["results"][task] == pytest.approx(metrics)
+
+
+def test_per_task_paper_settings_and_precedence(lm):
+    """Appendix A per task unless a setting was given explicitly; then the model arg wins, also
+    over the task's generation_kwargs."""
+    plain = DLLMEvalLM(model=lm.model, tokenizer=lm.tokenizer)
+    assert plain.settings_for("arc_easy").mc_num == 128
+    assert plain.settings_for("mmlu_anatomy").mc_num == 1
+    g = plain.settings_for("gsm8k")
+    assert (g.gen_length, g.steps, g.block_length) == (256, 256, 32)
+    assert plain.settings_for("tiny_mc") == plain.settings  # not a paper task
+    assert lm.settings_for("arc_easy").mc_num == 8  # explicit mc_num=8
+    off = DLLMEvalLM(model=lm.model, tokenizer=lm.tokenizer, task_settings=False)
+    assert off.settings_for("arc_easy").mc_num == EvalSettings().mc_num
+    quick = plain.with_settings(gen_length=64, block_length=64)
+    s, _ = request_settings(quick.settings_for("gsm8k"), {"max_gen_toks": 256}, quick.explicit)
+    assert (s.gen_length, s.steps, s.block_length) == (64, 256, 64)
