@@ -206,7 +206,7 @@ def task_manager(grid: Grid):
 
     from .tasks.lm_eval import DATA_DIR_KEY, LM_EVAL_TASK_DIRS, TASK_DIR
 
-    paths = [str(TASK_DIR), *map(str, grid.include_path)]
+    paths = list(dict.fromkeys(str(Path(p).resolve()) for p in (TASK_DIR, *grid.include_path)))
     if not grid.include_defaults:
         paths = [str(Path(lm_eval.tasks.__file__).parent / d) for d in LM_EVAL_TASK_DIRS] + paths
     meta = {DATA_DIR_KEY: str(grid.data_dir)} if grid.data_dir is not None else None
@@ -326,21 +326,34 @@ def validate(grid: Grid, tm=None) -> None:
 
 # ---- running -------------------------------------------------------------------------------------
 def metrics_of(results: Mapping[str, Any], task: str) -> dict[str, tuple[float, float | None]]:
-    """{"acc,none": (value, stderr)} for a task (and "subtask/metric" for a group's members)."""
+    """{"acc,none": (value, stderr)} for a task (and "subtask/metric" for a group's members).
+    A group without metrics of its own that wraps exactly one task (paper_arc_easy wraps
+    arc_easy) is that task: its member's metrics are given under the plain names too."""
     out: dict[str, tuple[float, float | None]] = {}
-    for name, block in results.get("results", {}).items():
-        prefix = "" if name == task else f"{name}/"
-        for k, v in block.items():
-            if k in ("alias", "name", "sample_len", "sample_count") or "_stderr," in k:
-                continue
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                continue
-            metric, _, filt = k.partition(",")
-            err = block.get(f"{metric}_stderr,{filt}")
-            out[prefix + k] = (float(v), float(err) if isinstance(err, int | float) else None)
+    blocks = results.get("results", {})
+    own = blocks.get(task, {})
+    members = [n for n in blocks if n != task]
+    alias = members[0] if len(members) == 1 and not any(
+        isinstance(v, int | float) and not isinstance(v, bool) and k not in ("sample_len",)
+        for k, v in own.items()) else None
+    for name, block in blocks.items():
+        prefixes = [""] if name == task else [f"{name}/"] + ([""] if name == alias else [])
+        for prefix in prefixes:
+            _add_metrics(out, prefix, block)
     if not out:
         raise RuntimeError(f"lm-eval returned no metrics for task {task}")
     return out
+
+
+def _add_metrics(out: dict, prefix: str, block: Mapping[str, Any]) -> None:
+    for k, v in block.items():
+        if k in ("alias", "name", "sample_len", "sample_count") or "_stderr," in k:
+            continue
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            continue
+        metric, _, filt = k.partition(",")
+        err = block.get(f"{metric}_stderr,{filt}")
+        out[prefix + k] = (float(v), float(err) if isinstance(err, int | float) else None)
 
 
 def compact_sample(task: str, s: Mapping[str, Any]) -> dict[str, Any]:

@@ -171,3 +171,18 @@ def test_sigkill_mid_sweep_then_rerun_gives_every_cell_exactly_once(env, tmp_pat
     assert all(store.get(c).created_at == t for c, t in before.items())
     assert {(c.task, c.seed) for c in cells} == {(t, s) for t in ("tiny_mc", "tiny_gen")
                                                  for s in (0, 1, 2)}
+
+
+def test_metrics_of_groups_and_single_task_wrappers():
+    from dllmq.sweep import metrics_of
+
+    wrapped = {"results": {"paper_arc_easy": {"alias": "paper_arc_easy"},
+                           "arc_easy": {"acc,none": 0.5, "acc_stderr,none": 0.1, "sample_len": 3}}}
+    assert metrics_of(wrapped, "paper_arc_easy") == {"arc_easy/acc,none": (0.5, 0.1),
+                                                     "acc,none": (0.5, 0.1)}
+    group = {"results": {"g": {"acc,none": 0.3, "acc_stderr,none": 0.01},
+                         "g_a": {"acc,none": 0.5, "acc_stderr,none": "N/A"}, "g_b": {"acc,none": 0.1}}}
+    assert metrics_of(group, "g") == {"acc,none": (0.3, 0.01), "g_a/acc,none": (0.5, None),
+                                      "g_b/acc,none": (0.1, None)}
+    with pytest.raises(RuntimeError, match="no metrics"):
+        metrics_of({"results": {"t": {"alias": "t"}, "a": {}, "b": {}}}, "t")
