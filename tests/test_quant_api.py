@@ -194,3 +194,14 @@ def test_every_paper_recipe_resolves_to_registered_configs():
     assert paper.weight.group_size == 128 and paper.damp == 0.01 and not paper.act_order
     with pytest.raises(ValueError, match="variant"):
         get_recipe("w4a16g128-gptq", "authors")
+
+
+def test_save_refuses_what_the_format_cannot_express(tmp_path):
+    from dllmq.models import set_module
+    from dllmq.quant import save_quantized
+
+    model = random_model(tiny_config("llada"), seed=0)
+    path = model.spec.blocks + ".0." + model.spec.down
+    set_module(model, path, QLinear.from_linear(get_module(model, path), input_transform=nn.Identity()))
+    with pytest.raises(ValueError, match="input transform .* cannot express"):
+        save_quantized(model, tmp_path)

@@ -14,9 +14,9 @@ written here directly with safetensors, so the package needs no extra dependency
 - every other tensor under its official name (embeddings, norms, LM head).
 Where we differ from llm-compressor: scales are stored in float32 (it stores the model dtype),
 so a load reproduces the quantized model's outputs bit for bit; readers cast as they need.
-QLinears carrying an input transform (QuaRot's online Hadamard, DuQuant's rotations) cannot be
-expressed in this format: saving them raises (save the fake-quant model with
-`dllmq.save_pretrained` instead).
+QLinears carrying an input transform (QuaRot's online Hadamard, DuQuant's rotations) and
+quantizers installed on attention's q/k/v slots cannot be expressed in this format: saving raises
+(keep the FP checkpoint and the recipe: quantize_ is deterministic).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from dllmq.models import DLLMConfig, build_model, get_module, set_module
+from dllmq.models.layers import ActHook
 
 from .primitives import QuantResult, QuantSpec, dequantize
 from .qlinear import QLinear
@@ -39,6 +40,8 @@ from .qlinear import QLinear
 log = logging.getLogger(__name__)
 
 FILE = "model.safetensors"
+_NOT_EXPRESSIBLE = ("pack-quantized cannot express it; keep the FP checkpoint and the recipe and "
+                    "re-run quantize_ (seeded runs repeat exactly)")
 
 
 # ---- packing (pure) ---------------------------------------------------------------------------
@@ -93,13 +96,19 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     """Write config.json + model.safetensors in compressed-tensors' pack-quantized layout."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    for i, block in enumerate(model.blocks):
+        for slot in (model.spec.q_hook, model.spec.k_hook, model.spec.v_hook):
+            hook = get_module(block, slot)
+            if type(hook) is not ActHook:
+                raise ValueError(f"block {i} {slot} holds {type(hook).__name__} (attention "
+                                 f"quantization); {_NOT_EXPRESSIBLE}")
     qlins = _qlinears(model)
     state: dict[str, torch.Tensor] = {}
     groups: dict[tuple, list[str]] = {}
     for name, q in qlins.items():
         if q.input_transform is not None:
             raise ValueError(f"{name} has an input transform ({type(q.input_transform).__name__}); "
-                             "pack-quantized cannot express it: use dllmq.save_pretrained")
+                             f"{_NOT_EXPRESSIBLE}")
         key = (q.weight_spec, q.act_spec)
         groups.setdefault(key, []).append(name)
         if q.bias is not None:
