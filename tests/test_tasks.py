@@ -62,11 +62,23 @@ def test_corpus_holds_no_test_question(suite, corpus):
 
 
 def test_qa_test_facts_are_stated_in_corpus(suite, corpus):
-    facts = " ".join(corpus.source("facts"))
-    for row in suite.rows("qa", "test")[:50]:
-        name = re.search(r"([A-Z][a-z]+)('s)?\W*(live|job|pet|in|have)?", row["question"].split(" ", 2)[-1])
-        assert name and name.group(1) in facts
-        assert row["choices"][row["gold"]] in facts
+    world, docs = suite.world, corpus.source("facts")
+    paragraph = {d.split(" ", 1)[0]: d for d in world.facts()}
+    assert set(paragraph.values()) <= set(docs)
+    for it in suite.items["qa"]["test"]:
+        rel, subject = it.key
+        gold = it.row["choices"][it.row["gold"]]
+        if it.row["difficulty"] == 1:
+            assert gold in paragraph[subject]
+        else:   # 2-hop: subject -> home town -> answer, each hop stated
+            town = world.people[subject][0]
+            assert f"lives in {town}." in paragraph[subject] and gold in paragraph[town]
+    variants = docs[len(paragraph):]
+    assert len(variants) == 4 * len(paragraph) and len(set(variants)) > 0.9 * len(variants)
+    for doc in variants:   # restated facts are the same facts
+        name = doc.split(" ", 1)[0].removesuffix("'s")
+        values = world.people.get(name) or world.towns[name]
+        assert all(v in doc for v in values)
 
 
 def test_same_seed_same_bytes_other_seed_differs(tmp_path, suite):

@@ -1,6 +1,7 @@
 """The training corpus of the shipped tiny models: the suite's train splits plus real text.
 
-Pretraining documents: the generated world's facts, the train-split QA questions with their
+Pretraining documents: the generated world's facts (as stated, then restated in varied words
+and orders), the train-split QA questions with their
 answers, the worked train-split math problems, the train-split code functions, and a
 deterministic subset of the Python standard library's own source (real text every machine
 has, read from `sysconfig.get_paths()['stdlib']`). SFT pairs are instruction-style versions of
@@ -19,6 +20,7 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
+from .qa import fact_variants
 from .suite import DEFAULT_SEED, Suite, build_suite
 
 log = logging.getLogger(__name__)
@@ -104,11 +106,14 @@ def chunk(text: str, max_chars: int) -> list[str]:
 
 
 def build_corpus(seed: int = DEFAULT_SEED, stdlib_chars: int = 2_000_000, chunk_chars: int = 1500,
-                 suite: Suite | None = None, stdlib_root: str | Path | None = None) -> Corpus:
-    """The corpus for one seed: same seed and Python version, same documents in the same order."""
+                 fact_variants_per_entity: int = 4, suite: Suite | None = None,
+                 stdlib_root: str | Path | None = None) -> Corpus:
+    """The corpus for one seed: same seed and Python version, same documents in the same order.
+    The groups differ in size by orders of magnitude (math ~1.5M tokens, facts ~40k): a trainer
+    should sample by source (`Corpus.source`) with its own weights, not uniformly by document."""
     suite = suite or build_suite(seed)
     groups = {
-        "facts": suite.world.facts(),
+        "facts": suite.world.facts() + fact_variants(suite.world, seed, fact_variants_per_entity),
         "qa": [qa_text(r) for r in suite.rows("qa", "train")],
         "math": [math_text(r) for r in suite.rows("math", "train")],
         "code": [code_text(r) for r in suite.rows("code", "train")],

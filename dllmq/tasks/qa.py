@@ -42,6 +42,36 @@ class World:
         return out
 
 
+PERSON_TEMPLATES = {
+    "lives_in": ("{p} lives in {v}.", "{p}'s home is in {v}.", "{p} has a house in {v}."),
+    "job": ("{p} works as {a}.", "{p} is {a}.", "{p} earns a living as {a}."),
+    "pet": ("{p} has a pet {v}.", "{p} owns {a}.", "{p} keeps {a} as a pet."),
+}
+TOWN_TEMPLATES = {
+    "kind": ("{p} is {a} town.", "{p} is known as {a} town."),
+    "country": ("{p} is in {v}.", "{p} lies in {v}."),
+}
+
+
+def fact_variants(world: World, seed: int, n_variants: int = 4) -> list[str]:
+    """Each entity's facts again, n_variants times, each time in other words and another
+    sentence order. Restating facts in varied forms is what lets a model answer questions
+    about facts it only read (Allen-Zhu & Li, "Physics of Language Models 3.1", 2023)."""
+    rng = random.Random(f"facts-{seed}")
+    out = []
+    entities = [(p, PERSON_TEMPLATES, dict(zip(PERSON_TEMPLATES, v, strict=True)))
+                for p, v in world.people.items()]
+    entities += [(t, TOWN_TEMPLATES, dict(zip(TOWN_TEMPLATES, v, strict=True)))
+                 for t, v in world.towns.items()]
+    for _ in range(n_variants):
+        for name, templates, values in entities:
+            sentences = [rng.choice(templates[rel]).format(p=name, v=v, a=_a(v))
+                         for rel, v in values.items()]
+            rng.shuffle(sentences)
+            out.append(" ".join(sentences))
+    return out
+
+
 def _a(word: str) -> str:
     return ("an " if word[0] in "aeiou" else "a ") + word
 
