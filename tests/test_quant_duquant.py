@@ -74,7 +74,7 @@ def test_duquant_leaves_fp_outputs_unchanged(arch):
     ids = _ids()
     ref = m(ids)
     q_before = get_module(m.blocks[0], m.spec.q).weight.clone()
-    quantize_(m, (DuQuantConfig(act=None, block_size=8, rotation_steps=16),), _calib(),
+    quantize_(m, (DuQuantConfig(act=None, block_size=8, rotation_steps=8),), _calib(),
               progress=False)
     assert torch.allclose(m(ids), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     for k in ("q", "k", "v", "o", "gate", "up", "down"):
@@ -85,7 +85,7 @@ def test_duquant_leaves_fp_outputs_unchanged(arch):
 
 def _dq(bits, clip=True, seed=0, attn=False):
     act = QuantSpec(bits, sym=False, granularity="token", clip_ratio=0.9 if clip else 1.0)
-    return (DuQuantConfig(act=act, block_size=8, rotation_steps=8, seed=seed,
+    return (DuQuantConfig(act=act, block_size=8, rotation_steps=4, seed=seed,
                           attn=QuantSpec(bits, sym=False, granularity="token") if attn else None),
             RTNConfig(weight=QuantSpec(bits, sym=False, granularity="channel",
                                        clip_ratio=0.8 if clip else 1.0)))

@@ -12,7 +12,7 @@ from dllmq.quant.hadamard import (
 )
 
 
-@pytest.mark.parametrize("n", [1, 2, 4, 8, 12, 20, 28, 36, 44, 148, 24, 56, 296, 3584, 4096])
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 12, 20, 28, 36, 44, 148, 24, 56, 296, 448, 1024])
 def test_hadamard_matrix_is_hadamard(n):
     H = hadamard_matrix(n)
     assert set(H.unique().tolist()) <= {-1.0, 1.0}
