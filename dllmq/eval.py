@@ -240,7 +240,8 @@ class DLLMEvalLM(LM):
 
     Either `pretrained` (a shipped name, a local checkpoint or a Hub id; then `recipe` and
     the `calib*` args quantize it after loading) or a ready `model` + `tokenizer` (quantize
-    it yourself with `dllmq.quant.quantize_`). Remaining keyword args: `EvalSettings`.
+    it yourself with `dllmq.quant.quantize_`). `task_settings=False` turns off the paper's
+    per-task settings (see the module docstring). Remaining keyword args: `EvalSettings`.
     """
 
     def __init__(
