@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from dllmq.tasks.execution import build_program, check_completions, run_program, run_programs
+from dllmq.tasks.execution import (
+    build_mbpp_program,
+    build_program,
+    check_completions,
+    run_program,
+    run_programs,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,3 +79,17 @@ def test_humaneval_canonical_solutions_all_pass():
                                 timeout_s=10.0)
     failed = {p["task_id"]: r.reason for p, r in zip(problems, results, strict=True) if not r.passed}
     assert not failed
+
+
+def test_mbpp_reference_code_passes_and_swapped_code_fails():
+    data = _data_dir()
+    path = data / "mbpp.jsonl" if data else None
+    if path is None or not path.is_file():
+        pytest.skip("mbpp.jsonl not found: set DLLMQ_DATA_DIR to the benchmarks directory")
+    rows = [json.loads(line) for line in path.open(encoding="utf-8")][:60]
+    good = run_programs([build_mbpp_program(r["code"], r["test_list"], r["test_setup_code"])
+                         for r in rows], timeout_s=10.0)
+    assert [r["task_id"] for r, g in zip(rows, good, strict=True) if not g.passed] == []
+    swapped = run_programs([build_mbpp_program(rows[i - 1]["code"], r["test_list"])
+                            for i, r in enumerate(rows)], timeout_s=10.0)
+    assert not any(s.passed for s in swapped)

@@ -108,6 +108,11 @@ def _failure_reason(returncode: int, stderr: str) -> str:
     return f"exit status {returncode}"
 
 
+def build_mbpp_program(completion: str, test_list: Sequence[str], test_setup_code: str = "") -> str:
+    """MBPP's layout (google-research/mbpp): setup code, the model's code, then the asserts."""
+    return f"{test_setup_code}\n{completion}\n\n" + "\n".join(test_list) + "\n"
+
+
 def run_program(program: str, timeout_s: float = DEFAULT_TIMEOUT_S,
                 memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
     """Run one program in a fresh interpreter inside a fresh temporary directory."""
