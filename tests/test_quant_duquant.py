@@ -68,14 +68,25 @@ def test_transform_is_orthogonal_and_matches_weight_absorption():
     assert y.abs().amax() < x.abs().amax() / 2
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_duquant_leaves_fp_outputs_unchanged(arch):
+def test_shared_rotation_is_one_matrix_for_all_blocks():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(40, 32, generator=g)
+    x[:, 9] *= 25
+    t = fit_transform(x, 8, 8, 1, g, shared=True)
+    assert torch.equal(t.rots[:, :1].expand_as(t.rots), t.rots)
+    assert not torch.equal(t.rots[0, 0], torch.eye(8))
+    T = t(torch.eye(32, dtype=torch.float64))
+    assert torch.allclose(T @ T.T, torch.eye(32, dtype=torch.float64), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch,shared", [("llada", False), ("Dream", False), ("Dream", True)])
+def test_duquant_leaves_fp_outputs_unchanged(arch, shared):
     m = _model(arch, num_heads=8, num_kv_heads=2 if arch == "Dream" else 8)
     ids = _ids()
     ref = m(ids)
     q_before = get_module(m.blocks[0], m.spec.q).weight.clone()
-    quantize_(m, (DuQuantConfig(act=None, block_size=8, rotation_steps=8),), _calib(),
-              progress=False)
+    quantize_(m, (DuQuantConfig(act=None, block_size=8, rotation_steps=8, shared_rotation=shared),),
+              _calib(), progress=False)
     assert torch.allclose(m(ids), ref, rtol=1e-5, atol=1e-5 * ref.abs().max().item())
     for k in ("q", "k", "v", "o", "gate", "up", "down"):
         lin = get_module(m.blocks[1], m.spec.linear_name(k))
@@ -155,6 +166,6 @@ def test_named_duquant_recipes_follow_appendix_a():
         assert (dq.alpha, dq.block_size, dq.rotation_steps, dq.permutation_times) == (0.5, 128, 256, 1)
         assert dq.act == QuantSpec(bits, sym=False, granularity="token", clip_ratio=0.9)
         assert rtn.weight == QuantSpec(bits, sym=False, granularity="channel", clip_ratio=0.8)
-        assert dq.attn is None
-        assert get_recipe(f"w{bits}a{bits}-duquant:code")[0].attn == QuantSpec(
-            bits, sym=False, granularity="token")
+        assert dq.attn is None and not dq.shared_rotation
+        code = get_recipe(f"w{bits}a{bits}-duquant:code")[0]
+        assert code.attn == QuantSpec(bits, sym=False, granularity="token") and code.shared_rotation

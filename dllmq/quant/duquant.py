@@ -21,9 +21,10 @@ QLinear input transform), so full-precision outputs are unchanged. Then weights 
 
 Where we differ from the authors' code:
 - one rotation per block of channels, each block searched on its own (the paper's BlockDiag of
-  block-wise R_i); the code searches one b x b matrix shared by all blocks, and picks the
-  channel to rotate as `row % block_size` of the arg-max of the activation reshaped to
-  (-1, block_size), a row (token/block) index rather than the channel (column) index;
+  block-wise R_i); the code searches one b x b matrix shared by all blocks (here:
+  `shared_rotation=True`, the "code" recipe variant), and picks the channel to rotate as
+  `row % block_size` of the arg-max of the activation reshaped to (-1, block_size), a row
+  (token/block) index rather than the channel (column) index: we always take the column;
 - the greedy search runs on (up to `rot_tokens`) calibration tokens at each linear input; the
   code runs it on the mean over calibration samples of the layer input (one sequence);
 - the block peak is max |x| per block; the code uses max - min over the whole matrix;
@@ -69,7 +70,9 @@ class DuQuantConfig:
     permutation_times: the transform (Appendix A: 128, 256, 1). act: per-token activation spec
     with the activation clip (0.9). attn: per-(token, head) spec for q/k/v at the attention
     matmuls, as the authors' code (None: 16-bit); q/k are rotated over the head dim first and
-    clipped with act's clip. rot_tokens: calibration tokens kept per input for the search."""
+    clipped with act's clip. rot_tokens: calibration tokens kept per input for the search.
+    shared_rotation: one b x b matrix searched over all blocks at once and used for every block
+    (the authors' code) instead of one search per block (the paper)."""
 
     alpha: float | None = 0.5
     block_size: int = 128
@@ -80,6 +83,7 @@ class DuQuantConfig:
         8, sym=False, granularity="token", clip_ratio=0.9))
     attn: QuantSpec | None = None
     rot_tokens: int = 2048
+    shared_rotation: bool = False
     needs_calibration: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
@@ -186,20 +190,29 @@ class DuQuantTransform(nn.Module):
 
 
 def fit_transform(x: torch.Tensor, block_size: int, steps: int, permutation_times: int,
-                  generator: torch.Generator) -> DuQuantTransform:
+                  generator: torch.Generator, shared: bool = False) -> DuQuantTransform:
     """The DuQuant transform for sample activations x (T, C), float32 buffers on x's device
-    (the authors' `online_duquant_cali`: rotation, zigzag, rotation)."""
+    (the authors' `online_duquant_cali`: rotation, zigzag, rotation). shared: one rotation for
+    all blocks, searched on x viewed as (T * C / b, b), as the authors' `rotation` does."""
     rots, perms = [], []
     R0 = spread_matrix(block_size, generator)
+    nb = x.shape[1] // block_size
+
+    def search(y: torch.Tensor) -> torch.Tensor:
+        if not shared:
+            return greedy_block_rotation(y, block_size, steps, R0)
+        R = greedy_block_rotation(y.reshape(-1, block_size), block_size, steps, R0)  # (1, b, b)
+        return R.expand(nb, -1, -1).contiguous()
+
     y = x.to(torch.float64)
     for _ in range(permutation_times):
-        R = greedy_block_rotation(y, block_size, steps, R0)
+        R = search(y)
         y = apply_block_rotation(y, R)
         perm = zigzag_permutation(y.abs().amax(dim=0), block_size)
         y = y[:, perm]
         rots.append(R)
         perms.append(perm)
-    rots.append(greedy_block_rotation(y, block_size, steps, R0))
+    rots.append(search(y))
     C = x.shape[1]
     P = torch.stack(perms) if perms else torch.empty(0, C, dtype=torch.long, device=x.device)
     return DuQuantTransform(torch.stack(rots).float(), P)
@@ -250,7 +263,7 @@ def duquant_block(model: nn.Module, block: nn.Module, inputs: BlockInputs, cfg: 
     for sample_kind, kinds in TRANSFORM_GROUPS:
         x = xs[paths[sample_kind]]
         t = fit_transform(x, _block_size(cfg, x.shape[1]), cfg.rotation_steps,
-                          cfg.permutation_times, generator)
+                          cfg.permutation_times, generator, cfg.shared_rotation)
         for k in kinds:
             lin = get_module(block, spec.linear_name(k))
             if isinstance(lin, QLinear) and (lin.input_transform is not None or lin.is_weight_quantized):
@@ -279,11 +292,12 @@ def recipe(wbits: int, abits: int, variant: str) -> tuple:
     per-channel weights, per-token activations; the authors' code (`--quant_method duquant
     --alpha 0.5 --smooth --lac 0.9 --swc 0.8 --block_size 128 --max_rotation_step 256`): weights
     asymmetric RTN, activations dynamic asymmetric. "code" also quantizes q/k/v at the attention
-    matmuls (q/k Hadamard-rotated over the head dim and clipped 0.9; v unclipped)."""
+    matmuls (q/k Hadamard-rotated over the head dim and clipped 0.9; v unclipped) and shares
+    one block rotation across all blocks."""
     from .rtn import RTNConfig
 
     act = QuantSpec(abits, sym=False, granularity="token", clip_ratio=0.9)
     attn = QuantSpec(abits, sym=False, granularity="token") if variant == "code" else None
     return (DuQuantConfig(alpha=0.5, block_size=128, rotation_steps=256, permutation_times=1,
-                          act=act, attn=attn),
+                          act=act, attn=attn, shared_rotation=variant == "code"),
             RTNConfig(weight=QuantSpec(wbits, sym=False, granularity="channel", clip_ratio=0.8)))
