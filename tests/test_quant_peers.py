@@ -3,6 +3,9 @@ llm-compressor 0.14 + compressed-tensors 0.19). Marked `peers`; skipped only whe
 is not importable.
 
 Stated tolerances (all measured equal here, the tolerances only absorb float reordering):
+- GPTQ vs gptqmodel's `GPTQ.quantize` (QuantizeConfig with act_group_aware=False, i.e. plain
+  GPTQ; gptqmodel 7.6 turns its group-aware reordering on by default): equal quantized weights
+  (to 1e-6) for sym/asym, desc_act off, and desc_act on with static groups on or off.
 - GPTQ vs llm-compressor `quantize_weight` (static group parameters from the unquantized
   weight, i.e. dllmq's static_groups=True; act-order "weight" = static groups + act-order):
   quantized weights equal to 1e-6, so equal codes.
@@ -23,8 +26,10 @@ from torch import nn
 
 pytestmark = pytest.mark.peers
 
-ct = pytest.importorskip("compressed_tensors", reason="compressed-tensors not installed (pip install '.[peers]')")
-llmc = pytest.importorskip("llmcompressor", reason="llm-compressor not installed (pip install '.[peers]')")
+
+
+def _need(module: str):
+    return pytest.importorskip(module, reason=f"{module} not installed (pip install '.[peers]')")
 
 
 def _layer(inp=256, out=64, tokens=1024, seed=0):
@@ -38,6 +43,7 @@ def _layer(inp=256, out=64, tokens=1024, seed=0):
 @pytest.mark.parametrize("sym", [False, True])
 @pytest.mark.parametrize("group_size,actorder", [(128, None), (None, None), (128, "weight")])
 def test_gptq_equals_llmcompressor(sym, group_size, actorder):
+    _need("llmcompressor")
     from compressed_tensors.quantization import QuantizationArgs
     from compressed_tensors.quantization.utils.helpers import calculate_qparams
     from llmcompressor.modifiers.gptq.gptq_quantize import quantize_weight
@@ -63,6 +69,7 @@ def test_gptq_equals_llmcompressor(sym, group_size, actorder):
 
 
 def test_awq_scale_search_equals_llmcompressor():
+    _need("llmcompressor")
     from compressed_tensors.quantization import (
         QuantizationArgs,
         QuantizationConfig,
@@ -104,7 +111,8 @@ def test_awq_scale_search_equals_llmcompressor():
 
 @pytest.mark.parametrize("alpha", [0.5, 0.8])
 def test_smoothquant_scales_match_llmcompressor(alpha):
-    smq = pytest.importorskip("dllmq.quant.smoothquant", reason="dllmq.quant.smoothquant missing")
+    _need("llmcompressor")
+    from dllmq.quant import smoothquant as smq
     from llmcompressor.modifiers.transform.smoothquant.base import SmoothQuantModifier
 
     g = torch.Generator().manual_seed(1)
@@ -117,6 +125,7 @@ def test_smoothquant_scales_match_llmcompressor(alpha):
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_packing_equals_compressed_tensors(bits):
+    _need("compressed_tensors")
     from compressed_tensors.compressors.pack_quantized.helpers import (
         pack_to_int32,
         unpack_from_int32,
@@ -129,3 +138,26 @@ def test_packing_equals_compressed_tensors(bits):
     zp = pack_int32(codes.t().contiguous(), bits).t()  # zero points: packed along dim 0
     assert torch.equal(zp, pack_to_int32(signed, bits, packed_dim=0))
     assert torch.equal(unpack_from_int32(pack_int32(codes, bits), bits, codes.shape), signed)
+
+
+@pytest.mark.parametrize("sym,desc_act,static", [(False, False, False), (True, False, False),
+                                                 (False, True, False), (False, True, True)])
+def test_gptq_equals_gptqmodel(sym, desc_act, static):
+    _need("gptqmodel")
+    from gptqmodel.quantization.config import QuantizeConfig
+    from gptqmodel.quantization.gptq import GPTQ
+
+    W, x = _layer()
+    lin = nn.Linear(W.shape[1], W.shape[0], bias=False)
+    lin.weight.data = W.clone()
+    cfg = QuantizeConfig(bits=4, group_size=128, sym=sym, desc_act=desc_act, static_groups=static,
+                         damp_percent=0.01, act_group_aware=False)
+    solver = GPTQ(lin, cfg)
+    solver.quantizer.configure(perchannel=True)  # as gptqmodel's GPTQProcessor does
+    solver.add_batch(x[None], None)
+    theirs, scale, _zero, g_idx, *_ = solver.quantize(blocksize=128)
+    ours = gptq_quantize(W, hessian(x), QuantSpec(4, sym=sym, group_size=128), blocksize=128,
+                         damp=0.01, act_order=desc_act, static_groups=static)
+    torch.testing.assert_close(ours.weight, theirs.float(), rtol=0, atol=1e-6)
+    if ours.g_idx is not None:
+        assert torch.equal(ours.g_idx.to(torch.int32), g_idx.to(torch.int32).cpu())
