@@ -5,8 +5,9 @@ Problems come from small function families with parameterised variants ("return 
 Difficulty follows the shape of the canonical body: 1 = one expression, 2 = branches,
 3 = a loop. Every (family, parameters) pair belongs to exactly one split, so each test item is
 a variant never seen in training. Hidden tests follow HumanEval's layout
-(`def check(candidate): assert ...`, then `check(entry_point)`), and their inputs are redrawn
-until every off-by-one variant of the parameters fails them.
+(`def check(candidate): assert ...`, then `check(entry_point)`); their inputs are chosen so that
+every off-by-one variant of the parameters fails them, and so does every body with one number
+literal moved by one (`x > 34` for `x > 33`) unless that body is equivalent to the right one.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Family:
     body: Callable[..., str]
     ref: Callable[..., Callable]
     inputs: Callable[..., tuple]   # (rng, *params) -> one argument tuple
+
+    def __post_init__(self):
+        if self.difficulty not in (1, 2, 3):
+            raise ValueError(f"{self.name}: difficulty must be 1 (expression), 2 (branch) or 3 (loop)")
+        if not (self.signature.startswith(f"def {self.name}(") and self.signature.endswith(":")):
+            raise ValueError(f"{self.name}: signature must read 'def {self.name}(...):'")
 
 
 def _ints(rng: random.Random, n: int, lo: int = -20, hi: int = 60) -> list[int]:
@@ -230,7 +237,7 @@ def _body_mutants(fam: Family, params: tuple) -> list[Callable]:
             namespace: dict = {}
             exec(f"{fam.signature}\n{body[:m.start()]}{int(m.group()) + d}{body[m.end():]}",
                  namespace)
-            out.append(namespace[fam.signature[4:].split("(")[0]])
+            out.append(namespace[fam.name])
     return out
 
 
@@ -271,7 +278,7 @@ def make_problem(rng: random.Random, fam: Family, params: tuple, idx: str) -> It
     cases = _test_inputs(rng, fam, params)
     asserts = "".join(f"    assert candidate({', '.join(map(repr, c))}) == {ref(*c)!r}\n"
                       for c in cases)
-    row = {"id": idx, "prompt": prompt, "entry_point": fam.signature[4:].split("(")[0],
+    row = {"id": idx, "prompt": prompt, "entry_point": fam.name,
            "test": "def check(candidate):\n" + asserts, "canonical_solution": fam.body(*params),
            "difficulty": fam.difficulty}
     return Item(row=row, key=(fam.name, params))
