@@ -103,3 +103,20 @@ def test_awq_end_to_end_beats_rtn_on_llada_output():
         quantize_(model, recipe, calib, progress=False)
         errs[recipe] = float(F.mse_loss(model(ids), ref).detach())
     assert errs["w3a16g128-awq"] < errs["w3a16g128-rtn"]
+
+
+def test_subset_of_kinds_keeps_unselected_linears_exact():
+    """AWQ on q only still folds its scale into k and v (they read the same norm): the model
+    with only q quantized equals the FP model up to q's quantization, so quantizing q at 8 bits
+    leaves the output close to FP."""
+    from dllmq.quant import quantize_
+
+    model = random_model(tiny_config("llada"), seed=0)
+    ids = torch.randint(0, 60, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids)
+        s = quantize_(model, (AWQConfig(QuantSpec(8, granularity="channel"), kinds=("q",), n_grid=4),),
+                      Calibration.random(60, 2, 16), progress=False)
+        out = model(ids)
+    assert s.weight_counts == {"q": 2}
+    torch.testing.assert_close(out, ref, rtol=0, atol=2e-3 * ref.abs().max().item())

@@ -251,7 +251,8 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch, cfg: AWQConfig) -> di
         ref = _probe(block, inputs, name("o"))
         s = search("qkv", mods, x_attn,
                    lambda ws: _with_weights(mods, ws, lambda: _mse(_probe(block, inputs, name("o")), ref)))
-        _fold_into_norm(get_module(block, arch.attn_norm), mods, s)
+        # the norm feeds q, k and v: all three take the scale, quantized by AWQ or not
+        _fold_into_norm(get_module(block, arch.attn_norm), [lin[k] for k in ("q", "k", "v")], s)
         x_attn = x_attn / s.to(x_attn.dtype)
     # v -> o, only when v's output is o's input one to one (no grouped-query attention)
     if "o" in cfg.kinds and lin["v"].weight.shape == lin["o"].weight.shape:
@@ -267,7 +268,7 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch, cfg: AWQConfig) -> di
         ref = _swiglu(block, arch, x_mlp)
         s = search("gate_up", mods, x_mlp,
                    lambda ws: _with_weights(mods, ws, lambda: _mse(_swiglu(block, arch, x_mlp), ref)))
-        _fold_into_norm(get_module(block, arch.mlp_norm), mods, s)
+        _fold_into_norm(get_module(block, arch.mlp_norm), [lin["gate"], lin["up"]], s)
         x_mlp = x_mlp / s.to(x_mlp.dtype)
     # up -> down
     if "down" in cfg.kinds:
