@@ -144,8 +144,8 @@ def sampler_config(model_type: str, s: EvalSettings) -> LLaDASamplerConfig | Dre
         raise ValueError(f"{', '.join(wrong)} apply to LLaDA's sampler, not Dream's; Dream takes "
                          "gen_length, steps, temperature, alg, alg_temp, eps, top_p, top_k")
     if s.cfg_scale:
-        raise ValueError("Dream's sampler has no classifier-free guidance; set cfg_scale=0 "
-                         "(it applies to Dream's likelihood only through loglikelihood tasks)")
+        raise ValueError("Dream's sampler has no classifier-free guidance; cfg_scale > 0 applies "
+                         "to Dream's likelihood only: evaluate generation tasks with cfg_scale=0")
     kw = dict(max_new_tokens=s.gen_length, steps=s.steps or s.gen_length,
               temperature=s.temperature, alg_temp=s.alg_temp, top_p=s.top_p, top_k=s.top_k)
     if s.alg is not None:
@@ -308,7 +308,7 @@ class DLLMEvalLM(LM):
         self.pretrained = pretrained
         self.max_length = self.settings.max_length or model.config.max_position
         # fail now, not after an hour of likelihoods: the sampler settings must be valid
-        sampler_config(model.config.model_type, self.settings)
+        check_sampler(model.config.model_type, self.settings)
 
     # ---- set-up ----------------------------------------------------------------------
     def _distributed(self):
@@ -330,7 +330,7 @@ class DLLMEvalLM(LM):
         new.explicit = self.explicit | frozenset(changes)
         new._per_task = {}
         new.max_length = new.settings.max_length or self.model.config.max_position
-        sampler_config(self.model.config.model_type, new.settings)
+        check_sampler(self.model.config.model_type, new.settings)
         return new
 
     # ---- lm-eval plumbing -----------------------------------------------------------
@@ -530,6 +530,13 @@ class DLLMEvalLM(LM):
                 bar.update(len(batch))
         bar.close()
         return out
+
+
+def check_sampler(model_type: str, s: EvalSettings) -> None:
+    """Sampler settings valid for the architecture. Dream's likelihood may use cfg_scale (the
+    paper's Dream setting, CFG 1.0) while its sampler has none: that raises only when a
+    generation request meets it, in `sampler_config`."""
+    sampler_config(model_type, s.replace(cfg_scale=0.0) if model_type == "Dream" else s)
 
 
 def _task(request) -> str | None:

@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .eval import NO_QUANT, SETTING_NAMES, EvalSettings, sampler_config
+from .eval import NO_QUANT, SETTING_NAMES, EvalSettings, check_sampler, sampler_config
 from .store import Cell, Result, Store
 
 log = logging.getLogger(__name__)
@@ -319,7 +319,10 @@ def validate(grid: Grid, tm=None) -> None:
         _need(n is None or n < ctx, f"task {cell.task}: generation of {n} tokens does not fit "
                                     f"model {cell.model}'s context of {ctx} tokens")
         try:
-            sampler_config(mc.model_type, es.replace(gen_length=n or es.gen_length))
+            if n is None:  # a likelihood task: only what DLLMEvalLM checks when it is built
+                check_sampler(mc.model_type, es)
+            else:
+                sampler_config(mc.model_type, es.replace(gen_length=n))
         except ValueError as e:
             raise GridError(f"task {cell.task} on {cell.model}: {e}") from None
 

@@ -256,3 +256,18 @@ def test_per_task_paper_settings_and_precedence(lm):
     quick = plain.with_settings(gen_length=64, block_length=64)
     s, _ = request_settings(quick.settings_for("gsm8k"), {"max_gen_toks": 256}, quick.explicit)
     assert (s.gen_length, s.steps, s.block_length) == (64, 256, 64)
+
+
+def test_dream_cfg_applies_to_likelihood_and_refuses_generation(lm):
+    from evalkit import make_model
+
+    dream = DLLMEvalLM(model=make_model("Dream"), tokenizer=lm.tokenizer, cfg_scale=1.0,
+                       mc_num=4, batch_size=4)
+    guided = dream.loglikelihood([_req("loglikelihood", "say", " yes")])[0][0]
+    plain = dream.with_settings(cfg_scale=0.0).loglikelihood([_req("loglikelihood", "say", " yes")])
+    assert guided != pytest.approx(plain[0][0])
+    with pytest.raises(ValueError, match="Dream's sampler has no classifier-free guidance"):
+        dream.generate_until([_req("generate_until", "say", {"max_gen_toks": 4})])
+    out = dream.with_settings(cfg_scale=0.0).generate_until(
+        [_req("generate_until", "say", {"max_gen_toks": 4})])
+    assert len(out) == 1 and isinstance(out[0], str)
