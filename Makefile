@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= default
 PARAMS := params/$(PRESET).yaml
-NOTEBOOKS := 00_outliers 01_rq1_bitwidth 02_rq2_methods 03_rq3_tasks 04_rq4_models
+NOTEBOOKS := 00_outliers 01_rq1_bitwidth 02_rq2_methods 03_rq3_tasks 04_rq4_models 05_beyond
 BUILD := build/$(PRESET)
 STAMP := $(VENV)/.dllmq-installed
 

@@ -52,10 +52,11 @@ def category_of(params: dict[str, Any]) -> dict[str, str]:
 
 
 def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
-              progress: bool = True):
+              progress: bool = True, axes: dict[str, list] | None = None):
     """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
     skipping stored cells; returns the tidy frame (model, role, recipe, task, category, metric,
-    value, stderr) of exactly these cells, averaged over seeds."""
+    value, stderr) of exactly these cells, averaged over seeds. `axes` adds one cell per value
+    of a model setting (e.g. {"steps": [8, 16]}); their values appear as extra columns."""
     import pandas as pd
 
     from .store import Store
@@ -74,6 +75,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             "include_path": [str(p) for p in params.get("include_path", [])],
             "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
             "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
+            "axes": dict(axes or {}),
         }, f"{params['preset']} preset, {role}")
         report = run_sweep(grid, store, progress=progress)
         for r in report.done:
@@ -85,11 +87,12 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             m = r.metrics[picked[0]]
             rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
                          "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
+                         **{k: r.cell.settings.get(k) for k in (axes or {})},
                          "value": m["value"], "stderr": m["stderr"] or 0.0})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    keys = ["model", "role", "recipe", "task", "category", "metric"]
+    keys = ["model", "role", "recipe", "task", "category", "metric", *(axes or {})]
     g = df.groupby(keys, as_index=False, sort=False)
     # mean over seeds; its se: the per-seed item-sampling se shrinks with the number of seeds
     out = g.agg(value=("value", "mean"), stderr=("stderr", lambda s: (s.pow(2).sum()) ** 0.5 / len(s)))

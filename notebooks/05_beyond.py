@@ -1,0 +1,119 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: dllmq (.venv)
+#     language: python
+#     name: dllmq
+# ---
+
+# %% [markdown]
+# # 05 · Beyond the paper: denoising steps, remasking, and real low-bit weights
+#
+# The paper's future work names a step-aware analysis (denoising steps vs bits), remasking
+# strategies under quantization, and real low-bit kernels for dLLMs. (Its fourth item, Dream
+# under weight-activation quantization, is Table 6 in notebook 04.)
+#
+# **Questions.** (1) Does a quantized dLLM need more denoising steps to recover, i.e. does the
+# quantization damage shrink or grow as steps increase? (2) Does low-confidence remasking, which
+# trusts the model's own confidences, suffer more from quantization than random remasking?
+# (3) What do packed low-bit weights actually save on disk?
+#
+# **Writes** `figures/fig_beyond_steps.{png,pdf}`, `figures/fig_beyond_remasking.{png,pdf}`,
+# `tables/beyond_steps.{csv,md}`, `tables/beyond_remasking.{csv,md}`, `tables/beyond_packed_size.{csv,md}`.
+
+# %% tags=["parameters"]
+preset = "default"
+
+# %%
+import matplotlib
+
+matplotlib.use("Agg")
+import tempfile
+from pathlib import Path
+
+import dllmq
+import matplotlib.pyplot as plt
+import pandas as pd
+from dllmq.data import calibration_set
+from dllmq.quant import quantize_
+from dllmq.quant.export import save_quantized
+from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
+from dllmq.study import load_params, output_dirs, run_study
+
+P = load_params(preset)
+B = P["beyond"]
+set_style()
+fig_dir, tab_dir = output_dirs(P["out_dir"])
+
+# %% [markdown]
+# ## (1) Accuracy against denoising steps, per bit-width
+
+# %%
+steps = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"steps": B["steps"]})
+steps["setting"] = steps["recipe"].map(lambda r: (lambda i: f"{i.setting.split('g')[0]} {i.method}")(parse_recipe(r)))
+steps["value"], steps["se"] = 100 * steps["value"], 100 * steps["stderr"]
+steps["panel"] = f"{P['models'][B['role']]} · {B['category']}"
+steps["steps_label"] = steps["steps"].astype(str)
+fig = plot_accuracy(steps, [str(s) for s in B["steps"]], hue="setting", col="panel", x="steps_label",
+                    ylabel="accuracy (%)")
+fig.axes[0].set_xlabel("denoising steps")
+save_figure(fig, fig_dir / "fig_beyond_steps")
+plt.show()
+out = steps.pivot_table(index="setting", columns="steps", values="value", sort=False).round(1)
+out.to_csv(tab_dir / "beyond_steps.csv")
+(tab_dir / "beyond_steps.md").write_text(
+    f"Accuracy (%) on {B['category']} by denoising steps ({P['models'][B['role']]}, "
+    f"se ≈ {steps['se'].mean():.1f} points)\n\n" + out.to_markdown() + "\n")
+out
+
+# %% [markdown]
+# ## (2) Low-confidence vs random remasking under quantization
+
+# %%
+rem = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]],
+                axes={"remasking": B["remasking"]})
+rem["setting"] = rem["recipe"].map(lambda r: (lambda i: f"{i.setting.split('g')[0]} {i.method}")(parse_recipe(r)))
+rem["value"], rem["se"] = 100 * rem["value"], 100 * rem["stderr"]
+rem["panel"] = f"{P['models'][B['role']]} · {B['category']}"
+order = list(dict.fromkeys(rem["setting"]))
+fig = plot_accuracy(rem, order, hue="remasking", col="panel", ylabel="accuracy (%)")
+for ax in fig.axes:
+    ax.tick_params(axis="x", rotation=45)
+save_figure(fig, fig_dir / "fig_beyond_remasking")
+plt.show()
+out = rem.pivot_table(index="setting", columns="remasking", values="value", sort=False).round(1)
+out.to_csv(tab_dir / "beyond_remasking.csv")
+(tab_dir / "beyond_remasking.md").write_text(
+    f"Accuracy (%) on {B['category']} by remasking strategy ({P['models'][B['role']]}, "
+    f"se ≈ {rem['se'].mean():.1f} points)\n\n" + out.to_markdown() + "\n")
+out
+
+# %% [markdown]
+# ## (3) Packed low-bit weights on disk (compressed-tensors pack-quantized layout)
+
+# %%
+rows = []
+name = P["models"][B["role"]]
+tok = dllmq.load_tokenizer(name)
+calib = calibration_set(tok, P["calib"]["source"], P["calib"]["samples"], P["calib"]["seqlen"], seed=P["seed"])
+for recipe in B["packed_recipes"]:
+    model = dllmq.load(name, device=P["device"])
+    with tempfile.TemporaryDirectory() as d:
+        if recipe == "fp16":
+            dllmq.save_pretrained(model, d)
+        else:
+            quantize_(model, recipe, calib, progress=False)
+            save_quantized(model, d)
+        size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
+    rows.append({"recipe": recipe, "MB": size / 1e6})
+packed = pd.DataFrame(rows)
+packed["vs FP (fp32 on CPU)"] = packed["MB"] / packed["MB"].iloc[0]
+packed.to_csv(tab_dir / "beyond_packed_size.csv", index=False, float_format="%.4g")
+(tab_dir / "beyond_packed_size.md").write_text(
+    f"Size of the saved weights of {name} (embeddings and LM head stay full precision)\n\n"
+    + packed.to_markdown(index=False, floatfmt=".3g") + "\n")
+packed
