@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -45,9 +46,7 @@ def calibration_text(source: str, split: str = "train", seed: int = 0) -> str:
     if source not in SOURCES:
         raise ValueError(f"unknown calibration source {source!r}; choose one of {', '.join(SOURCES)}")
     if source == "embedded":
-        from .tasks.corpus import build_corpus
-
-        return "\n\n".join(build_corpus(seed).pretrain_texts)
+        return _embedded_text(seed)
     if source == "wikitext2":
         local = _local(f"wikitext2_raw_{split}.txt")
         if local is not None:
@@ -64,6 +63,26 @@ def calibration_text(source: str, split: str = "train", seed: int = 0) -> str:
         raise DataError(f"{data_dir()} has no pile_val.jsonl (AWQ's calibration set, one "
                         "{'text': ...} per line); add it or calibrate on wikitext2")
     return "\n\n".join(_hub_rows("mit-han-lab/pile-val-backup", None, "validation", "text")[:5000])
+
+
+@functools.lru_cache(maxsize=4)
+def _embedded_text(seed: int, max_chars: int = 400_000) -> str:
+    """A seeded sample of the tiny models' pretraining documents (facts, worked problems, code,
+    standard-library source), about `max_chars` long: enough for any calibration set the
+    embedded preset draws, and cheap to tokenize once per quantized model."""
+    import random
+
+    from .tasks.corpus import build_corpus
+
+    docs = list(build_corpus().pretrain)
+    random.Random(seed).shuffle(docs)
+    out, n = [], 0
+    for d in docs:
+        if n >= max_chars:
+            break
+        out.append(d)
+        n += len(d) + 2
+    return "\n\n".join(out)
 
 
 def _hub_rows(path: str, name: str | None, split: str, field: str) -> list[str]:
