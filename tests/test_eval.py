@@ -186,7 +186,6 @@ def test_registered_name_and_object_give_the_same_numbers(env, lm):
     _assert_same(by_name["results"], by_name["samples"], by_obj)
 
 
-@pytest.mark.slow  # lm-eval's CLI indexes all of its ~14k task files first (~20-40 s here)
 def test_lm_eval_cli_and_simple_evaluate_give_the_same_numbers(env, lm, tmp_path):
     out = tmp_path / "out"
     proc = subprocess.run(

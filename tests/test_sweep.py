@@ -140,7 +140,6 @@ def test_cli_bad_grid_exits_with_one_line(env, tmp_path):
     assert not (tmp_path / "r.sqlite").exists()
 
 
-@pytest.mark.slow  # two sweep processes (~25 s each on a busy 2-core machine)
 def test_sigkill_mid_sweep_then_rerun_gives_every_cell_exactly_once(env, tmp_path):
     path = _grid(env, tmp_path, tasks=["tiny_mc", {"task": "tiny_gen",
                                                    "settings": {"gen_length": 4}}],
