@@ -150,14 +150,14 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p for p in (
         Preset(name="tiny-ar", arch="Dream", objective="ar", causal=True, num_kv_heads=4,
-               steps=3000, random_length_prob=0.0,
+               steps=2000, random_length_prob=0.0,
                description="Dream architecture with causal attention, trained autoregressively "
                            "(next-token loss): the starting point of tiny-dream-base."),
         Preset(name="tiny-dream-base", arch="Dream", objective="mdm", init_from="tiny-ar",
-               num_kv_heads=4, steps=3000, lr=5e-4, warmup_steps=100, random_length_prob=0.05,
+               num_kv_heads=4, steps=5000, lr=1e-3, warmup_steps=200, random_length_prob=0.05,
                description="tiny-ar adapted to masked diffusion with Dream's shifted logits "
                            "(position i predicts token i+1), attention made bidirectional."),
-        Preset(name="tiny-llada-base", arch="llada", objective="mdm", steps=4000,
+        Preset(name="tiny-llada-base", arch="llada", objective="mdm", steps=8000,
                random_length_prob=0.05,
                description="LLaDA architecture, masked-diffusion pretraining from scratch "
                            "(random mask ratio per sequence, 1/t-weighted loss)."),
