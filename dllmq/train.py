@@ -99,6 +99,12 @@ class Preset:
     grad_clip: float = 1.0
     mask_eps: float = 1e-3
     random_length_prob: float = 0.01
+    # Conditional rows (masked-diffusion presets): the train splits' question/answer pairs in the
+    # evaluation format, question never masked, appended to the packed pretraining rows. LLaDA's
+    # own pretraining masks whole sequences; a 5M-parameter model trained that way learns the
+    # answer format but not the arithmetic (7 % on math, H100 run of 2026-11-24), so the base
+    # models see these rows too. The instruct model's SFT differs in its chat template.
+    conditional_rows: bool = False
     seed: int = 0
     # bookkeeping
     log_every: int = 50
@@ -154,13 +160,16 @@ PRESETS: dict[str, Preset] = {
                description="Dream architecture with causal attention, trained autoregressively "
                            "(next-token loss): the starting point of tiny-dream-base."),
         Preset(name="tiny-dream-base", arch="Dream", objective="mdm", init_from="tiny-ar",
-               num_kv_heads=4, steps=5000, lr=1e-3, warmup_steps=200, random_length_prob=0.05,
+               conditional_rows=True,
+               num_kv_heads=4, steps=4000, lr=1e-3, warmup_steps=200, random_length_prob=0.05,
                description="tiny-ar adapted to masked diffusion with Dream's shifted logits "
-                           "(position i predicts token i+1), attention made bidirectional."),
-        Preset(name="tiny-llada-base", arch="llada", objective="mdm", steps=8000,
+                           "(position i predicts token i+1), attention made bidirectional; plus conditional "
+                           "rows (train-split questions kept visible, answers masked)."),
+        Preset(name="tiny-llada-base", arch="llada", objective="mdm", conditional_rows=True, steps=6000,
                random_length_prob=0.05,
                description="LLaDA architecture, masked-diffusion pretraining from scratch "
-                           "(random mask ratio per sequence, 1/t-weighted loss)."),
+                           "(random mask ratio per sequence, 1/t-weighted loss); plus conditional rows "
+                           "(train-split questions kept visible, answers masked)."),
         Preset(name="tiny-llada-instruct", arch="llada", objective="sft",
                init_from="tiny-llada-base", seq_len=160, batch_size=256, steps=1500, lr=5e-4,
                warmup_steps=50, random_length_prob=0.0,
@@ -376,7 +385,7 @@ def step_loss(model: DLLM, batch_ids: torch.Tensor, prompt_lengths: torch.Tensor
         return ar_loss(model(ids), ids)
     B, L = ids.shape
     pos = torch.arange(L, device=ids.device)[None]  # (1, L)
-    if preset.objective == "sft":
+    if prompt_lengths is not None:
         keep = pos < prompt_lengths[:, None]  # (B, L): the prompt, BOS included
     else:
         keep = (pos == 0).expand(B, L)  # BOS
@@ -605,6 +614,7 @@ class TrainingData:
     pretrain_docs: list[list[int]]
     sft_examples: list[tuple[list[int], list[int]]]
     description: str
+    conditional_examples: list[tuple[list[int], list[int]]] = dataclasses.field(default_factory=list)
 
 
 def special_ids(tokenizer, eot_token: str | None = None) -> SpecialIds:
@@ -645,6 +655,31 @@ def encode_sft_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[
     return [(list(a), list(b)) for a, b in zip(p, r, strict=True)]
 
 
+def conditional_pairs(data_seed: int) -> list[tuple[str, str]]:
+    """(prompt, answer) of every train-split item in the format the evaluation prompts with:
+    `Question: ...\nAnswer:` + ` answer` (QA, math) and signature + docstring + body (code)."""
+    from .tasks import build_suite
+
+    suite = build_suite(data_seed)
+    pairs = [(f"Question: {r['question']}\nAnswer:", " " + r["choices"][r["gold"]])
+             for r in suite.rows("qa", "train")]
+    pairs += [(f"Question: {r['question']}\nAnswer:", " " + r["answer"])
+              for r in suite.rows("math", "train")]
+    pairs += [(r["prompt"], r["canonical_solution"]) for r in suite.rows("code", "train")]
+    return pairs
+
+
+def encode_plain_pairs(tokenizer, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int]]]:
+    """Prompt and answer tokenized apart, as the evaluation tokenizes a prompt and then decodes
+    the answer after it; the prompt starts with BOS (position 0, never masked)."""
+    if not pairs:
+        return []
+    p = tokenizer([a for a, _ in pairs], add_special_tokens=False)["input_ids"]
+    r = tokenizer([b for _, b in pairs], add_special_tokens=False)["input_ids"]
+    bos = tokenizer.bos_token_id
+    return [([bos, *a], list(b)) for a, b in zip(p, r, strict=True)]
+
+
 def tokenize_data(tokenizer, pretrain_texts: Sequence[str], sft_pairs: Sequence[tuple[str, str]],
                   description: str, eot_token: str | None = None) -> TrainingData:
     docs = tokenizer(list(pretrain_texts), add_special_tokens=False)["input_ids"] \
@@ -673,6 +708,8 @@ def prepare_data(data_seed: int, tokenizer_dir: Path | None) -> TrainingData:
         with tempfile.TemporaryDirectory() as tmp:
             tokenizer = AutoTokenizer.from_pretrained(str(train_tokenizer(corpus, Path(tmp))))
     data = tokenize_data(tokenizer, corpus.pretrain, corpus.sft, "", eot_token=EOT)
+    data = dataclasses.replace(data, conditional_examples=encode_plain_pairs(
+        tokenizer, conditional_pairs(data_seed)))
     tokens = {name: sum(len(d) for d in data.pretrain_docs[a:b])
               for name, (a, b) in corpus.sources.items()}
     groups = ", ".join(f"{name} {b - a} documents / {tokens[name]} tokens"
@@ -697,8 +734,18 @@ def rows_for(preset: Preset, data: TrainingData) -> Rows:
                         dropped, len(data.sft_examples), preset.seq_len)
         return rows
     order = torch.randperm(len(data.pretrain_docs), generator=g).tolist()
-    return pack_documents([data.pretrain_docs[i] for i in order], preset.seq_len,
+    rows = pack_documents([data.pretrain_docs[i] for i in order], preset.seq_len,
                           data.special.bos, data.special.eos)
+    if not (preset.conditional_rows and data.conditional_examples):
+        return rows
+    cond, dropped = sft_rows(data.conditional_examples, preset.seq_len, data.special.eos)
+    if dropped:
+        log.warning("%s: dropped %d of %d conditional pairs longer than %d tokens", preset.name,
+                    dropped, len(data.conditional_examples), preset.seq_len)
+    log.info("%s: %d packed pretraining rows + %d conditional rows (question kept)", preset.name,
+             rows.ids.shape[0], cond.ids.shape[0])
+    ones = torch.ones(rows.ids.shape[0], dtype=torch.long)  # pretraining rows keep only BOS
+    return Rows(torch.cat([rows.ids, cond.ids]), torch.cat([ones, cond.prompt_lengths]))
 
 
 # ---- one preset, end to end ----------------------------------------------------------------

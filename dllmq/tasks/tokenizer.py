@@ -60,8 +60,15 @@ def train_bpe(texts: Iterable[str], vocab_size: int = DEFAULT_VOCAB_SIZE) -> Tok
 def save_tokenizer(tok: Tokenizer, out_dir: str | Path, model_max_length: int = 4096) -> Path:
     """Write tokenizer.json, tokenizer_config.json (with the chat template) and
     special_tokens_map.json, loadable by `transformers.AutoTokenizer.from_pretrained(out_dir)`."""
+    from tokenizers.processors import TemplateProcessing
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # Like LLaDA's tokenizer: encoding text adds BOS in front (add_special_tokens=True), so an
+    # evaluation prompt starts as every training row does. Chat-templated text carries its own.
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                            special_tokens=[(BOS, bos_id)])
     tok.save(str(out / "tokenizer.json"))
     specials = {"bos_token": BOS, "eos_token": EOS, "pad_token": EOS, "mask_token": MASK,
                 "additional_special_tokens": [EOT, START_HEADER, END_HEADER]}
