@@ -105,6 +105,9 @@ class Preset:
     # answer format but not the arithmetic (7 % on math, H100 run of 2026-11-24), so the base
     # models see these rows too. The instruct model's SFT differs in its chat template.
     conditional_rows: bool = False
+    # Repeats of the world-fact documents in the packed rows (masked-diffusion presets): facts are
+    # ~1.5 % of corpus tokens, and with one copy the models answered the QA test at chance.
+    fact_repeats: int = 1
     seed: int = 0
     # bookkeeping
     log_every: int = 50
@@ -160,12 +163,13 @@ PRESETS: dict[str, Preset] = {
                description="Dream architecture with causal attention, trained autoregressively "
                            "(next-token loss): the starting point of tiny-dream-base."),
         Preset(name="tiny-dream-base", arch="Dream", objective="mdm", init_from="tiny-ar",
-               conditional_rows=True,
+               conditional_rows=True, fact_repeats=12,
                num_kv_heads=4, steps=4000, lr=1e-3, warmup_steps=200, random_length_prob=0.05,
                description="tiny-ar adapted to masked diffusion with Dream's shifted logits "
                            "(position i predicts token i+1), attention made bidirectional; plus conditional "
                            "rows (train-split questions kept visible, answers masked)."),
-        Preset(name="tiny-llada-base", arch="llada", objective="mdm", conditional_rows=True, steps=6000,
+        Preset(name="tiny-llada-base", arch="llada", objective="mdm", conditional_rows=True,
+               fact_repeats=12, steps=6000,
                random_length_prob=0.05,
                description="LLaDA architecture, masked-diffusion pretraining from scratch "
                            "(random mask ratio per sequence, 1/t-weighted loss); plus conditional rows "
@@ -615,6 +619,7 @@ class TrainingData:
     sft_examples: list[tuple[list[int], list[int]]]
     description: str
     conditional_examples: list[tuple[list[int], list[int]]] = dataclasses.field(default_factory=list)
+    sources: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
 
 
 def special_ids(tokenizer, eot_token: str | None = None) -> SpecialIds:
@@ -709,7 +714,7 @@ def prepare_data(data_seed: int, tokenizer_dir: Path | None) -> TrainingData:
             tokenizer = AutoTokenizer.from_pretrained(str(train_tokenizer(corpus, Path(tmp))))
     data = tokenize_data(tokenizer, corpus.pretrain, corpus.sft, "", eot_token=EOT)
     data = dataclasses.replace(data, conditional_examples=encode_plain_pairs(
-        tokenizer, conditional_pairs(data_seed)))
+        tokenizer, conditional_pairs(data_seed)), sources=dict(corpus.sources))
     tokens = {name: sum(len(d) for d in data.pretrain_docs[a:b])
               for name, (a, b) in corpus.sources.items()}
     groups = ", ".join(f"{name} {b - a} documents / {tokens[name]} tokens"
@@ -733,8 +738,12 @@ def rows_for(preset: Preset, data: TrainingData) -> Rows:
             log.warning("%s: dropped %d of %d SFT pairs longer than %d tokens", preset.name,
                         dropped, len(data.sft_examples), preset.seq_len)
         return rows
-    order = torch.randperm(len(data.pretrain_docs), generator=g).tolist()
-    rows = pack_documents([data.pretrain_docs[i] for i in order], preset.seq_len,
+    docs = list(data.pretrain_docs)
+    if preset.fact_repeats > 1 and "facts" in data.sources:
+        a, b = data.sources["facts"]
+        docs += data.pretrain_docs[a:b] * (preset.fact_repeats - 1)
+    order = torch.randperm(len(docs), generator=g).tolist()
+    rows = pack_documents([docs[i] for i in order], preset.seq_len,
                           data.special.bos, data.special.eos)
     if not (preset.conditional_rows and data.conditional_examples):
         return rows
