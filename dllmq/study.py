@@ -51,12 +51,25 @@ def category_of(params: dict[str, Any]) -> dict[str, str]:
     return {t["task"]: cat for cat, ts in params["tasks"].items() for t in ts}
 
 
+LLADA_ONLY_SETTINGS = ("block_length", "remasking", "cfg_scale")
+
+
+def _model_type(name: str) -> str:
+    from .models.io import read_config, resolve
+
+    return read_config(resolve(name)).model_type
+
+
 def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
               progress: bool = True, axes: dict[str, list] | None = None):
     """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
     skipping stored cells; returns the tidy frame (model, role, recipe, task, category, metric,
     value, stderr) of exactly these cells, averaged over seeds. `axes` adds one cell per value
-    of a model setting (e.g. {"steps": [8, 16]}); their values appear as extra columns."""
+    of a model setting (e.g. {"steps": [8, 16]}); their values appear as extra columns.
+
+    The chat template is applied to the categories params["chat_template"][role] lists (the
+    instruct model's generation tasks), never guessed. Dream models get the task settings
+    without LLaDA's sampler-only keys (block_length, remasking, cfg_scale)."""
     import pandas as pd
 
     from .store import Store
@@ -67,36 +80,44 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     rows = []
     for role in roles:
         name = params["models"][role]
-        grid = parse_grid({
-            "models": [name], "recipes": list(recipes), "tasks": task_specs(params, categories),
-            "seeds": list(params.get("seeds", [0])),
-            "settings": {"limit": params["limit"],
-                         "apply_chat_template": role in params.get("chat_template_roles", [])},
-            "include_path": [str(p) for p in params.get("include_path", [])],
-            "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
-            "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
-            "axes": dict(axes or {}),
-        }, f"{params['preset']} preset, {role}")
-        report = run_sweep(grid, store, progress=progress)
-        for r in report.done:
-            want = metric_of[r.cell.task]
-            picked = [k for k in r.metrics if k == want or k.startswith(want + ",")]
-            if len(picked) != 1:
-                raise KeyError(f"task {r.cell.task} has metrics {sorted(r.metrics)}; params "
-                               f"'metrics' names {want!r}, which matches {len(picked)} of them")
-            m = r.metrics[picked[0]]
-            rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
-                         "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
-                         **{k: r.cell.settings.get(k) for k in (axes or {})},
-                         "value": m["value"], "stderr": m["stderr"] or 0.0})
+        dream = _model_type(name) == "Dream"
+        chat_cats = set(params.get("chat_template", {}).get(role, []))
+        for chat in (False, True):
+            cats = [c for c in categories if (c in chat_cats) == chat]
+            if not cats:
+                continue
+            tasks = task_specs(params, cats)
+            if dream:
+                for t in tasks:
+                    t["settings"] = {k: v for k, v in t["settings"].items() if k not in LLADA_ONLY_SETTINGS}
+            grid = parse_grid({
+                "models": [name], "recipes": list(recipes), "tasks": tasks,
+                "seeds": list(params.get("seeds", [0])),
+                "settings": {"limit": params["limit"], "apply_chat_template": chat},
+                "include_path": [str(repo_path(p)) for p in params.get("include_path", [])],
+                "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
+                "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
+                "axes": dict(axes or {}),
+            }, f"{params['preset']} preset, {role}")
+            report = run_sweep(grid, store, progress=progress)
+            for r in report.done:
+                want = metric_of[r.cell.task]
+                picked = [k for k in r.metrics if k == want or k.startswith(want + ",")]
+                if len(picked) != 1:
+                    raise KeyError(f"task {r.cell.task} has metrics {sorted(r.metrics)}; params "
+                                   f"'metrics' names {want!r}, which matches {len(picked)} of them")
+                m = r.metrics[picked[0]]
+                rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
+                             "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
+                             **{k: r.cell.settings.get(k) for k in (axes or {})},
+                             "value": m["value"], "stderr": m["stderr"] or 0.0})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     keys = ["model", "role", "recipe", "task", "category", "metric", *(axes or {})]
     g = df.groupby(keys, as_index=False, sort=False)
     # mean over seeds; its se: the per-seed item-sampling se shrinks with the number of seeds
-    out = g.agg(value=("value", "mean"), stderr=("stderr", lambda s: (s.pow(2).sum()) ** 0.5 / len(s)))
-    return out
+    return g.agg(value=("value", "mean"), stderr=("stderr", lambda s: (s.pow(2).sum()) ** 0.5 / len(s)))
 
 
 # ---- the paper's tables as data ---------------------------------------------------------------
