@@ -44,7 +44,7 @@ reproduce: $(STAMP) $(foreach nb,$(NOTEBOOKS),$(BUILD)/$(nb).ipynb)
 $(BUILD)/%.ipynb: notebooks/%.py $(PARAMS) $(STAMP) FORCE
 	@mkdir -p $(BUILD)
 	$(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/$*.src.ipynb $<
-	$(PY) -m papermill --no-progress-bar -k dllmq -f $(PARAMS) -p preset $(PRESET) \
+	$(PY) -m papermill --no-progress-bar -k dllmq -p preset $(PRESET) \
 	    $(BUILD)/$*.src.ipynb $@.part --cwd notebooks
 	mv $@.part $@
 	rm -f $(BUILD)/$*.src.ipynb

@@ -27,19 +27,7 @@
 # what a dLLM sees at an intermediate denoising step.
 
 # %% tags=["parameters"]
-preset = "default"
-out_dir = "."
-device = "cpu"
-seed = 1234
-models = {"llada_base": "tiny-llada-base", "llada_instruct": "tiny-llada-instruct",
-          "dream_base": "tiny-dream-base", "ar": "tiny-ar"}
-outlier_models = ["llada_base", "llada_instruct", "dream_base", "ar"]
-outlier_layers = [1, 3, 5]
-outlier_samples = 8
-outlier_seqlen = 128
-outlier_mask_ratio = 0.5
-calib_source = "embedded"
-calib_split = "train"
+preset = "default"  # params/<preset>.yaml supplies everything else
 
 # %%
 import matplotlib
@@ -52,28 +40,30 @@ import torch
 from dllmq.data import calibration_set
 from dllmq.outliers import capture_linear_inputs, mask_tokens, plot_activation_grid, stats_table
 from dllmq.report import save_figure, set_style
-from dllmq.study import output_dirs
+from dllmq.study import load_params, output_dirs
 
+P = load_params(preset)
+models, device, seed = P["models"], P["device"], P["seed"]
 set_style()
-fig_dir, tab_dir = output_dirs(out_dir)
+fig_dir, tab_dir = output_dirs(P["out_dir"])
 
 # %% [markdown]
 # ## Statistics per linear input, clean and partially masked text
 
 # %%
 rows, acts_for_plot = [], {}
-for role in outlier_models:
+for role in P["outlier_models"]:
     name = models[role]
     model = dllmq.load(name, device=device)
     tok = dllmq.load_tokenizer(name)
-    ids = calibration_set(tok, calib_source, outlier_samples, outlier_seqlen, seed=seed,
-                          split=calib_split).input_ids
-    layers = [l for l in outlier_layers if l < len(model.blocks)]
+    ids = calibration_set(tok, P["calib_source"], P["outlier_samples"], P["outlier_seqlen"],
+                          seed=seed, split=P["calib_split"]).input_ids
+    layers = [l for l in P["outlier_layers"] if l < len(model.blocks)]
     inputs = {"clean": ids}
     if not model.config.causal:  # an AR model never sees mask tokens
         g = torch.Generator().manual_seed(seed)
-        inputs[f"masked {outlier_mask_ratio:.0%}"] = mask_tokens(ids, outlier_mask_ratio,
-                                                                 model.config.mask_token_id, g)
+        ratio = P["outlier_mask_ratio"]
+        inputs[f"masked {ratio:.0%}"] = mask_tokens(ids, ratio, model.config.mask_token_id, g)
     for input_kind, x in inputs.items():
         for r in stats_table(model, [x], layers):
             rows.append({"model": name, "role": role, "input": input_kind, **r})
