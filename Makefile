@@ -57,7 +57,23 @@ $(BUILD)/04_rq4_models.ipynb: $(BUILD)/00_outliers.ipynb $(BUILD)/01_rq1_bitwidt
 smoke: $(STAMP)
 	$(MAKE) reproduce PRESET=smoke
 
+# GPU benchmarks write tables/bench_*.md (each compares against a baseline measured in the same
+# run). OFFICIAL: a folder with the official LLaDA files (never committed) for bench_official.
+# Without CUDA, the same scripts run with --tiny into build/bench/ (a smoke test, not numbers).
+OFFICIAL ?= .carry/official
 bench: $(STAMP)
-	$(PY) -m dllmq bench
+	@if $(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(PY) bench/bench_models.py --out tables/bench_models.md; \
+	  $(PY) bench/bench_quant.py --layers 0 --out tables/bench_quant.md; \
+	  $(PY) bench/bench_quant_wa.py --layers 0 --out tables/bench_quant_wa.md; \
+	  $(PY) bench/bench_likelihood.py --out tables/bench_likelihood.md; \
+	  if [ -d $(OFFICIAL) ]; then $(PY) bench/bench_official.py --official $(OFFICIAL) --out tables/bench_official.md; \
+	  else echo "skipping bench_official: OFFICIAL=$(OFFICIAL) is not a folder of the official LLaDA files"; fi; \
+	else \
+	  echo "no CUDA device: running the --tiny CPU versions into build/bench/ (smoke, not numbers)"; \
+	  mkdir -p build/bench; \
+	  for b in bench_models bench_quant bench_quant_wa bench_likelihood; do \
+	    $(PY) bench/$$b.py --tiny --out build/bench/$$b.md || exit 1; done; \
+	fi
 
 FORCE:
