@@ -165,3 +165,22 @@ def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with
         paper = pd.read_csv(src) if src.is_file() else None
     write_table(table, cols, tab_dir / name, spec["title"], paper=paper)
     return table
+
+
+def relative_drops(df):
+    """One row per quantized cell of a tidy frame: its relative drop against the same model's
+    FP cell on the same task, in percent (positive = worse), with the delta-method se.
+    Columns: model, category, task, recipe, setting (bits, no group), method, drop, se."""
+    import pandas as pd
+
+    from .report import FP_RECIPE, parse_recipe, rel_drop
+
+    fp = df[df.recipe == FP_RECIPE].set_index(["model", "task"])
+    rows = []
+    for _, r in df[df.recipe != FP_RECIPE].iterrows():
+        f = fp.loc[(r.model, r.task)]
+        d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
+        i = parse_recipe(r.recipe)
+        rows.append({"model": r.model, "category": r.category, "task": r.task, "recipe": r.recipe,
+                     "setting": i.setting.split("g")[0], "method": i.method, "drop": d, "se": se})
+    return pd.DataFrame(rows)

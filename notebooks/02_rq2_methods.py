@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
+from dllmq.report import plot_accuracy, save_figure, set_style
 from dllmq.study import load_params, output_dirs, run_study
 
 P = load_params(preset)
@@ -38,21 +38,14 @@ set_style()
 fig_dir, tab_dir = output_dirs(P["out_dir"])
 
 # %%
-from dllmq.report import mean_se, rel_drop, write_table  # noqa: E402
+from dllmq.report import mean_se, write_table  # noqa: E402
+from dllmq.study import relative_drops  # noqa: E402
 
 roles = ["llada_base", "llada_instruct"]
 df = run_study(P, roles, ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]], progress=False)
 
 # %%
-rows = []
-fp = df[df.recipe == "fp16"].set_index(["model", "task"])
-for _, r in df[df.recipe != "fp16"].iterrows():
-    f = fp.loc[(r.model, r.task)]
-    d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
-    i = parse_recipe(r.recipe)
-    rows.append({"model": r.model, "category": r.category, "setting": i.setting, "method": i.method,
-                 "value": 100 - d, "se": se})
-rel = pd.DataFrame(rows)
+rel = relative_drops(df).assign(value=lambda d: 100 - d["drop"])
 rel["panel"] = rel["setting"]
 fig = plot_accuracy(rel.rename(columns={"category": "cat"}), ["qa", "math", "code"], hue="method",
                     col="panel", row="model", x="cat", ylabel="accuracy, % of FP")

@@ -29,7 +29,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
+from dllmq.report import plot_accuracy, save_figure, set_style
 from dllmq.study import load_params, output_dirs, run_study
 
 P = load_params(preset)
@@ -37,21 +37,14 @@ set_style()
 fig_dir, tab_dir = output_dirs(P["out_dir"])
 
 # %%
-from dllmq.report import degradation_level, mean_se, rel_drop, write_table  # noqa: E402
+from dllmq.report import degradation_level, mean_se, write_table  # noqa: E402
+from dllmq.study import relative_drops  # noqa: E402
 
 roles = ["llada_base", "llada_instruct"]
 df = run_study(P, roles, ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]], progress=False)
 
 # %%
-fp = df[df.recipe == "fp16"].set_index(["model", "task"])
-rows = []
-for _, r in df[df.recipe != "fp16"].iterrows():
-    f = fp.loc[(r.model, r.task)]
-    d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
-    i = parse_recipe(r.recipe)
-    rows.append({"model": r.model, "category": r.category, "setting": i.setting.split("g")[0],
-                 "method": i.method, "drop": d, "se": se})
-drops = pd.DataFrame(rows)
+drops = relative_drops(df)
 summary = []
 for (setting, category), g in drops.groupby(["setting", "category"], sort=False):
     m, se = mean_se(list(g["drop"]), list(g["se"]))

@@ -32,7 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
+from dllmq.report import plot_accuracy, save_figure, set_style
 from dllmq.study import load_params, output_dirs, run_study, write_paper_table
 
 P = load_params(preset)
@@ -41,8 +41,10 @@ fig_dir, tab_dir = output_dirs(P["out_dir"])
 
 # %%
 from dllmq.findings import findings_markdown, judge  # noqa: E402
-from dllmq.report import rel_drop  # noqa: E402
-from dllmq.study import category_of  # noqa: E402
+from dllmq.study import (
+    category_of,  # noqa: E402
+    relative_drops,  # noqa: E402
+)
 
 recipes = ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]]
 llada = run_study(P, ["llada_base", "llada_instruct"], recipes, progress=False)
@@ -53,15 +55,9 @@ for name in ("table5_dream_weight_only_general", "table6_dream_weight_act_all"):
     print((tab_dir / f"{name}.md").read_text())
 
 # %%
-fp = df[df.recipe == "fp16"].set_index(["model", "task"])
-rows = []
-for _, r in df[df.recipe != "fp16"].iterrows():
-    f = fp.loc[(r.model, r.task)]
-    d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
-    i = parse_recipe(r.recipe)
-    rows.append({"model": r.model, "category": r.category, "recipe": f"{i.setting.split('g')[0]} {i.method}",
-                 "value": -d, "se": se})
-rel = pd.DataFrame(rows)
+rel = relative_drops(df)
+rel["recipe"] = rel["setting"] + " " + rel["method"]
+rel["value"] = -rel["drop"]
 rel["panel"] = rel["category"]
 order = list(dict.fromkeys(rel["recipe"]))
 fig = plot_accuracy(rel, order, hue="model", col="panel", x="recipe", ylabel="relative change vs FP (%)")
