@@ -23,13 +23,7 @@ CASES = json.loads((FIX / "cases.json").read_text())
 CONFIGS = {"llada": LLaDASamplerConfig, "dream": DreamSamplerConfig}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is ~40x faster than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -81,13 +81,7 @@ def pretrain_rows(seq_len=24, n=64) -> Rows:
     return pack_documents(docs, seq_len, SPECIAL.bos, SPECIAL.eos)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Micro models run fastest on one thread, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def params(model) -> dict[str, torch.Tensor]:
