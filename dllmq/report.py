@@ -53,6 +53,12 @@ def parse_recipe(name: str) -> RecipeInfo:
     return RecipeInfo(name, setting, METHOD_NAMES.get(m["method"], m["method"]), w, a)
 
 
+def recipe_label(name: str) -> str:
+    """Short label for plots: `w4a16g128-gptq` -> "W4A16 GPTQ", `fp16` -> "FP"."""
+    i = parse_recipe(name)
+    return "FP" if i.method == "-" else f"{i.setting.split('g')[0]} {i.method}"
+
+
 def degradation_level(drop_pct: float) -> str:
     """Relative drop in percent (positive = worse) -> the paper's level."""
     for bound, level in LEVELS:

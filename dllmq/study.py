@@ -173,7 +173,7 @@ def relative_drops(df):
     Columns: model, category, task, recipe, setting (bits, no group), method, drop, se."""
     import pandas as pd
 
-    from .report import FP_RECIPE, parse_recipe, rel_drop
+    from .report import FP_RECIPE, parse_recipe, recipe_label, rel_drop
 
     fp = df[df.recipe == FP_RECIPE].set_index(["model", "task"])
     rows = []
@@ -182,5 +182,16 @@ def relative_drops(df):
         d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
         i = parse_recipe(r.recipe)
         rows.append({"model": r.model, "category": r.category, "task": r.task, "recipe": r.recipe,
-                     "setting": i.setting.split("g")[0], "method": i.method, "drop": d, "se": se})
+                     "label": recipe_label(r.recipe), "setting": i.setting.split("g")[0],
+                     "method": i.method, "drop": d, "se": se})
     return pd.DataFrame(rows)
+
+
+def write_pivot(df, columns: str, out: Path, caption: str):
+    """Accuracy (%) with recipe labels as rows and `columns` as columns, to out.csv and out.md
+    (the caption says what and the mean standard error); returns the pivot."""
+    pivot = df.pivot_table(index="label", columns=columns, values="value", sort=False).round(1)
+    pivot.to_csv(out.with_suffix(".csv"))
+    out.with_suffix(".md").write_text(
+        f"{caption} (se ≈ {df['se'].mean():.1f} points)\n\n" + pivot.to_markdown() + "\n")
+    return pivot

@@ -56,7 +56,7 @@ for name in ("table5_dream_weight_only_general", "table6_dream_weight_act_all"):
 
 # %%
 rel = relative_drops(df)
-rel["recipe"] = rel["setting"] + " " + rel["method"]
+rel["recipe"] = rel["label"]
 rel["value"] = -rel["drop"]
 rel["panel"] = rel["category"]
 order = list(dict.fromkeys(rel["recipe"]))

@@ -41,8 +41,8 @@ import pandas as pd
 from dllmq.data import calibration_set
 from dllmq.quant import quantize_
 from dllmq.quant.export import save_quantized
-from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
-from dllmq.study import load_params, output_dirs, run_study
+from dllmq.report import plot_accuracy, recipe_label, save_figure, set_style
+from dllmq.study import load_params, output_dirs, run_study, write_pivot
 
 P = load_params(preset)
 B = P["beyond"]
@@ -54,21 +54,16 @@ fig_dir, tab_dir = output_dirs(P["out_dir"])
 
 # %%
 steps = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"steps": B["steps"]})
-steps["setting"] = steps["recipe"].map(lambda r: (lambda i: f"{i.setting.split('g')[0]} {i.method}")(parse_recipe(r)))
-steps["value"], steps["se"] = 100 * steps["value"], 100 * steps["stderr"]
-steps["panel"] = f"{P['models'][B['role']]} · {B['category']}"
-steps["steps_label"] = steps["steps"].astype(str)
-fig = plot_accuracy(steps, [str(s) for s in B["steps"]], hue="setting", col="panel", x="steps_label",
+steps = steps.assign(label=steps["recipe"].map(recipe_label), value=100 * steps["value"],
+                     se=100 * steps["stderr"], panel=f"{P['models'][B['role']]} · {B['category']}",
+                     steps_label=steps["steps"].astype(str))
+fig = plot_accuracy(steps, [str(s) for s in B["steps"]], hue="label", col="panel", x="steps_label",
                     ylabel="accuracy (%)")
 fig.axes[0].set_xlabel("denoising steps")
 save_figure(fig, fig_dir / "fig_beyond_steps")
 plt.show()
-out = steps.pivot_table(index="setting", columns="steps", values="value", sort=False).round(1)
-out.to_csv(tab_dir / "beyond_steps.csv")
-(tab_dir / "beyond_steps.md").write_text(
-    f"Accuracy (%) on {B['category']} by denoising steps ({P['models'][B['role']]}, "
-    f"se ≈ {steps['se'].mean():.1f} points)\n\n" + out.to_markdown() + "\n")
-out
+write_pivot(steps, "steps", tab_dir / "beyond_steps",
+            f"Accuracy (%) on {B['category']} by denoising steps ({P['models'][B['role']]})")
 
 # %% [markdown]
 # ## (2) Low-confidence vs random remasking under quantization
@@ -76,21 +71,16 @@ out
 # %%
 rem = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]],
                 axes={"remasking": B["remasking"]})
-rem["setting"] = rem["recipe"].map(lambda r: (lambda i: f"{i.setting.split('g')[0]} {i.method}")(parse_recipe(r)))
-rem["value"], rem["se"] = 100 * rem["value"], 100 * rem["stderr"]
-rem["panel"] = f"{P['models'][B['role']]} · {B['category']}"
-order = list(dict.fromkeys(rem["setting"]))
-fig = plot_accuracy(rem, order, hue="remasking", col="panel", ylabel="accuracy (%)")
+rem = rem.assign(label=rem["recipe"].map(recipe_label), value=100 * rem["value"],
+                 se=100 * rem["stderr"], panel=f"{P['models'][B['role']]} · {B['category']}")
+fig = plot_accuracy(rem, list(dict.fromkeys(rem["label"])), hue="remasking", col="panel", x="label",
+                    ylabel="accuracy (%)")
 for ax in fig.axes:
     ax.tick_params(axis="x", rotation=45)
 save_figure(fig, fig_dir / "fig_beyond_remasking")
 plt.show()
-out = rem.pivot_table(index="setting", columns="remasking", values="value", sort=False).round(1)
-out.to_csv(tab_dir / "beyond_remasking.csv")
-(tab_dir / "beyond_remasking.md").write_text(
-    f"Accuracy (%) on {B['category']} by remasking strategy ({P['models'][B['role']]}, "
-    f"se ≈ {rem['se'].mean():.1f} points)\n\n" + out.to_markdown() + "\n")
-out
+write_pivot(rem, "remasking", tab_dir / "beyond_remasking",
+            f"Accuracy (%) on {B['category']} by remasking strategy ({P['models'][B['role']]})")
 
 # %% [markdown]
 # ## (3) Packed low-bit weights on disk (compressed-tensors pack-quantized layout)

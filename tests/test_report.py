@@ -13,6 +13,7 @@ from dllmq.report import (
     mean_se,
     paper_table,
     parse_recipe,
+    recipe_label,
     rel_drop,
     save_figure,
     table_markdown,
@@ -27,6 +28,8 @@ def test_parse_recipe():
     assert parse_recipe("fp").setting == "FP"
     with pytest.raises(ValueError, match="w<bits>a<bits>"):
         parse_recipe("int4")
+    assert [recipe_label(r) for r in ("fp16", "w4a16g128-gptq", "w4a4-quarot")] == [
+        "FP", "W4A16 GPTQ", "W4A4 QuaRot"]
 
 
 @pytest.mark.parametrize("drop,level", [(0.3, "negligible"), (0.99, "negligible"), (1.0, "moderate"),
