@@ -443,6 +443,13 @@ class DLLMEvalLM(LM):
         s = self.settings
         per = settings or [s] * len(pairs)
         estimator = "dream" if self.model.config.model_type == "Dream" else "llada"
+        if estimator == "dream":
+            # QDLM's dream_base.py `_encode_pair` appends EOS to every continuation; its forward
+            # process never masks a sequence's last position, so EOS is what goes unscored.
+            # Without it the last continuation token would never be scored (a one-token answer
+            # would score 0 whatever it is).
+            eos = self.model.config.eos_token_id
+            pairs = [(ctx, [*cont, eos]) for ctx, cont in pairs]
         fitted = [(self._fit(ctx, cont), cont) for ctx, cont in pairs]
         truncated = sum(len(f) < len(c) for (f, _), (c, _) in zip(fitted, pairs, strict=True))
         if truncated:

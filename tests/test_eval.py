@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from dllmq.eval import DLLMEvalLM, EvalSettings, cut_at_stops, request_settings
 from lm_eval.api.instance import Instance
 
@@ -270,3 +271,26 @@ def test_dream_cfg_applies_to_likelihood_and_refuses_generation(lm):
     out = dream.with_settings(cfg_scale=0.0).generate_until(
         [_req("generate_until", "say", {"max_gen_toks": 4})])
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_dream_scores_every_continuation_token_as_upstream_with_eos_appended(lm):
+    """QDLM's Dream wrapper appends EOS to the continuation and never masks the last position:
+    a one-token continuation must still be scored (the estimate is < 0, and it equals the
+    packed estimator run on continuation + EOS)."""
+    from dllmq.eval import request_seed
+    from dllmq.likelihood import draw_masks, evaluate_masks
+
+    from evalkit import make_model
+
+    model = make_model("Dream")
+    dream = DLLMEvalLM(model=model, tokenizer=lm.tokenizer, mc_num=8, batch_size=4)
+    ctx, cont = dream.encode_pair("sa", "y")
+    assert len(cont) == 1
+    ll = dream.loglikelihood([_req("loglikelihood", "sa", "y")])[0][0]
+    assert ll < 0
+    target = [*cont, model.config.eos_token_id]
+    draw = draw_masks(len(ctx), len(target), 8, 4,
+                      torch.Generator().manual_seed(request_seed(dream.settings.seed, ctx, target)),
+                      "dream")
+    assert not draw.is_mask[:, -1].any()  # EOS is never scored
+    assert ll == pytest.approx(evaluate_masks(model, [(ctx, target)], [draw], 0.0, 4)[0], rel=1e-6)
