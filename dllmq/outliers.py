@@ -160,7 +160,8 @@ def plot_activation_grid(acts: dict[tuple[int, str], torch.Tensor], panels: Sequ
         T, C = a.shape
         X, Y = np.meshgrid(np.arange(C), np.arange(T))
         ax = fig.add_subplot(1, len(panels), i + 1, projection="3d")
-        ax.plot_surface(X, Y, a, cmap="coolwarm", linewidth=0, antialiased=False, rstride=1, cstride=1)
+        ax.plot_surface(X, Y, a, cmap="coolwarm", linewidth=0, antialiased=False, rstride=1, cstride=1,
+                        rasterized=True)  # vector PDFs of a token x channel surface run to MBs
         s = outlier_stats(acts[key][sample])
         ax.set_title(f"({chr(97 + i)}) layer {key[0]}: {KIND_TITLES[key[1]]}\n"
                      f"peak {s.peak:.1f}, peak/median {s.peak_to_median:.0f}x", fontsize=9)
