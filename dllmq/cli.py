@@ -143,13 +143,13 @@ def _add_quantize(sub) -> None:
 
 
 def _run_quantize(args) -> int:
-    from .eval import quantize_model
+    from .eval import default_calib_source, quantize_model
     from .models import load, load_tokenizer, save_pretrained
 
     model = load(args.model, device=args.device)
     tok = load_tokenizer(args.model)
-    summary = quantize_model(model, tok, args.recipe, args.calib, args.calib_samples,
-                             args.calib_seqlen)
+    summary = quantize_model(model, tok, args.recipe, args.calib or default_calib_source(args.model),
+                             args.calib_samples, args.calib_seqlen)
     if summary is not None and (summary.act_counts or _has_transforms(model)):
         raise CLIError(f"recipe {args.recipe} quantizes activations or rotates inputs online; a "
                        "checkpoint holds weights only. Evaluate it with --recipe instead")
@@ -256,12 +256,17 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.verbose and args.command in ("eval", "sweep"):
         logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one progress bar, not per-task chatter
-    if args.command == "eval":
-        return _run_eval(args)
-    if args.command == "sweep":
-        return _run_sweep(args)
-    if args.command == "quantize":
-        return _run_quantize(args)
+    from .data import DataError
+
+    try:
+        if args.command == "eval":
+            return _run_eval(args)
+        if args.command == "sweep":
+            return _run_sweep(args)
+        if args.command == "quantize":
+            return _run_quantize(args)
+    except DataError as e:  # a missing local file: one line, nothing written
+        raise CLIError(str(e)) from None
     if args.command == "train":
         return _run_train(rest)
     if args.command == "bench":

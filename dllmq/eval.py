@@ -209,6 +209,14 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return names[dtype]
 
 
+def default_calib_source(name_or_path: str | None) -> str | None:
+    """The shipped tiny models calibrate on the embedded corpus they were trained on (offline,
+    and the text their tokenizer knows); other models on the recipe's own source (None)."""
+    from .models.io import shipped_models
+
+    return "embedded" if name_or_path is not None and str(name_or_path) in shipped_models() else None
+
+
 def quantize_model(model, tokenizer, recipe: str, calib: str | None = None,
                    nsamples: int | None = None, seqlen: int | None = None, seed: int = 0):
     """Quantize in place with a named recipe (NO_QUANT: nothing); calibration defaults to the
@@ -292,6 +300,7 @@ class DLLMEvalLM(LM):
         if model is None:
             model = load(pretrained, device=device, dtype=parse_dtype(dtype))
             tokenizer = tokenizer or load_tokenizer(pretrained)
+            calib = calib or default_calib_source(pretrained)
             quantize_model(model, tokenizer, recipe, calib, calib_samples, calib_seqlen,
                            seed=calib_seed)
         else:

@@ -446,7 +446,8 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                      dtype=None if grid.dtype is None else _dtype(grid.dtype))
         tok = load_tokenizer(model_name)
         c = grid.calib
-        dllmq_eval.quantize_model(model, tok, recipe, c.get("source"), c.get("samples"),
+        source = c.get("source") or dllmq_eval.default_calib_source(model_name)
+        dllmq_eval.quantize_model(model, tok, recipe, source, c.get("samples"),
                                   c.get("seqlen"), seed=c.get("seed", 0))
         lm = dllmq_eval.DLLMEvalLM(model=model, tokenizer=tok)
         for cell in group:

@@ -29,3 +29,25 @@ def test_unknown_bench_and_bad_set_are_one_line(capsys):
         main(["bench", "nope"])
     with pytest.raises(SystemExit, match="--set takes name=value"):
         main(["eval", "--model", "m", "--tasks", "t", "--set", "mc_num"])
+
+
+def test_missing_calibration_file_is_one_line_and_writes_nothing(tmp_path, monkeypatch):
+    src = make_model_dir(tmp_path / "m")
+    empty = tmp_path / "data"
+    empty.mkdir()
+    monkeypatch.setenv("DLLMQ_DATA_DIR", str(empty))
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--model", str(src), "--recipe", "w4a16g128-gptq",
+              "--out", str(tmp_path / "q"), "--device", "cpu"])
+    msg = str(e.value)
+    assert msg.startswith("dllmq: error:") and "\n" not in msg and "wikitext2_raw_train.txt" in msg
+    assert not (tmp_path / "q").exists()
+
+
+def test_shipped_models_calibrate_on_the_embedded_corpus_by_default(tmp_path):
+    from dllmq.eval import default_calib_source
+    from dllmq.models.io import shipped_models
+
+    assert [default_calib_source(m) for m in shipped_models()] == ["embedded"] * len(shipped_models())
+    assert default_calib_source(str(make_model_dir(tmp_path / "m"))) is None
+    assert default_calib_source(None) is None
