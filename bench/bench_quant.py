@@ -178,20 +178,31 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    # the 7-solve timing first (seconds), then one method at a time; the table is rewritten after
+    # each, so a run cut short by a time limit keeps every finished row
+    extra = gptq_unstacked(cfg, device, dtype, args.nsamples) if args.gptq_unstacked else None
     rows = []
     for m in methods:
         row = run_method(m, cfg, device, dtype, args.nsamples, cfg.vocab_size - 2)
         rows.append(row)
         print(f"{m}: {row['seconds']:.1f} s, {row['s_per_block']:.2f} s/block, "
               f"peak {row['peak_GiB']:.1f} GiB", flush=True)
-    extra = gptq_unstacked(cfg, device, dtype, args.nsamples) if args.gptq_unstacked else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(table(rows, extra, device_name, args))
-    with open(args.out.with_suffix(".csv"), "w", newline="") as f:
+        write_outputs(rows, extra, device_name, args)
+    print(args.out.read_text())
+
+
+def write_outputs(rows: list[dict], extra: dict | None, device_name: str, args) -> None:
+    tmp = args.out.with_name(args.out.name + ".part")
+    tmp.write_text(table(rows, extra, device_name, args))
+    tmp.replace(args.out)
+    csv_path = args.out.with_suffix(".csv")
+    tmp = csv_path.with_name(csv_path.name + ".part")
+    with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(args.out.read_text())
+    tmp.replace(csv_path)
 
 
 if __name__ == "__main__":

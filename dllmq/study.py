@@ -19,13 +19,21 @@ def repo_path(p: str | Path) -> Path:
     return p if p.is_absolute() else REPO_ROOT / p
 
 
-def load_params(preset: str) -> dict[str, Any]:
+def load_params(preset: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """params/<preset>.yaml. A preset with `extends: other` starts from `other`'s params and
+    replaces the top-level keys it sets (a whole `tasks` or `beyond` block, not a merge)."""
     path = PARAMS_DIR / f"{preset}.yaml"
     if not path.is_file():
         known = ", ".join(sorted(q.stem for q in PARAMS_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"no preset {preset!r} (params/{preset}.yaml); known presets: {known}")
     with open(path) as f:
-        return yaml.safe_load(f)
+        params = yaml.safe_load(f)
+    base = params.pop("extends", None)
+    if base is None:
+        return params
+    if base in (*_seen, preset):
+        raise ValueError(f"params/{preset}.yaml: `extends: {base}` makes a cycle ({' -> '.join((*_seen, preset, base))})")
+    return {**load_params(base, (*_seen, preset)), **params}
 
 
 def output_dirs(out_dir: str) -> tuple[Path, Path]:
@@ -147,7 +155,8 @@ PAPER_TABLE_DIR = REPO_ROOT.parent / "shared" / "paper" / "tables"
 
 def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with_paper: bool | None = None):
     """tables/<name>.csv/.md in the paper's layout from the tidy frame; in the `paper` preset
-    (or with_paper=True) the paper's printed numbers follow ours in the Markdown."""
+    (or with params `paper_numbers: true`, or with_paper=True) the paper's printed numbers
+    follow ours in the Markdown."""
     import pandas as pd
 
     from .report import paper_table, write_table
@@ -160,7 +169,7 @@ def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with
     for g in groups:
         cols += [f"{g}_avg", f"{g}_drop_pct"]
     paper = None
-    if with_paper if with_paper is not None else params["preset"] == "paper":
+    if with_paper if with_paper is not None else params.get("paper_numbers", params["preset"] == "paper"):
         src = PAPER_TABLE_DIR / f"{name}.csv"
         paper = pd.read_csv(src) if src.is_file() else None
     write_table(table, cols, tab_dir / name, spec["title"], paper=paper)

@@ -160,6 +160,13 @@ def test_error_directory_without_config(tmp_path):
     assert "no config.json" in _one_line(e)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
+def test_error_cuda_asked_without_cuda(ckpt):
+    with pytest.raises(LoadError) as e:
+        load(ckpt("llada"), device="cuda")
+    assert "CUDA is not available" in _one_line(e)
+
+
 def test_error_unknown_model_type(ckpt):
     d = ckpt("llada")
     cfg = json.loads((d / "config.json").read_text())

@@ -97,6 +97,9 @@ def load(
     path = resolve(name_or_path)
     cfg = read_config(path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device {device} was asked for {name_or_path} but CUDA is not available; "
+                        "pass device='cpu' (a preset's `device:` key)")
     dtype = dtype or default_dtype(device)
     with torch.device("meta"):
         model = MODEL_CLASSES[cfg.model_type](cfg)
