@@ -1,10 +1,18 @@
 """GPTQ: beats RTN on its layer objective, lazy batching is exact, stacking rows is exact,
-act-order bookkeeping, damping recovery, seeded repeat."""
+act-order bookkeeping, damping recovery, seeded repeat; the MSE clip search (QuaRot's --w_clip)."""
 
 import pytest
 import torch
-from dllmq.quant.gptq import HessianAccumulator, gptq_quantize, hessian, layer_error
-from dllmq.quant.primitives import QuantSpec, quantize_weight
+from dllmq.quant.gptq import (
+    GPTQConfig,
+    HessianAccumulator,
+    MSEClip,
+    gptq_quantize,
+    hessian,
+    layer_error,
+    mse_clip_params,
+)
+from dllmq.quant.primitives import QuantSpec, quant_params, quantize_weight, quantize_with
 
 
 def _layer(seed=0, out=24, inp=64, tokens=512):
@@ -24,13 +32,20 @@ def _out_err(w, q, x):
                                   QuantSpec(3, sym=True, granularity="channel"),
                                   QuantSpec(2, sym=False, group_size=32)], ids=lambda s: s.describe())
 @pytest.mark.parametrize("act_order", [False, True])
-def test_gptq_beats_rtn_on_layer_objective(spec, act_order):
+@pytest.mark.parametrize("clip", [None, MSEClip()], ids=["minmax", "mse_clip"])
+def test_gptq_beats_rtn_on_layer_objective(spec, act_order, clip):
     w, x = _layer()
-    res = gptq_quantize(w, hessian(x), spec, blocksize=16, act_order=act_order)
+    res = gptq_quantize(w, hessian(x), spec, blocksize=16, act_order=act_order, mse_clip=clip)
     rtn = quantize_weight(w, spec)
     assert _out_err(w, res.weight, x) < 0.9 * _out_err(w, rtn.weight, x)
     # the reported error is ||(W-Q)X||^2 / (T * out)
     assert res.error == pytest.approx(_out_err(w, res.weight, x) / (x.shape[0] * w.shape[0]), rel=1e-3)
+    # the stored integer state is what the weight dequantizes from (searched scales included)
+    gi = (torch.arange(64) // spec.group_len(64) if spec.granularity == "group"
+          else torch.zeros(64, dtype=torch.long))
+    gi = res.g_idx.long() if res.g_idx is not None else gi
+    torch.testing.assert_close((res.codes.float() - res.zero[:, gi]) * res.scale[:, gi], res.weight,
+                               rtol=0, atol=1e-6)
 
 
 def test_hessian_accumulator_is_2xtx_over_t():
@@ -43,14 +58,15 @@ def test_hessian_accumulator_is_2xtx_over_t():
         HessianAccumulator().finalize()
 
 
-def test_lazy_block_updates_are_exact():
+@pytest.mark.parametrize("clip", [None, MSEClip(grid=20)], ids=["minmax", "mse_clip"])
+def test_lazy_block_updates_are_exact(clip):
     w, x = _layer(1)
     w, x = w.double(), x.double()
     H = hessian(x).double()
     spec = QuantSpec(4, group_size=16)
-    a = gptq_quantize(w, H, spec, blocksize=1)
-    b = gptq_quantize(w, H, spec, blocksize=16)
-    c = gptq_quantize(w, H, spec, blocksize=24)  # groups start mid-block
+    a = gptq_quantize(w, H, spec, blocksize=1, mse_clip=clip)
+    b = gptq_quantize(w, H, spec, blocksize=16, mse_clip=clip)
+    c = gptq_quantize(w, H, spec, blocksize=24, mse_clip=clip)  # groups start mid-block
     assert torch.equal(a.codes, b.codes) and torch.equal(b.codes, c.codes)
 
 
@@ -102,3 +118,72 @@ def test_error_is_objective_of_original_weight():
     res = gptq_quantize(w, H, QuantSpec(4, group_size=16))
     assert res.error == pytest.approx(layer_error(res.weight - w, H))
     assert torch.equal(gptq_quantize(w, H, QuantSpec(4, group_size=16)).codes, res.codes)  # repeat
+
+
+# ---- MSE clip search (QuaRot's --w_clip) ----------------------------------------------------
+def _row_err(w, scale, zero, spec, norm):
+    """sum over each row of |w - Q(w)|^norm with the given per-row parameters (R, 1)."""
+    row = QuantSpec(spec.bits, spec.sym, "channel")
+    return (quantize_with(w, scale, zero, row) - w).abs().pow(norm).sum(1)
+
+
+@pytest.mark.parametrize("spec", [QuantSpec(4, sym=False, granularity="channel"),
+                                  QuantSpec(3, sym=True, granularity="channel"),
+                                  QuantSpec(8, sym=True, granularity="channel")],
+                         ids=lambda s: s.describe())
+def test_mse_clip_never_worse_than_minmax_and_better_on_heavy_tails(spec):
+    g = torch.Generator().manual_seed(0)
+    clip = MSEClip()
+    gauss = torch.randn(32, 96, generator=g)
+    # Student-t with 3 degrees of freedom: z / sqrt(chi2_3 / 3), heavy tails, a few large values
+    heavy = torch.randn(32, 96, generator=g) / (torch.randn(3, 32, 96, generator=g) ** 2).mean(0).sqrt()
+    for w in (gauss, heavy, torch.rand(32, 96, generator=g)):
+        s0, z0 = quant_params(w, spec)
+        s, z, shrink = mse_clip_params(w, spec, clip)
+        err0, err = _row_err(w, s0, z0, spec, clip.norm), _row_err(w, s, z, spec, clip.norm)
+        assert (err <= err0).all()
+        assert ((shrink <= 1) & (shrink >= 0.21 - 1e-9)).all()  # 1 - 79/100: QuaRot's last shrink
+        # the kept parameters are those of the kept shrink
+        for r in (0, 7):
+            sr, zr = quant_params(w[r:r + 1], QuantSpec(spec.bits, spec.sym, "channel",
+                                                        clip_ratio=float(shrink[r])))
+            assert torch.equal(sr, s[r:r + 1]) and torch.equal(zr, z[r:r + 1])
+    s0, z0 = quant_params(heavy, spec)
+    s, z, shrink = mse_clip_params(heavy, spec, clip)
+    err0, err = _row_err(heavy, s0, z0, spec, clip.norm), _row_err(heavy, s, z, spec, clip.norm)
+    assert err.sum() < err0.sum()
+    if spec.bits < 8:  # few levels: clipping the tail pays on almost every row
+        assert (err < err0).float().mean() > 0.8 and err.sum() < 0.95 * err0.sum()
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_mse_clip_keeps_full_range_on_grid_values(bits):
+    """Rows whose values are exactly the min-max grid (every level present) quantize with zero
+    error at p = 1; any shrink clips the extremes, so the search must keep p = 1."""
+    g = torch.Generator().manual_seed(1)
+    spec = QuantSpec(bits, sym=False, granularity="channel")
+    levels = torch.arange(spec.maxq + 1, dtype=torch.float32)  # codes 0..maxq
+    rows = []
+    for r in range(8):
+        step, z0 = 0.01 * (r + 1), r % (spec.maxq + 1)
+        vals = (levels.repeat(3) - z0) * step  # (3 * 2^b,) includes min and max of the grid
+        rows.append(vals[torch.randperm(vals.numel(), generator=g)])
+    w = torch.stack(rows)
+    s0, z0 = quant_params(w, spec)
+    s, z, shrink = mse_clip_params(w, spec, MSEClip())
+    assert torch.equal(shrink, torch.ones(8))
+    assert torch.equal(s, s0) and torch.equal(z, z0)
+    torch.testing.assert_close(quantize_with(w, s, z, QuantSpec(bits, False, "channel")), w,
+                               rtol=0, atol=1e-6)
+
+
+def test_mse_clip_config_validation():
+    assert MSEClip().shrinks()[0] == 1.0 and len(MSEClip().shrinks()) == 80
+    for bad in (dict(grid=0), dict(maxshrink=0.0), dict(maxshrink=1.5), dict(norm=0.0),
+                dict(grid=2, maxshrink=0.4)):
+        with pytest.raises(ValueError, match="MSEClip"):
+            MSEClip(**bad)
+    with pytest.raises(ValueError, match="leave clip_ratio at 1.0"):
+        GPTQConfig(weight=QuantSpec(4, granularity="channel", clip_ratio=0.8), mse_clip=MSEClip())
+    with pytest.raises(TypeError, match="MSEClip"):
+        GPTQConfig(mse_clip=True)

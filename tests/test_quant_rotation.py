@@ -160,12 +160,17 @@ def test_rotation_removes_injected_outlier_channel(arch):
 
 def test_named_quarot_recipes_follow_appendix_a_and_run():
     from dllmq.quant import Calibration, GPTQConfig, get_recipe
+    from dllmq.quant.gptq import MSEClip
 
     for bits in (8, 4):
         rot, gptq = get_recipe(f"w{bits}a{bits}-quarot")
         assert isinstance(rot, QuaRotConfig) and isinstance(gptq, GPTQConfig)
         assert rot.act == rot.kv == QuantSpec(bits, sym=True, granularity="token")
         assert gptq.weight == QuantSpec(bits, sym=True, granularity="channel")
+        # the authors' --w_clip (QuaRot's grid 100, maxshrink 0.8, norm 2.4) and their order:
+        # activation quantizers configured after GPTQ
+        assert gptq.mse_clip == MSEClip(grid=100, maxshrink=0.8, norm=2.4)
+        assert rot.calibrate_with_act_quant is False
         assert get_recipe(f"w{bits}a{bits}-quarot:code") == (rot, gptq)
     ids = _ids()
     m = _model("Dream")
@@ -184,3 +189,88 @@ def test_unconstructible_width_fails_before_touching_the_model():
         rotate_model(m, seed=0)
     assert all(torch.equal(v, m.state_dict()[k]) for k, v in before.items())
     rotate_model(m, seed=0, online_down=False)  # the residual rotation alone needs only 32
+
+
+# ---- calibration order: GPTQ on the rotated full-precision model (the authors' main.py) -------
+def _w4a4(calibrate_with_act_quant=False, act=True, kinds=None):
+    from dllmq.quant import GPTQConfig
+
+    spec = QuantSpec(4, sym=True, granularity="token")
+    gptq = GPTQConfig(weight=QuantSpec(4, sym=True, granularity="channel"), blocksize=16)
+    if kinds is not None:
+        gptq = GPTQConfig(weight=gptq.weight, blocksize=16, kinds=kinds)
+    return (QuaRotConfig(seed=0, act=spec if act else None, kv=spec if act else None,
+                         calibrate_with_act_quant=calibrate_with_act_quant), gptq)
+
+
+def _recorded_hessians(monkeypatch, model, recipe, calib):
+    """Run quantize_ and return the Hessian of every gptq_quantize call, in call order."""
+    import dllmq.quant.gptq as gptq_mod
+
+    seen, real = [], gptq_mod.gptq_quantize
+
+    def spy(W, H, *args, **kw):
+        seen.append(H.clone())
+        return real(W, H, *args, **kw)
+
+    monkeypatch.setattr(gptq_mod, "gptq_quantize", spy)
+    quantize_(model, recipe, calib, progress=False)
+    return seen
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gptq_hessian_comes_from_rotated_fp_model_unless_asked(arch, monkeypatch):
+    """GPTQ of block 0's down projection only: by default its Hessian is 2 X^T X / T of the
+    down input (after the online Hadamard) of the rotated, otherwise untouched FP model; with
+    calibrate_with_act_quant the A4/KV4 fake-quant upstream (q/k/v/o/gate/up inputs, K, V)
+    changes it."""
+    from dllmq.quant import Calibration
+    from dllmq.quant.gptq import hessian
+
+    calib = Calibration(_ids(4, 16, seed=7))
+    ref = _model(arch)
+    rotate_model(ref, seed=0)
+    down = get_module(ref.blocks[0], ref.spec.down)
+    xs = []
+    h = down.register_forward_pre_hook(lambda _m, a: xs.append(down.input_transform(a[0])))
+    with torch.no_grad():
+        ref(calib.input_ids)
+    h.remove()
+    H_fp = hessian(xs[0].reshape(-1, xs[0].shape[-1]))
+
+    H_default = _recorded_hessians(monkeypatch, _model(arch), _w4a4(kinds=("down",)), calib)[0]
+    torch.testing.assert_close(H_default, H_fp, rtol=1e-4, atol=1e-5 * H_fp.abs().max().item())
+    H_actq = _recorded_hessians(monkeypatch, _model(arch),
+                                _w4a4(calibrate_with_act_quant=True, kinds=("down",)), calib)[0]
+    assert (H_actq - H_fp).norm() > 1e-3 * H_fp.norm()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_act_quant_switched_on_after_gptq(arch):
+    """Default order: GPTQ computes exactly the weights of the weight-only (A16) recipe, and the
+    A4/KV4 quantizers are active once quantize_ returns (outputs differ from the A16 model).
+    calibrate_with_act_quant=True calibrates through them and gets other weights."""
+    from dllmq.quant import Calibration
+
+    calib = Calibration(_ids(4, 16, seed=7))
+    ids = _ids()
+
+    def run(**kw):
+        m = _model(arch)
+        summary = quantize_(m, _w4a4(**kw), calib, progress=False)
+        weights = [get_module(b, m.spec.linear_name(k)).weight.clone() for b in m.blocks
+                   for k in ("q", "k", "v", "o", "gate", "up", "down")]
+        return m, summary, weights
+
+    m_a16, s_a16, w_a16 = run(act=False)
+    m, s, w = run()
+    m_early, _, w_early = run(calibrate_with_act_quant=True)
+    assert all(torch.equal(a, b) for a, b in zip(w, w_a16, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(w_early, w_a16, strict=True))
+    assert s_a16.act_counts == {} and s.act_counts == {k: 2 for k in
+                                                      ("q", "k", "v", "o", "gate", "up", "down")}
+    for blk in m.blocks:
+        assert get_module(blk, m.spec.k_hook).spec == QuantSpec(4, sym=True, granularity="token")
+    with torch.no_grad():
+        out, out_a16 = m(ids), m_a16(ids)
+    assert ((out - out_a16).norm() / out_a16.norm()).item() > 1e-3

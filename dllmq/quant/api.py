@@ -2,9 +2,14 @@
 
 A recipe is a recipe name (`dllmq.quant.recipes.RECIPES`) or an ordered tuple of method configs,
 frozen dataclasses that validate themselves. Each config type is registered with its apply
-function, all sharing one signature `apply(model, cfg, calib) -> None`, in the explicit table
+function, all sharing one signature `apply(model, cfg, calib) -> None | step`, in the explicit table
 `METHODS` (pytorch/ao's `quantize_(model, config)` and its handler table). Transforms that must
 see float weights (smoothing, rotation) come first in a recipe, the weight quantizer last.
+
+An apply function may return a *deferred step* (a callable without arguments) instead of None:
+`quantize_` runs the deferred steps, in recipe order, once every config has been applied. QuaRot
+uses this to switch its activation quantizers on after the weight quantizer, as the authors'
+`QuaRot/fake_quant/main.py` does, so GPTQ calibrates on full-precision activations.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from .qlinear import QLinear
 
 log = logging.getLogger(__name__)
 
-ApplyFn = Callable[[nn.Module, Any, "Calibration | None"], None]
+DeferredStep = Callable[[], None]
+ApplyFn = Callable[[nn.Module, Any, "Calibration | None"], "DeferredStep | None"]
 
 METHODS: dict[type, ApplyFn] = {}
 
@@ -150,12 +156,20 @@ def quantize_(model: nn.Module, recipe: str | tuple | list, calib: Calibration |
     if calib is not None:
         calib = calib.with_(progress=progress)
     seconds: dict[str, float] = {}
+    deferred: list[tuple[str, DeferredStep]] = []
     for cfg in configs:
         label = type(cfg).__name__.removesuffix("Config")
         log.info("quantize_: %s %s", label, cfg)
         t0 = time.perf_counter()
-        METHODS[type(cfg)](model, cfg, calib)
+        step = METHODS[type(cfg)](model, cfg, calib)
+        if step is not None:
+            deferred.append((label, step))
         seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
+    for label, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
+        log.info("quantize_: %s deferred step", label)
+        t0 = time.perf_counter()
+        step()
+        seconds[label] += time.perf_counter() - t0
     summary = summarize(model, name, seconds)
     log.info("%s", summary)
     return summary

@@ -18,12 +18,21 @@ unquantized weight before act-order, as AutoGPTQ/gptqmodel do). Where we differ:
   them from `W`, which misses the updates made inside the current lazy block when a group
   starts mid-block. With group_size a multiple of blocksize (the paper: 128/128) both agree;
   here the result never depends on blocksize.
+
+Optional MSE clip search of the weight range (`MSEClip`, QuaRot's `--w_clip`; upstream spcl/QuaRot
+`fake_quant/quant_utils.py: WeightQuantizer.find_params` with mse=True, itself from the GPTQ
+repo's `quant.py`): every time GPTQ fixes a row's scale and zero (once for per-channel, when each
+group starts for grouped weights), the range [min, max] is shrunk by p = 1, 1 - 1/grid, ... for
+int(maxshrink * grid) values and the p with the smallest sum |w - Q(w)|^norm is kept per row. As
+upstream: grid 100, maxshrink 0.8 (p from 1 down to 0.21), norm 2.4, ties keep the larger p.
+Rounding follows dllmq's conventions (primitives.py), so the symmetric grid differs from QuaRot's
+(absmax / (2^(b-1) - 1) there); the search itself is the same.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -33,7 +42,7 @@ from dllmq.models import LINEAR_KINDS
 
 from .api import check_kinds, register
 from .calib import BlockInputs, Calibration, walk_blocks
-from .primitives import QuantResult, QuantSpec, quant_params
+from .primitives import QuantResult, QuantSpec, quant_params, quantize_with
 from .qlinear import as_qlinear
 
 log = logging.getLogger(__name__)
@@ -95,11 +104,67 @@ def _inverse_cholesky(h: torch.Tensor, damp: float) -> torch.Tensor:
                                    f"{damp * 10**6:g}; check the calibration inputs for NaN/inf")
 
 
-def _col_params(w: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale/zero (out, 1) for a slice of columns (one group, or all columns per channel)."""
+@dataclass(frozen=True)
+class MSEClip:
+    """The weight-range search of QuaRot's `--w_clip`: shrink factors p = 1 - i / grid for
+    i < int(maxshrink * grid), error sum |w - Q(w)|^norm per row (upstream: 100, 0.8, 2.4)."""
+
+    grid: int = 100
+    maxshrink: float = 0.8
+    norm: float = 2.4
+
+    def __post_init__(self) -> None:
+        if self.grid < 1:
+            raise ValueError(f"MSEClip grid={self.grid} must be >= 1 (QuaRot: 100)")
+        if not 0 < self.maxshrink <= 1 or int(self.maxshrink * self.grid) < 1:
+            raise ValueError(f"MSEClip maxshrink={self.maxshrink} must lie in (0, 1] and give at "
+                             f"least one shrink with grid={self.grid} (QuaRot: 0.8)")
+        if self.norm <= 0:
+            raise ValueError(f"MSEClip norm={self.norm} must be > 0 (QuaRot: 2.4)")
+
+    def shrinks(self) -> list[float]:
+        """The candidate factors, largest first (1.0 first: no clipping)."""
+        return [1 - i / self.grid for i in range(int(self.maxshrink * self.grid))]
+
+
+def mse_clip_params(w: torch.Tensor, spec: QuantSpec, clip: MSEClip
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of w (R, n): scale and zero (R, 1) of the shrunk range p * [min, max] with the
+    smallest sum |w - Q(w)|^norm, and the chosen p (R,). A later p replaces an earlier one only
+    when strictly better, so a row where clipping cannot help keeps p = 1 (min-max)."""
+    if spec.clip_ratio < 1:
+        raise ValueError(f"clip_ratio={spec.clip_ratio} with an MSE clip search: the search picks "
+                         "the ratio; leave the weight spec's clip_ratio at 1.0")
+    w = w.float()  # (R, n)
+    row = QuantSpec(spec.bits, spec.sym, "channel")
+    best = torch.full((w.shape[0],), float("inf"), device=w.device)
+    scale = torch.ones(w.shape[0], 1, device=w.device)
+    zero = torch.zeros(w.shape[0], 1, device=w.device)
+    shrink = torch.ones(w.shape[0], device=w.device)
+    for p in clip.shrinks():
+        s, z = quant_params(w, replace(row, clip_ratio=p))  # (R, 1)
+        err = (quantize_with(w, s, z, row) - w).abs_().pow_(clip.norm).sum(dim=1)  # (R,)
+        better = err < best
+        best = torch.where(better, err, best)
+        scale = torch.where(better[:, None], s, scale)
+        zero = torch.where(better[:, None], z, zero)
+        shrink = torch.where(better, p, shrink)
+    return scale, zero, shrink
+
+
+def _col_params(w: torch.Tensor, spec: QuantSpec, clip: MSEClip | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale/zero (out, 1) for a slice of columns (one group, or all columns per channel);
+    with `clip`, each row's range comes from the MSE search (per-tensor: one search over all)."""
     if spec.granularity == "tensor":
-        s, z = quant_params(w, spec)  # (1, 1)
+        if clip is None:
+            s, z = quant_params(w, spec)  # (1, 1)
+        else:
+            s, z, _ = mse_clip_params(w.reshape(1, -1), spec, clip)
         return s.expand(w.shape[0], 1), z.expand(w.shape[0], 1)
+    if clip is not None:
+        s, z, _ = mse_clip_params(w, spec, clip)
+        return s, z
     s, z = quant_params(w, QuantSpec(spec.bits, spec.sym, "channel", clip_ratio=spec.clip_ratio))
     return s, z  # (out, 1)
 
@@ -113,8 +178,10 @@ def gptq_quantize(
     damp: float = 0.01,
     act_order: bool = False,
     static_groups: bool = False,
+    mse_clip: MSEClip | None = None,
 ) -> QuantResult:
     """GPTQ of one weight W (out, in) given its Hessian H (in, in). Pure: W and H are not changed.
+    mse_clip: search each row's (group's) range by MSEClip instead of taking min-max.
 
     Returns the dequantized weight (W's dtype), uint8 codes, per-group scale/zero (out, G),
     g_idx when act-order reorders groups, and error = layer_error(W - Q, H) (undamped H).
@@ -136,14 +203,14 @@ def gptq_quantize(
     grouped = spec.granularity == "group"
     n_groups = in_f // g
     if grouped and static_groups:
-        sz = [_col_params(W[:, j * g:(j + 1) * g], spec) for j in range(n_groups)]
+        sz = [_col_params(W[:, j * g:(j + 1) * g], spec, mse_clip) for j in range(n_groups)]
         scales = torch.cat([s for s, _ in sz], 1)  # (out, G)
         zeros = torch.cat([z for _, z in sz], 1)
     else:
         scales = torch.zeros(out_f, n_groups, device=W.device)
         zeros = torch.zeros(out_f, n_groups, device=W.device)
         if not grouped:
-            scales[:, :1], zeros[:, :1] = _col_params(W, spec)
+            scales[:, :1], zeros[:, :1] = _col_params(W, spec, mse_clip)
 
     perm = None
     if act_order:
@@ -175,7 +242,7 @@ def gptq_quantize(
                 # (columns past the block still lack this block's pending updates: add them)
                 rest = W[:, i2:c + g] - Err1[:, :i] @ Hinv[i1:c, i2:c + g]
                 cols = torch.cat([W1[:, i:i + g], rest], 1)  # (out, g)
-                s, z = _col_params(cols, spec)
+                s, z = _col_params(cols, spec, mse_clip)
                 scales[:, c // g], zeros[:, c // g] = s[:, 0], z[:, 0]
             if grouped or scale is None:
                 j = int(col_group[c])
@@ -210,7 +277,8 @@ class GPTQConfig:
     from the weight as updated when the group starts; True: from the unquantized weight, as
     llm-compressor's observer does); true_sequential: quantize q/k/v, then o, then gate/up,
     then down, each with inputs recomputed through the parts already quantized (authors'
-    setting) instead of all linears from the block's float inputs."""
+    setting) instead of all linears from the block's float inputs. mse_clip: an MSE search of
+    every row's (group's) weight range (QuaRot's `--w_clip`, `MSEClip()`); None: min-max."""
 
     weight: QuantSpec = QuantSpec(4, sym=False, granularity="group", group_size=128)
     blocksize: int = 128
@@ -218,6 +286,7 @@ class GPTQConfig:
     act_order: bool = False
     static_groups: bool = False  # AutoGPTQ's default, which the authors ran
     true_sequential: bool = True
+    mse_clip: MSEClip | None = None
     kinds: tuple[str, ...] = LINEAR_KINDS
     needs_calibration: ClassVar[bool] = True
 
@@ -229,6 +298,11 @@ class GPTQConfig:
             raise ValueError(f"damp={self.damp} must lie in (0, 1) (fasterquant: 0.01)")
         if self.weight.granularity == "token":
             raise ValueError("GPTQ weight spec granularity must be group, channel or tensor")
+        if self.mse_clip is not None and not isinstance(self.mse_clip, MSEClip):
+            raise TypeError(f"mse_clip={self.mse_clip!r}: pass MSEClip(...) or None")
+        if self.mse_clip is not None and self.weight.clip_ratio < 1:
+            raise ValueError(f"weight clip_ratio={self.weight.clip_ratio} with mse_clip: the search "
+                             "picks the ratio; leave clip_ratio at 1.0 or set mse_clip=None")
 
 
 def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, spec_of, cfg: GPTQConfig) -> None:
@@ -244,7 +318,7 @@ def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, spec_of, cfg: GPT
             mods = [as_qlinear(block, spec_of(k)) for k in grp]
             W = torch.cat([m.weight.data for m in mods])  # (sum out, in)
             res = gptq_quantize(W, H, cfg.weight, cfg.blocksize, cfg.damp, cfg.act_order,
-                                cfg.static_groups)
+                                cfg.static_groups, cfg.mse_clip)
             row = 0
             for m in mods:
                 r = slice(row, row + m.out_features)
@@ -267,5 +341,5 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, calib: Calibration | None) -> 
     spec_of = model.spec.linear_name
     walk_blocks(model, calib, lambda i, block, inputs: quantize_block_gptq(block, inputs, spec_of, cfg),
                 desc=f"GPTQ {cfg.weight.describe()}")
-    log.info("GPTQ done (%d blocks, %s, damp %g, act_order %s)", len(model.blocks),
-             cfg.weight.describe(), cfg.damp, cfg.act_order)
+    log.info("GPTQ done (%d blocks, %s, damp %g, act_order %s, mse_clip %s)", len(model.blocks),
+             cfg.weight.describe(), cfg.damp, cfg.act_order, cfg.mse_clip)

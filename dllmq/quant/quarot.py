@@ -22,6 +22,15 @@ Activations at every block linear input are then fake-quantized per token, symme
 stay 16-bit; the LM head input stays FP. Weights are quantized by the next config of the recipe
 (RTN or GPTQ, symmetric per channel), which sees the rotated weights.
 
+Calibration order: the authors' `main.py` rotates, runs GPTQ, and only then configures the
+activation and K/V quantizers (until then their ActQuantWrappers hold 16-bit quantizers), so
+GPTQ's Hessians come from the rotated model with full-precision activations. `apply_quarot`
+does the same by default: it rotates at once and hands `quantize_` a deferred step that installs
+the activation fake-quant after the last config of the recipe. `calibrate_with_act_quant=True`
+installs it at once instead, so a later calibrated config sees quantized activations upstream
+of every linear it calibrates (the inputs a weight quantizer records are still taken before that
+linear's own activation quantizer: calib.BlockInputs).
+
 Where we differ from upstream: QuaRot subtracts the mean of every embedding row during norm
 fusion, which is exact only for LayerNorm models; for RMSNorm models (LLaMA, LLaDA, Dream) it
 changes the function, so we do not do it, and full-precision outputs are unchanged to rounding
@@ -41,7 +50,7 @@ from torch import nn
 
 from dllmq.models import get_module, set_module
 
-from .api import register
+from .api import DeferredStep, register
 from .calib import Calibration
 from .hadamard import factor_order, hadamard_transform, random_hadamard_matrix
 from .primitives import QuantSpec, fake_quant
@@ -55,13 +64,17 @@ class QuaRotConfig:
     """seed: the random signs of the residual Hadamard Q. act: per-token activation spec for
     every block linear input (None: rotation only). kv: spec for K (after RoPE and the head-dim
     Hadamard) and V, per token over all KV heads (None: 16-bit K/V; the authors ran 8-bit).
-    online_down / rotate_ov: the FFN-down online Hadamard and the head-wise V/O Hadamard."""
+    online_down / rotate_ov: the FFN-down online Hadamard and the head-wise V/O Hadamard.
+    calibrate_with_act_quant: install the activation/KV fake-quant right after the rotation, so
+    later calibrated configs (GPTQ) calibrate through it; False (the authors' order): install it
+    after the recipe's last config, GPTQ calibrating on the rotated full-precision model."""
 
     seed: int = 0
     act: QuantSpec | None = field(default_factory=lambda: QuantSpec(8, sym=True, granularity="token"))
     kv: QuantSpec | None = None
     online_down: bool = True
     rotate_ov: bool = True
+    calibrate_with_act_quant: bool = False
     needs_calibration: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
@@ -260,21 +273,37 @@ def install_act_quant(model: nn.Module, act: QuantSpec | None, kv: QuantSpec | N
 
 
 @register(QuaRotConfig)
-def apply_quarot(model: nn.Module, cfg: QuaRotConfig, calib: Calibration | None) -> None:
+def apply_quarot(model: nn.Module, cfg: QuaRotConfig, calib: Calibration | None
+                 ) -> DeferredStep | None:
+    """Rotate now; the activation fake-quant now (calibrate_with_act_quant) or as the deferred
+    step `quantize_` runs after the recipe's last config (the authors' order)."""
     rotate_model(model, cfg.seed, cfg.online_down, cfg.rotate_ov)
-    install_act_quant(model, cfg.act, cfg.kv)
+
+    def install_quarot_act_quant() -> None:
+        install_act_quant(model, cfg.act, cfg.kv)
+
+    if cfg.calibrate_with_act_quant:
+        install_quarot_act_quant()
+        return None
+    return install_quarot_act_quant
 
 
 def recipe(wbits: int, abits: int, variant: str) -> tuple:
     """Appendix A: Hadamard rotation, per-channel weights, symmetric per-token activations,
-    queries 16-bit; K/V at the activation bit width (the authors' scripts: `--a_bits 8 --k_bits 8
-    --v_bits 8 --w_bits 8 --w_clip`, weights by GPTQ, symmetric). The two variants agree, except
-    that the code's `--w_clip` (an MSE search of the weight range) is only used where the GPTQ
-    config offers it."""
-    from .gptq import GPTQConfig
+    queries 16-bit; K/V at the activation bit width (the authors' scripts/llada_quarot.sh:
+    `--a_bits 8 --k_bits 8 --v_bits 8 --w_bits 8 --w_clip --rotate`: weights by GPTQ, symmetric,
+    per channel, the range of every row found by an MSE search, `gptq.MSEClip()`).
+
+    The two variants agree. The paper's text says only that it follows QuaRot's "original
+    configuration" (16-bit queries, symmetric activations), and the command QuaRot's own README
+    (`QuaRot/fake_quant/README.md`) gives for reproducing the QuaRot paper passes `--w_clip`, so
+    the paper variant clips too. Both calibrate GPTQ on full-precision activations, as the
+    authors' main.py does (QuaRotConfig.calibrate_with_act_quant=False).
+    """
+    from .gptq import GPTQConfig, MSEClip
 
     act = QuantSpec(abits, sym=True, granularity="token")
     weight = QuantSpec(wbits, sym=True, granularity="channel")
     return (QuaRotConfig(seed=0, act=act, kv=act),
             GPTQConfig(weight=weight, blocksize=128, damp=0.01, act_order=False,
-                       true_sequential=True))
+                       true_sequential=True, mse_clip=MSEClip(grid=100, maxshrink=0.8, norm=2.4)))
