@@ -6,7 +6,9 @@
               python -m dllmq lm_eval --model dllmq --model_args pretrained=NAME,recipe=R ...
               (lm-eval 0.4.13 has no plugin entry points: its registry only knows models whose
               module was imported, so plain `lm_eval --model dllmq` cannot find ours)
-    quantize  quantize a model with a recipe and save it (weight-only recipes)
+    quantize  quantize a model with a recipe and save it: weight-only recipes as dequantized
+              weights in the official layout (dllmq.load), the others packed with the
+              dllmq extension (dllmq.quant.load_quantized)
     train     train the shipped tiny models (dllmq.train)
     bench     run a benchmark script from bench/
 
@@ -132,7 +134,8 @@ def _run_sweep(args) -> int:
 
 # ---- quantize -------------------------------------------------------------------------------
 def _add_quantize(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a model and save it (weight-only recipes)")
+    p = sub.add_parser("quantize", help="quantize a model and save it (weight-only recipes: "
+                       "official layout; others: packed, read by dllmq.quant.load_quantized)")
     p.add_argument("--model", required=True)
     p.add_argument("--recipe", required=True)
     p.add_argument("--out", required=True, help="output checkpoint directory")
@@ -143,28 +146,46 @@ def _add_quantize(sub) -> None:
 
 
 def _run_quantize(args) -> int:
+    """Weight-only recipes: dequantized weights under the official names (`dllmq.load` and the
+    official loaders read them). Recipes that quantize activations, rotate inputs online or
+    quantize attention: compressed-tensors pack-quantized + the dllmq extension
+    (`dllmq.quant.load_quantized` reads it; see dllmq/quant/export.py)."""
     from .eval import default_calib_source, quantize_model
     from .models import load, load_tokenizer, save_pretrained
+    from .quant.export import save_quantized
 
     model = load(args.model, device=args.device)
     tok = load_tokenizer(args.model)
     summary = quantize_model(model, tok, args.recipe, args.calib or default_calib_source(args.model),
                              args.calib_samples, args.calib_seqlen)
-    if summary is not None and (summary.act_counts or _has_transforms(model)):
-        raise CLIError(f"recipe {args.recipe} quantizes activations or rotates inputs online; a "
-                       "checkpoint holds weights only. Evaluate it with --recipe instead")
-    _restore_linears(model)
-    save_pretrained(model, args.out)
+    if _weights_only(model):
+        _restore_linears(model)
+        save_pretrained(model, args.out)
+        how = "weights (dequantized, official layout; dllmq.load reads it)"
+    else:
+        try:
+            save_quantized(model, args.out)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        how = "packed weights + activation quantizers (dllmq.quant.load_quantized reads it)"
     tok.save_pretrained(args.out)
     (Path(args.out) / "dllmq_quantization.txt").write_text(f"{summary}\n")
-    print(f"saved {args.recipe} weights (dequantized, official layout) to {args.out}")
+    print(f"saved {args.recipe} {how} to {args.out}")
     return 0
 
 
-def _has_transforms(model) -> bool:
+def _weights_only(model) -> bool:
+    """No activation quantizer, online input transform or attention quantizer anywhere."""
+    from .models import get_module
+    from .models.layers import ActHook
     from .quant.qlinear import QLinear
 
-    return any(isinstance(m, QLinear) and m.input_transform is not None for m in model.modules())
+    spec = model.spec
+    hooks = [get_module(block, slot) for block in model.blocks
+             for slot in (spec.q_hook, spec.k_hook, spec.v_hook)]
+    acts = [m for m in model.modules()
+            if isinstance(m, QLinear) and (m.act_spec is not None or m.input_transform is not None)]
+    return all(type(h) is ActHook for h in hooks) and not acts
 
 
 def _restore_linears(model) -> None:

@@ -1,10 +1,11 @@
-"""Save a quantized model with real packed low-bit weights, and load it back.
+"""Save a quantized model with real packed low-bit weights, and load it back bit for bit.
 
 Layout: compressed-tensors' "pack-quantized" format (what llm-compressor writes and vLLM reads),
 written here directly with safetensors, so the package needs no extra dependency:
 - config.json: the model's config + `quantization_config` (quant_method "compressed-tensors",
   format "pack-quantized", one config group per distinct (weight, activation) scheme whose
-  `targets` list the module names, `ignore` = the LM head when it stays FP);
+  `targets` list the module names, `ignore` = the LM head when it stays FP). Per-token dynamic
+  activation quantization is a group's `input_activations` (strategy "token", dynamic true);
 - for each weight-quantized linear `<name>`: `<name>.weight_packed` int32 (out, ceil(in*b/32)),
   codes densely packed along the input dim, element i at bit i*b (compressed-tensors 0.19
   `pack_to_int32`: stored value = signed code + 2^(b-1) = dllmq's unsigned code);
@@ -12,11 +13,28 @@ written here directly with safetensors, so the package needs no extra dependency
   along dim 0 from (out, G); `<name>.weight_shape` int64 [out, in]; `<name>.bias` if any;
   `<name>.weight_g_idx` int32 (in,) when GPTQ act-order reordered the groups;
 - every other tensor under its official name (embeddings, norms, LM head).
+
+The dllmq extension, `quantization_config["dllmq"]`, holds what compressed-tensors cannot say:
+- `modules`: per linear, the method that quantized it, its GPTQ/AWQ error, the clip ratios of
+  its weight and activation specs (DuQuant's 0.8 / 0.9; absent = 1), and its online
+  `input_transform` as {"kind", parameters} (QuaRot's FFN-down Hadamard "hadamard" and V/O
+  head mix "head_mix_hadamard", DuQuant's rotations and permutations "duquant", the latter's
+  exact tensors stored as `<name>.input_transform.rots` / `.perms` in the same file);
+- `hooks`: the quantizers in attention's q/k/v ActHook slots ("head_act_quant": optional
+  head-dim Hadamard, then a per-token or per-head fake-quant spec), by module path;
+- `requires_dllmq`: true when any of the above changes the function. A reader that knows only
+  compressed-tensors (vLLM, llm-compressor) then computes a DIFFERENT model from these weights:
+  the weights were rotated to expect the transformed inputs. Load such files with
+  `load_quantized`, which refuses (one line) a kind it does not know.
+Kinds are a small registry {kind: Kind(type, params, tensors, build)} (KINDS below); a module
+of a type not in it is refused at save time rather than written half.
+
 Where we differ from llm-compressor: scales are stored in float32 (it stores the model dtype),
-so a load reproduces the quantized model's outputs bit for bit; readers cast as they need.
-QLinears carrying an input transform (QuaRot's online Hadamard, DuQuant's rotations) and
-quantizers installed on attention's q/k/v slots cannot be expressed in this format: saving raises
-(keep the FP checkpoint and the recipe: quantize_ is deterministic).
+and transform tensors keep the dtype they were fitted in, so a load reproduces the quantized
+model's outputs bit for bit; readers cast as they need. compressed-tensors' own
+`transform_config` (Hadamard transforms for SpinQuant/QuIP) is not used: its matrices for
+non-power-of-two orders (LLaDA's FFN 12 * 2^10, Dream's 148 * 2^7) and its normalization are
+not guaranteed to be the ones QuaRot here folded into the weights.
 """
 
 from __future__ import annotations
@@ -24,6 +42,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -34,14 +54,20 @@ from torch import nn
 from dllmq.models import DLLMConfig, build_model, get_module, set_module
 from dllmq.models.layers import ActHook
 
+from .duquant import DuQuantTransform
+from .hadamard import factor_order
 from .primitives import QuantResult, QuantSpec, dequantize
 from .qlinear import QLinear
+from .quarot import HeadActQuant, HeadMixHadamard, OnlineHadamard
 
 log = logging.getLogger(__name__)
 
 FILE = "model.safetensors"
-_NOT_EXPRESSIBLE = ("pack-quantized cannot express it; keep the FP checkpoint and the recipe and "
-                    "re-run quantize_ (seeded runs repeat exactly)")
+EXTENSION = "dllmq"
+EXTENSION_VERSION = 1
+_NOTE = ("dllmq extension: online input transforms, attention quantizers and clip ratios that "
+         "compressed-tensors cannot express; when requires_dllmq is true a reader ignoring it "
+         "computes a different model. Load with dllmq.quant.load_quantized.")
 
 
 # ---- packing (pure) ---------------------------------------------------------------------------
@@ -70,61 +96,196 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
     return ((both >> off) & (2**bits - 1)).to(torch.uint8)
 
 
-# ---- config -----------------------------------------------------------------------------------
+# ---- specs: compressed-tensors args and the extension's own dicts --------------------------------
 def _args(spec: QuantSpec, dynamic: bool) -> dict:
-    strategy = {"group": "group", "channel": "channel", "tensor": "tensor", "token": "token"}
+    """compressed-tensors QuantizationArgs of a spec (the clip ratio goes to the extension)."""
     return {"num_bits": spec.bits, "type": "int", "symmetric": spec.sym,
             "group_size": spec.group_size if spec.granularity == "group" else None,
-            "strategy": strategy[spec.granularity], "dynamic": dynamic, "observer": "minmax"}
+            "strategy": spec.granularity, "dynamic": dynamic,
+            "observer": None if dynamic else "minmax"}
 
 
-def _spec(args: dict | None) -> QuantSpec | None:
+def _spec(args: dict | None, clip_ratio: float = 1.0) -> QuantSpec | None:
     if args is None:
         return None
-    gran = args["strategy"]
-    return QuantSpec(args["num_bits"], sym=args["symmetric"], granularity=gran,
-                     group_size=args["group_size"] or 128)
+    return QuantSpec(args["num_bits"], sym=args["symmetric"], granularity=args["strategy"],
+                     group_size=args["group_size"] or 128, clip_ratio=clip_ratio)
 
 
+def _spec_dict(spec: QuantSpec | None) -> dict | None:
+    """A spec in the extension: dllmq's own fields, exactly (clip ratio included)."""
+    return None if spec is None else asdict(spec)
+
+
+def _spec_from_dict(d: dict | None) -> QuantSpec | None:
+    return None if d is None else QuantSpec(**d)
+
+
+# ---- the extension's registry: module kinds it can write and rebuild -----------------------------
+@dataclass(frozen=True)
+class Kind:
+    """How one module type is written (JSON params + named tensors) and rebuilt from them."""
+
+    module_type: type
+    params: Callable[[nn.Module], dict]
+    tensors: Callable[[nn.Module], dict[str, torch.Tensor]]
+    build: Callable[[dict, dict[str, torch.Tensor]], nn.Module]
+
+
+def _no_tensors(_mod: nn.Module) -> dict[str, torch.Tensor]:
+    return {}
+
+
+def _hadamard_params(n: int) -> dict:
+    m, p = factor_order(n)
+    return {"order": n, "factorization": [m, p]}  # H_n = H_m (x) H_p, normalized by 1/sqrt(n)
+
+
+def _hadamard_order(params: dict) -> int:
+    """The order, checked against this dllmq's construction (another one is another matrix)."""
+    n = params["order"]
+    if list(factor_order(n)) != params["factorization"]:
+        raise ValueError(f"Hadamard of order {n} saved as {params['factorization']} but built here "
+                         f"as {list(factor_order(n))}; load with the dllmq version that saved it")
+    return n
+
+
+KINDS: dict[str, Kind] = {
+    # QuaRot's online FFN-down Hadamard: x -> H_n x / sqrt(n)
+    "hadamard": Kind(OnlineHadamard, lambda m: _hadamard_params(m.n), _no_tensors,
+                     lambda p, _t: OnlineHadamard(_hadamard_order(p))),
+    # QuaRot's o-input half of the V/O rotation: (H_H (x) I_D) x / sqrt(H)
+    "head_mix_hadamard": Kind(HeadMixHadamard, lambda m: _hadamard_params(m.num_heads),
+                              _no_tensors, lambda p, _t: HeadMixHadamard(_hadamard_order(p))),
+    # DuQuant: x -> x R_1 P_1 R_2 ..., the fitted rotations and permutations themselves
+    "duquant": Kind(DuQuantTransform,
+                    lambda m: {"rotations": m.rots.shape[0], "blocks": m.rots.shape[1],
+                               "block_size": m.rots.shape[2]},
+                    lambda m: {"rots": m.rots, "perms": m.perms},
+                    lambda _p, t: DuQuantTransform(t["rots"], t["perms"])),
+    # q/k/v quantizers (QuaRot K/V, SmoothQuant/DuQuant "code" attention matmul inputs)
+    "head_act_quant": Kind(HeadActQuant,
+                           lambda m: {"hadamard": m.hadamard, "per_head": m.per_head,
+                                      "spec": _spec_dict(m.spec)},
+                           _no_tensors,
+                           lambda p, _t: HeadActQuant(p["hadamard"], _spec_from_dict(p["spec"]),
+                                                      p["per_head"])),
+}
+
+
+def _kind_name(mod: nn.Module, what: str) -> str:
+    for name, kind in KINDS.items():
+        if type(mod) is kind.module_type:
+            return name
+    raise ValueError(f"{what} ({type(mod).__name__}), which pack-quantized and the dllmq "
+                     f"extension cannot express (known kinds: {', '.join(KINDS)})")
+
+
+def write_module(mod: nn.Module, prefix: str, what: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(entry {"kind", **params, "tensors": [...]}, {f"{prefix}.{buffer}": tensor}) for a module."""
+    name = _kind_name(mod, what)
+    kind = KINDS[name]
+    tensors = {k: v.detach().cpu().clone() for k, v in kind.tensors(mod).items()}  # clone: unshare
+    entry = {"kind": name, **kind.params(mod)}
+    if tensors:
+        entry["tensors"] = sorted(tensors)
+    return entry, {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def read_module(entry: dict, prefix: str, tensors: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a module written by write_module, taking its tensors out of `tensors`."""
+    own = {k: tensors.pop(f"{prefix}.{k}") for k in entry.get("tensors", [])}
+    params = {k: v for k, v in entry.items() if k not in ("kind", "tensors")}
+    return KINDS[entry["kind"]].build(params, own)
+
+
+# ---- save ---------------------------------------------------------------------------------------
 def _qlinears(model: nn.Module) -> dict[str, QLinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, QLinear)}
 
 
-# ---- save / load ------------------------------------------------------------------------------
+def _hook_slots(model: nn.Module) -> list[str]:
+    spec = model.spec
+    return [f"{spec.blocks}.{i}.{slot}" for i in range(len(model.blocks))
+            for slot in (spec.q_hook, spec.k_hook, spec.v_hook)]
+
+
+def _weight_tensors(name: str, q: QLinear) -> dict[str, torch.Tensor]:
+    """The pack-quantized tensors of one linear (or its plain weight when only acts are quantized)."""
+    out = {} if q.bias is None else {f"{name}.bias": q.bias.detach().cpu().contiguous()}
+    spec = q.weight_spec
+    if spec is None:
+        out[f"{name}.weight"] = q.weight.detach().cpu().contiguous()
+        return out
+    out[f"{name}.weight_packed"] = pack_int32(q.codes.cpu(), spec.bits)
+    out[f"{name}.weight_scale"] = q.scale.float().cpu().contiguous()
+    out[f"{name}.weight_shape"] = torch.tensor([q.out_features, q.in_features])
+    if not spec.sym:
+        out[f"{name}.weight_zero_point"] = pack_int32(
+            q.zero.to(torch.uint8).t().cpu(), spec.bits).t().contiguous()
+    if q.g_idx is not None:
+        out[f"{name}.weight_g_idx"] = q.g_idx.to(torch.int32).cpu().clone()
+    return out
+
+
+def _module_entry(name: str, q: QLinear) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The extension's entry for one linear: what compressed-tensors' groups leave out."""
+    entry: dict = {}
+    if q.method is not None:
+        entry["method"] = q.method
+    if q.quant_error is not None:
+        entry["quant_error"] = q.quant_error
+    for key, spec in (("weight_clip_ratio", q.weight_spec), ("act_clip_ratio", q.act_spec)):
+        if spec is not None and spec.clip_ratio != 1.0:
+            entry[key] = spec.clip_ratio
+    tensors: dict[str, torch.Tensor] = {}
+    if q.input_transform is not None:
+        prefix = f"{name}.input_transform"
+        entry["input_transform"], tensors = write_module(
+            q.input_transform, prefix, f"{name} has an input transform")
+    return entry, tensors
+
+
+def _hook_entries(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Extension entries for every q/k/v slot holding a quantizer instead of the plain ActHook."""
+    entries: dict = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for path in _hook_slots(model):
+        hook = get_module(model, path)
+        if type(hook) is not ActHook:
+            entries[path], t = write_module(hook, path, f"{path} holds a quantizer")
+            tensors.update(t)
+    return entries, tensors
+
+
+def _config_groups(qlins: dict[str, QLinear]) -> dict:
+    """One compressed-tensors config group per distinct (weight args, activation args)."""
+    groups: dict[str, dict] = {}
+    for name, q in qlins.items():
+        w = None if q.weight_spec is None else _args(q.weight_spec, dynamic=False)
+        a = None if q.act_spec is None else _args(q.act_spec, dynamic=True)
+        key = json.dumps([w, a], sort_keys=True)
+        groups.setdefault(key, {"targets": [], "weights": w, "input_activations": a})
+        groups[key]["targets"].append(name)
+    return {f"group_{i}": g for i, g in enumerate(groups.values())}
+
+
 @torch.no_grad()
 def save_quantized(model: nn.Module, path: str | Path) -> Path:
-    """Write config.json + model.safetensors in compressed-tensors' pack-quantized layout."""
+    """Write config.json + model.safetensors: compressed-tensors' pack-quantized layout plus the
+    dllmq extension (transforms, attention quantizers, clip ratios) where the model has them."""
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    for i, block in enumerate(model.blocks):
-        for slot in (model.spec.q_hook, model.spec.k_hook, model.spec.v_hook):
-            hook = get_module(block, slot)
-            if type(hook) is not ActHook:
-                raise ValueError(f"block {i} {slot} holds {type(hook).__name__} (attention "
-                                 f"quantization); {_NOT_EXPRESSIBLE}")
     qlins = _qlinears(model)
     state: dict[str, torch.Tensor] = {}
-    groups: dict[tuple, list[str]] = {}
+    modules: dict[str, dict] = {}
     for name, q in qlins.items():
-        if q.input_transform is not None:
-            raise ValueError(f"{name} has an input transform ({type(q.input_transform).__name__}); "
-                             f"{_NOT_EXPRESSIBLE}")
-        key = (q.weight_spec, q.act_spec)
-        groups.setdefault(key, []).append(name)
-        if q.bias is not None:
-            state[f"{name}.bias"] = q.bias.detach().cpu().contiguous()
-        if q.weight_spec is None:
-            state[f"{name}.weight"] = q.weight.detach().cpu().contiguous()
-            continue
-        spec = q.weight_spec
-        state[f"{name}.weight_packed"] = pack_int32(q.codes.cpu(), spec.bits)
-        state[f"{name}.weight_scale"] = q.scale.float().cpu().contiguous()
-        state[f"{name}.weight_shape"] = torch.tensor([q.out_features, q.in_features])
-        if not spec.sym:
-            state[f"{name}.weight_zero_point"] = pack_int32(
-                q.zero.to(torch.uint8).t().cpu(), spec.bits).t().contiguous()
-        if q.g_idx is not None:
-            state[f"{name}.weight_g_idx"] = q.g_idx.to(torch.int32).cpu().clone()
+        state.update(_weight_tensors(name, q))
+        entry, tensors = _module_entry(name, q)
+        state.update(tensors)
+        if entry:
+            modules[name] = entry
+    hooks, hook_tensors = _hook_entries(model)
+    state.update(hook_tensors)
     skip = {f"{n}.{p}" for n in qlins for p in ("weight", "bias")}
     for k, v in model.state_dict().items():
         if k not in skip and k not in state:
@@ -132,70 +293,107 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     if model.config.tie_word_embeddings:
         state.pop(model.spec.lm_head + ".weight", None)
 
-    config_groups = {}
-    for i, ((w, a), names) in enumerate(groups.items()):
-        config_groups[f"group_{i}"] = {
-            "targets": names,
-            "weights": None if w is None else _args(w, dynamic=False),
-            "input_activations": None if a is None else _args(a, dynamic=True),
-        }
-    ignore = [] if isinstance(get_module(model, model.spec.lm_head), QLinear) else [model.spec.lm_head]
+    changes_function = bool(hooks) or any(
+        set(e) & {"input_transform", "weight_clip_ratio", "act_clip_ratio"} for e in modules.values())
+    head_fp = not isinstance(get_module(model, model.spec.lm_head), QLinear)
     cfg = model.config.to_hf()
     cfg["quantization_config"] = {
         "quant_method": "compressed-tensors", "format": "pack-quantized",
-        "quantization_status": "compressed", "config_groups": config_groups, "ignore": ignore,
-        "dllmq": {"methods": {n: q.method for n, q in qlins.items() if q.method}},
+        "quantization_status": "compressed", "config_groups": _config_groups(qlins),
+        "ignore": [model.spec.lm_head] if head_fp else [],
+        EXTENSION: {"version": EXTENSION_VERSION, "note": _NOTE,
+                    "requires_dllmq": changes_function, "modules": modules, "hooks": hooks},
     }
+    path.mkdir(parents=True, exist_ok=True)
     tmp = path / (FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(path / FILE)
     (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    log.info("saved %d quantized linears (%d groups) to %s", len(qlins), len(groups), path)
+    log.info("saved %d quantized linears, %d transforms, %d attention quantizers to %s",
+             len(qlins), sum("input_transform" in e for e in modules.values()), len(hooks), path)
     return path
+
+
+# ---- load ---------------------------------------------------------------------------------------
+def read_extension(qcfg: dict, path: Path) -> dict:
+    """The dllmq extension of a quantization_config, refusing versions and kinds not known here."""
+    ext = qcfg.get(EXTENSION)
+    if ext is None or ext.get("version") != EXTENSION_VERSION:
+        found = None if ext is None else ext.get("version")
+        raise ValueError(f"{path}: dllmq extension version {found!r}, this dllmq reads "
+                         f"{EXTENSION_VERSION}; re-save the model with this dllmq")
+    named = [e["input_transform"]["kind"] for e in ext["modules"].values() if "input_transform" in e]
+    named += [e["kind"] for e in ext["hooks"].values()]
+    unknown = sorted(set(named) - set(KINDS))
+    if unknown:
+        raise ValueError(f"{path}: dllmq extension names kind(s) {unknown} this dllmq does not "
+                         f"know (known: {', '.join(KINDS)}); load it with the dllmq that saved it")
+    return ext
+
+
+def _packed_weight(name: str, wspec: QuantSpec, tensors: dict, dtype: torch.dtype,
+                   error: float | None) -> QuantResult:
+    """Unpack one linear's codes, scales and zero points into the QuantResult they came from."""
+    out_f, in_f = tensors.pop(f"{name}.weight_shape").tolist()
+    codes = unpack_int32(tensors.pop(f"{name}.weight_packed"), wspec.bits, in_f)
+    scale = tensors.pop(f"{name}.weight_scale").float()
+    zp = tensors.pop(f"{name}.weight_zero_point", None)
+    zero = (torch.full_like(scale, 2 ** (wspec.bits - 1)) if zp is None else
+            unpack_int32(zp.t().contiguous(), wspec.bits, out_f).t().float())
+    g_idx = tensors.pop(f"{name}.weight_g_idx", None)
+    spec = wspec.for_features(in_f)
+    if g_idx is None:
+        w = dequantize(codes, scale, zero, spec, dtype)
+    else:
+        gi = g_idx.long()
+        w = ((codes.float() - zero[:, gi]) * scale[:, gi]).to(dtype)
+    return QuantResult(w, codes, scale, zero, spec, g_idx, error)
+
+
+def _load_qlinear(name: str, group: dict, entry: dict, tensors: dict,
+                  dtype: torch.dtype) -> QLinear:
+    wspec = _spec(group["weights"], entry.get("weight_clip_ratio", 1.0))
+    aspec = _spec(group["input_activations"], entry.get("act_clip_ratio", 1.0))
+    transform = (read_module(entry["input_transform"], f"{name}.input_transform", tensors)
+                 if "input_transform" in entry else None)
+    bias = tensors.pop(f"{name}.bias", None)
+    bias = None if bias is None else bias.to(dtype)
+    if wspec is None:
+        return QLinear(tensors.pop(f"{name}.weight").to(dtype), bias, input_transform=transform,
+                       act_spec=aspec)
+    result = _packed_weight(name, wspec, tensors, dtype, entry.get("quant_error"))
+    q = QLinear(result.weight, bias, input_transform=transform, act_spec=aspec)
+    q.set_weight(result, entry.get("method", "loaded"))
+    return q
 
 
 @torch.no_grad()
 def load_quantized(path: str | Path, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A model with QLinears rebuilt from the packed codes (outputs equal the saved model's)."""
+    """A model with QLinears (weights, activation specs, input transforms) and attention
+    quantizers rebuilt from a `save_quantized` directory; its outputs equal the saved model's."""
     path = Path(path)
     cfg_d = json.loads((path / "config.json").read_text())
     qcfg = cfg_d.pop("quantization_config", None)
     if qcfg is None or qcfg.get("format") != "pack-quantized":
         raise ValueError(f"{path} holds no pack-quantized model; load it with dllmq.load")
+    ext = read_extension(qcfg, path)
     cfg = DLLMConfig.from_hf(cfg_d)
     with torch.device("meta"):
         model = build_model(cfg)
     with safe_open(str(path / FILE), framework="pt", device=str(device)) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    for grp in qcfg["config_groups"].values():
-        wspec, aspec = _spec(grp["weights"]), _spec(grp["input_activations"])
-        for name in grp["targets"]:
-            bias = tensors.pop(f"{name}.bias", None)
-            if wspec is None:
-                q = QLinear(tensors.pop(f"{name}.weight").to(dtype), bias, act_spec=aspec)
-            else:
-                out_f, in_f = tensors.pop(f"{name}.weight_shape").tolist()
-                spec = wspec if wspec.granularity != "group" else QuantSpec(
-                    wspec.bits, wspec.sym, "group", wspec.group_size)
-                codes = unpack_int32(tensors.pop(f"{name}.weight_packed"), spec.bits, in_f)
-                scale = tensors.pop(f"{name}.weight_scale").float()
-                zp = tensors.pop(f"{name}.weight_zero_point", None)
-                zero = (torch.full_like(scale, 2 ** (spec.bits - 1)) if zp is None else
-                        unpack_int32(zp.t().contiguous(), spec.bits, out_f).t().float())
-                g_idx = tensors.pop(f"{name}.weight_g_idx", None)
-                spec = spec.for_features(in_f) if spec.granularity == "group" else spec
-                if g_idx is None:
-                    w = dequantize(codes, scale, zero, spec, dtype)
-                else:
-                    gi = g_idx.long()
-                    w = ((codes.float() - zero[:, gi]) * scale[:, gi]).to(dtype)
-                q = QLinear(w, None if bias is None else bias.to(dtype), act_spec=aspec)
-                q.set_weight(QuantResult(w, codes, scale, zero, spec, g_idx), qcfg.get(
-                    "dllmq", {}).get("methods", {}).get(name, "loaded"))
-            set_module(model, name, q)
-    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v
-                           for k, v in tensors.items()}, strict=False, assign=True)
+    for group in qcfg["config_groups"].values():
+        for name in group["targets"]:
+            entry = ext["modules"].get(name, {})
+            set_module(model, name, _load_qlinear(name, group, entry, tensors, dtype))
+    for slot, entry in ext["hooks"].items():
+        set_module(model, slot, read_module(entry, slot, tensors))
+    result = model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v
+                                    for k, v in tensors.items()}, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise ValueError(f"{path} holds {len(result.unexpected_keys)} tensor(s) the model has no "
+                         f"place for, e.g. {result.unexpected_keys[0]!r}")
     if cfg.model_type == "Dream" and cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     meta = [n for n, p in model.named_parameters() if p.is_meta]
