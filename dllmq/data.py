@@ -104,5 +104,5 @@ def calibration_set(tokenizer, source: str, nsamples: int, seqlen: int, seed: in
     from .quant.calib import Calibration
 
     text = calibration_text(source, split=split, seed=seed)
-    ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    ids = torch.tensor(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"], dtype=torch.long)
     return Calibration.from_token_stream(ids, nsamples, seqlen, seed=seed, **calib_kw)

@@ -102,3 +102,14 @@ def test_cli_quantize_saves_weight_act_recipes_packed(tmp_path):
     with torch.no_grad():
         assert torch.equal(load_quantized(out).denoise_logits(x), ref.denoise_logits(x))
     assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+
+
+def test_dllmq_load_reads_a_packed_checkpoint(tmp_path):
+    """dllmq.load routes a save_quantized directory to load_quantized (same outputs)."""
+    import dllmq
+
+    model = random_model(tiny_config("llada", hidden_size=128, intermediate_size=256), seed=0)
+    quantize_(model, "w4a16g128-rtn", None)
+    save_quantized(model, tmp_path / "q")
+    x = torch.randint(0, 50, (2, 9))
+    assert torch.equal(dllmq.load(tmp_path / "q", device="cpu").denoise_logits(x), model.denoise_logits(x))

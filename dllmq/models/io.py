@@ -93,7 +93,9 @@ def load(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> DLLM:
-    """Load a LLaDA or Dream checkpoint (bf16 on GPU, fp32 on CPU by default), in eval mode."""
+    """Load a LLaDA or Dream checkpoint (bf16 on GPU, fp32 on CPU by default), in eval mode.
+    A directory written by `dllmq.quant.save_quantized` (packed low-bit weights) is rebuilt by
+    `dllmq.quant.load_quantized`."""
     path = resolve(name_or_path)
     cfg = read_config(path)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -101,6 +103,11 @@ def load(
         raise LoadError(f"device {device} was asked for {name_or_path} but CUDA is not available; "
                         "pass device='cpu' (a preset's `device:` key)")
     dtype = dtype or default_dtype(device)
+    with open(path / "config.json") as f:
+        if "quantization_config" in json.load(f):
+            from dllmq.quant.export import load_quantized
+
+            return load_quantized(path, device=device, dtype=dtype).eval()
     with torch.device("meta"):
         model = MODEL_CLASSES[cfg.model_type](cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -187,9 +194,19 @@ def load_tokenizer(name_or_path: str | Path):
     """The tokenizer saved next to a checkpoint (transformers' fast tokenizer, no remote code)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    from transformers.utils import logging as hf_logging
+
     path = resolve(name_or_path)
     if (path / "tokenizer_config.json").is_file():
-        return AutoTokenizer.from_pretrained(str(path))
+        # AutoTokenizer reads config.json, whose model_type (llada, Dream) transformers does not
+        # know, and warns about it on every load; the tokenizer itself is unaffected
+        config_log = hf_logging.get_logger("transformers.configuration_utils")
+        level = config_log.level
+        config_log.setLevel(hf_logging.ERROR)
+        try:
+            return AutoTokenizer.from_pretrained(str(path))
+        finally:
+            config_log.setLevel(level)
     if (path / "tokenizer.json").is_file():
         return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
     raise LoadError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json)")
