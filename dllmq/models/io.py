@@ -193,7 +193,6 @@ def random_model(cfg: DLLMConfig, seed: int = 0, device: str | torch.device = "c
 def load_tokenizer(name_or_path: str | Path):
     """The tokenizer saved next to a checkpoint (transformers' fast tokenizer, no remote code)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
     from transformers.utils import logging as hf_logging
 
     path = resolve(name_or_path)
