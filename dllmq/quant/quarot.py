@@ -35,8 +35,9 @@ Where we differ from upstream: QuaRot subtracts the mean of every embedding row 
 fusion, which is exact only for LayerNorm models; for RMSNorm models (LLaMA, LLaDA, Dream) it
 changes the function, so we do not do it, and full-precision outputs are unchanged to rounding
 (tests/test_quant_rotation.py). The Hadamard base matrices are constructed (hadamard.py) instead
-of shipped as tables. Activation rounding follows dllmq's symmetric convention (primitives.py:
-scale 2 absmax / (2^b - 1)) where QuaRot uses absmax / (2^(b-1) - 1).
+of shipped as tables. Activation and weight rounding follow dllmq's symmetric convention
+(primitives.py: scale 2 absmax / (2^b - 1)) where QuaRot uses absmax / (2^(b-1) - 1); the weight
+range search (`--w_clip`, gptq.MSEClip) then searches shrinks of that range.
 """
 
 from __future__ import annotations
