@@ -139,15 +139,18 @@ class GenerationResult:
 
 # ---- pure tensor steps ----------------------------------------------------------------------
 def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator,
-                     positions: slice = slice(None)) -> torch.Tensor:
+                     positions: slice = slice(None), length: int | None = None) -> torch.Tensor:
     """exp(logits) / (-log u)^T in float64 (LLaDA generate.py; float64 after arXiv:2409.02908),
     whose argmax samples softmax(logits / T); identity at T = 0 (no draw). The uniform noise is
-    drawn for all of (B, L, V), as upstream, but only `positions` (along L) are computed and
-    returned, so a step pays float64 arithmetic for the current block only."""
+    drawn for all of (B, L, V), as upstream draws it, but only `positions` (along L) are used.
+    logits: (B, L, V), or only the window's (B, hi - lo, V) when `length` gives the full L."""
+    window = logits if length is not None else logits[:, positions]
     if temperature == 0:
-        return logits[:, positions]
-    noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
-    return logits[:, positions].to(torch.float64).exp() / (-torch.log(noise[:, positions])) ** temperature
+        return window
+    B, _, V = logits.shape
+    L = length if length is not None else logits.shape[1]
+    noise = torch.rand((B, L, V), dtype=torch.float64, device=logits.device, generator=generator)
+    return window.to(torch.float64).exp() / (-torch.log(noise[:, positions])) ** temperature
 
 
 def num_transfer_tokens(n_masked: int, steps: int) -> list[int]:
@@ -216,14 +219,16 @@ def sample_tokens(logits: torch.Tensor, cfg: DreamSamplerConfig, generator: torc
 
 
 def cfg_logits(model, x: torch.Tensor, attention_mask, position_ids, prompt_index: torch.Tensor,
-               scale: float, mask_id: int) -> torch.Tensor:
-    """Logits (B, L, V); with scale > 0 LLaDA's unsupervised classifier-free guidance:
-    un + (scale + 1)(cond - un), `un` from a second pass with every prompt position masked."""
+               scale: float, mask_id: int, window: slice | None = None) -> torch.Tensor:
+    """Logits (B, L, V), or (B, hi - lo, V) for a window; with scale > 0 LLaDA's unsupervised
+    classifier-free guidance: un + (scale + 1)(cond - un), `un` from a second pass with every
+    prompt position masked."""
     if scale == 0:
-        return model.denoise_logits(x, attention_mask, position_ids)
+        return model.denoise_logits(x, attention_mask, position_ids, window=window)
     un_x = x.masked_fill(prompt_index, mask_id)
     both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
-    logits = model.denoise_logits(torch.cat([x, un_x]), both(attention_mask), both(position_ids))
+    logits = model.denoise_logits(torch.cat([x, un_x]), both(attention_mask), both(position_ids),
+                                  window=window)
     cond, un = logits.chunk(2, dim=0)
     return un + (scale + 1) * (cond - un)
 
@@ -290,13 +295,14 @@ def llada_denoise_step(model, x, attn, pos, prompt_index, lo: int, hi: int, k: i
     upstream, stays eligible. Returns (x, transfer (B, L) bool)."""
     c = model.config
     mask_id = c.mask_token_id
-    logits = cfg_logits(model, x, attn, pos, prompt_index, cfg.cfg_scale, mask_id)  # (B, L, V)
+    window = slice(lo, hi)  # no logit outside it is ever read: the LM head runs there only
+    logits = cfg_logits(model, x, attn, pos, prompt_index, cfg.cfg_scale, mask_id, window)
     if cfg.logits_eos_inf:
         logits[:, :, c.eos_token_id] = -torch.inf
-    noisy = add_gumbel_noise(logits, cfg.temperature, generator, slice(lo, hi))  # (B, hi-lo, V)
+    noisy = add_gumbel_noise(logits, cfg.temperature, generator, window, x.shape[1])  # (B, hi-lo, V)
     x0 = torch.argmax(noisy, dim=-1)  # (B, hi - lo)
     if cfg.remasking == "low_confidence":
-        blk = logits[:, lo:hi]
+        blk = logits
         if cfg.confidence_eos_eot_inf:
             blk = blk.clone()
             blk[:, :, c.eot_token_id] = -torch.inf
@@ -316,14 +322,15 @@ def llada_denoise_step(model, x, attn, pos, prompt_index, lo: int, hi: int, k: i
 
 
 def dream_denoise_step(model, x, attn, pos, i: int, timesteps: torch.Tensor,
-                       cfg: DreamSamplerConfig, generator: torch.Generator):
+                       cfg: DreamSamplerConfig, generator: torch.Generator, prompt_len: int = 0):
     """Step i of Dream's `_sample`: from t = timesteps[i] to s = timesteps[i + 1].
-    Returns (x, transfer (B, L) bool)."""
+    Returns (x, transfer (B, L) bool). Masks lie after the prompt only, so the LM head runs on
+    positions [prompt_len, L) (the same rows of logits[mask_index], in the same order)."""
     mask_id = model.config.mask_token_id
     last = i == cfg.steps - 1
     mask_index = x == mask_id  # (B, L)
-    logits = model.denoise_logits(x, attn, pos)  # (B, L, V), position i predicts token i
-    mask_logits = logits[mask_index]  # (N, V), row-major over the batch
+    logits = model.denoise_logits(x, attn, pos, window=slice(prompt_len, None))  # i predicts i
+    mask_logits = logits[mask_index[:, prompt_len:]]  # (N, V), row-major over the batch
     t, s = timesteps[i], timesteps[i + 1]
     x = x.clone()
     if cfg.alg == "origin":
@@ -397,6 +404,6 @@ def generate(model, prompts, cfg: SamplerConfig, generator: torch.Generator | No
     else:
         timesteps = torch.linspace(1, cfg.eps, cfg.steps + 1, device=device)
         for i in tqdm(range(cfg.steps), disable=not progress, desc="Dream decoding"):
-            x, transfer = dream_denoise_step(model, x, attn, pos, i, timesteps, cfg, generator)
+            x, transfer = dream_denoise_step(model, x, attn, pos, i, timesteps, cfg, generator, P)
             record(i, transfer)
     return GenerationResult(tokens=x[:, P:], committed_at=committed if trace else None)

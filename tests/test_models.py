@@ -69,6 +69,19 @@ def test_denoise_logits_alignment(arch):
         assert torch.equal(den, out)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("lo,hi", [(0, 1), (0, 5), (1, 4), (3, None), (None, None)])
+def test_denoise_logits_window_equals_the_slice_of_all_logits(arch, lo, hi):
+    name, model = arch
+    ids = reference(name)["input_ids"]
+    full = model.denoise_logits(ids)
+    window = slice(lo, hi)
+    torch.testing.assert_close(model.denoise_logits(ids, window=window), full[:, window],
+                               atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="step 1"):
+        model.denoise_logits(ids, window=slice(0, 4, 2))
+
+
 # ---- I/O -------------------------------------------------------------------------------
 @torch.no_grad()
 @pytest.mark.parametrize("shard_bytes", [5 * 2**30, 40_000])

@@ -131,7 +131,7 @@ class DLLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def _run(self, input_ids, attention_mask, position_ids, wte, blocks, norm, head):
+    def _run(self, input_ids, attention_mask, position_ids, wte, blocks, norm, head, window=None):
         B, L = input_ids.shape
         if self.config.max_position < L:
             raise ValueError(
@@ -145,13 +145,28 @@ class DLLM(nn.Module):
         bias = key_padding_mask(attention_mask, x.dtype)
         for blk in blocks:
             x = blk(x, rope, bias)
+        if window is not None:  # the final norm and LM head only where logits are wanted
+            x = x[:, window]
         return head(norm(x))
 
-    def denoise_logits(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
-        logits = self(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        if self.config.model_type == "Dream":
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+    def denoise_logits(self, input_ids, attention_mask=None, position_ids=None,
+                       window: slice | None = None) -> torch.Tensor:
+        """Logits aligned so that position i predicts token i (Dream's shift undone).
+        window: only positions [lo, hi) (a step-1 slice) -> (B, hi - lo, V), computing the LM
+        head there only (a sampler needs the current block's logits, not the prompt's)."""
+        dream = self.config.model_type == "Dream"
+        if window is None:
+            logits = self(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if dream else logits
+        lo, hi, step = window.indices(input_ids.shape[1])
+        if step != 1 or hi <= lo:
+            raise ValueError(f"window {window} must be a non-empty slice with step 1")
+        if not dream:
+            return self(input_ids, attention_mask, position_ids, window=slice(lo, hi))
+        raw_lo, raw_hi = max(lo - 1, 0), max(hi - 1, 1)  # aligned i reads raw i - 1 (0 reads 0)
+        raw = self(input_ids, attention_mask, position_ids, window=slice(raw_lo, raw_hi))
+        idx = torch.tensor([max(i - 1, 0) - raw_lo for i in range(lo, hi)], device=raw.device)
+        return raw[:, idx]
 
 
 class LLaDATransformer(nn.Module):
@@ -180,11 +195,13 @@ class LLaDAModel(DLLM):
         self.config = cfg
         self.model = _LLaDAInner(cfg)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, position_ids=None, window=None) -> torch.Tensor:
+        """Official semantics; `window` (dllmq): logits of those positions only."""
         t = self.model.transformer
         head = t.ff_out if not self.config.tie_word_embeddings else (
             lambda h: F.linear(h, t.wte.weight))
-        return self._run(input_ids, attention_mask, position_ids, t.wte, t.blocks, t.ln_f, head)
+        return self._run(input_ids, attention_mask, position_ids, t.wte, t.blocks, t.ln_f, head,
+                         window)
 
 
 class _DreamInner(nn.Module):
@@ -206,10 +223,12 @@ class DreamModel(DLLM):
         self.model = _DreamInner(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask=None, position_ids=None, window=None) -> torch.Tensor:
+        """Official semantics (position i predicts token i + 1); `window` (dllmq): logits of
+        those positions only."""
         m = self.model
         return self._run(input_ids, attention_mask, position_ids, m.embed_tokens, m.layers,
-                         m.norm, self.lm_head)
+                         m.norm, self.lm_head, window)
 
 
 MODEL_CLASSES: dict[str, type[DLLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
