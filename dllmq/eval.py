@@ -432,7 +432,8 @@ class DLLMEvalLM(LM):
                 from .tasks.lm_eval import UnknownTaskError, paper_task_settings
 
                 try:
-                    fixed = paper_task_settings(task_name).model_settings()
+                    fixed = paper_task_settings(task_name).model_settings(
+                        self.model.config.model_type)
                 except UnknownTaskError:
                     fixed = {}  # not a paper task: the model's settings as given
                 fixed = {k: v for k, v in fixed.items() if k not in self.explicit}

@@ -237,12 +237,12 @@ def _data_files(cfg: Mapping[str, Any]) -> list[Path]:
     return [Path(p).expanduser() for p in out if isinstance(p, str) and "://" not in p]
 
 
-def _paper_settings(task: str) -> dict[str, Any]:
+def _paper_settings(task: str, model_type: str = "llada") -> dict[str, Any]:
     """The paper's per-task model settings DLLMEvalLM applies to this task ({} if none)."""
     from .tasks.lm_eval import UnknownTaskError, paper_task_settings
 
     try:
-        return paper_task_settings(task).model_settings()
+        return paper_task_settings(task).model_settings(model_type)
     except UnknownTaskError:
         return {}
 
@@ -304,7 +304,8 @@ def validate(grid: Grid, tm=None) -> None:
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise GridError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
     for cell in grid.cells():
-        s = {**_paper_settings(cell.task), **cell.settings}  # as DLLMEvalLM merges them
+        model_type = configs[cell.model].model_type if cell.model in configs else "llada"
+        s = {**_paper_settings(cell.task, model_type), **cell.settings}  # as DLLMEvalLM merges them
         model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
         try:
             es = EvalSettings(**model_s)

@@ -299,6 +299,9 @@ def test_every_paper_task_has_a_task_file_and_settings():
     assert paper_task_settings("mbpp").model_settings() == {"gen_length": 512, "steps": 512,
                                                             "block_length": 32}
     assert paper_task_settings("piqa").model_settings() == {"mc_num": 128}
+    # Dream's sampler has no blocks: the paper settings it gets leave block_length out
+    assert paper_task_settings("mbpp").model_settings("Dream") == {"gen_length": 512, "steps": 512}
+    assert paper_task_settings("piqa").model_settings("Dream") == {"mc_num": 128}
 
 
 @pytest.mark.parametrize("bad", [
@@ -405,3 +408,20 @@ def test_oracle_scores_full_marks_through_simple_evaluate(tm):
     assert results["gsm8k"]["exact_match,strict-match"] == 1.0
     assert results["paper_humaneval"]["pass@1,create_test"] == 1.0
     assert res["configs"]["gsm8k"]["num_fewshot"] == 4
+
+
+def test_dream_cells_of_paper_generation_tasks_validate(tmp_path):
+    """The paper's GSM8K settings carry LLaDA's block_length; a Dream cell gets them without it
+    (validation used to refuse every Dream generation cell of the paper preset)."""
+    import yaml
+    from dllmq.sweep import load_grid, validate
+
+    from evalkit import make_model_dir
+
+    dream = make_model_dir(tmp_path / "tiny-dream", "Dream", max_position=2048)
+    grid = {"store": "r.sqlite", "models": [str(dream)], "recipes": ["fp16"], "seeds": [0],
+            "tasks": [{"task": "paper_gsm8k", "settings": {"gen_length": 32, "steps": 32}}],
+            "settings": {"limit": 2}, "include_defaults": False, "data_dir": str(DATA_DIR),
+            "device": "cpu"}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    validate(load_grid(tmp_path / "grid.yaml"), task_manager(data_dir=DATA_DIR, include_defaults=False))

@@ -61,13 +61,14 @@ class TaskSettings:
         """`loglikelihood` (multiple choice by Monte Carlo likelihood) or `generate_until`."""
         return "loglikelihood" if self.mc_num is not None else "generate_until"
 
-    def model_settings(self) -> dict[str, int]:
+    def model_settings(self, model_type: str = "llada") -> dict[str, int]:
         """The dllmq model's settings this task fixes: {mc_num} or {gen_length, steps,
-        block_length} (names as the dllmq lm-eval model's model args)."""
+        block_length} (names as the dllmq lm-eval model's model args). Dream's sampler has no
+        blocks: for model_type "Dream" block_length is left out."""
         if self.mc_num is not None:
             return {"mc_num": self.mc_num}
-        return {"gen_length": self.gen_length, "steps": self.steps,
-                "block_length": self.block_length}
+        s = {"gen_length": self.gen_length, "steps": self.steps}
+        return s if model_type == "Dream" else {**s, "block_length": self.block_length}
 
     def matches(self, name: str) -> bool:
         """Whether `name` is this paper task, the lm-eval task it wraps, or one of its subtasks."""
