@@ -181,6 +181,12 @@ def set_style() -> None:
                          "svg.hashsalt": "dllmq", "pdf.compression": 6})
 
 
+def model_slug(name: str) -> str:
+    """A file-name part for a model: the last path component of a shipped name, local directory
+    or Hub id ("GSAI-ML/LLaDA-8B-Base" -> "LLaDA-8B-Base")."""
+    return str(name).rstrip("/").split("/")[-1]
+
+
 def save_figure(fig, out: Path) -> list[Path]:
     """PNG + PDF with fixed metadata, so an unchanged figure is byte-identical on rerun."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,12 +4,15 @@ the module it belongs to."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 PARAMS_DIR = REPO_ROOT / "params"
 
 
@@ -150,7 +153,12 @@ PAPER_TABLES: dict[str, dict[str, Any]] = {
                                     "roles": ("dream_base",), "recipes": "recipes_weight_act",
                                     "groups": ("qa", "math", "code")},
 }
-PAPER_TABLE_DIR = REPO_ROOT.parent / "shared" / "paper" / "tables"
+# the paper's printed tables as CSVs (the project's shared folder beside the checkout, or
+# wherever DLLMQ_PAPER_TABLES points)
+PAPER_TABLE_DIR = Path(os.environ.get("DLLMQ_PAPER_TABLES") or REPO_ROOT.parent / "shared" / "paper" / "tables")
+PAPER_PRINTED = ("table1_weight_only_general", "table2_weight_act_general",  # table6 is ours
+                 "table3_weight_only_math_code", "table4_weight_act_math_code",
+                 "table5_dream_weight_only_general")
 
 
 def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with_paper: bool | None = None):
@@ -172,6 +180,9 @@ def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with
     if with_paper if with_paper is not None else params.get("paper_numbers", params["preset"] == "paper"):
         src = PAPER_TABLE_DIR / f"{name}.csv"
         paper = pd.read_csv(src) if src.is_file() else None
+        if paper is None and name in PAPER_PRINTED:
+            log.warning("%s not found: %s is written without the paper's numbers (set "
+                        "DLLMQ_PAPER_TABLES to the folder of the paper's table CSVs)", src, name)
     write_table(table, cols, tab_dir / name, spec["title"], paper=paper)
     return table
 

@@ -39,7 +39,7 @@ import pandas as pd
 import torch
 from dllmq.data import calibration_set
 from dllmq.outliers import capture_linear_inputs, mask_tokens, plot_activation_grid, stats_table
-from dllmq.report import save_figure, set_style
+from dllmq.report import model_slug, save_figure, set_style
 from dllmq.study import load_params, output_dirs
 
 P = load_params(preset)
@@ -84,7 +84,7 @@ for name, acts in acts_for_plot.items():
     layer = next(iter(acts))[0]
     fig = plot_activation_grid(acts, [(layer, k) for k in ("q", "o", "gate", "down")],
                                f"{name}: input activations of layer {layer}")
-    save_figure(fig, fig_dir / f"fig1_outliers_{name}")
+    save_figure(fig, fig_dir / f"fig1_outliers_{model_slug(name)}")
     plt.show()
     plt.close(fig)
 

@@ -108,3 +108,10 @@ def test_save_figure_is_byte_stable(tmp_path):
     first = [(tmp_path / f"f1{e}").read_bytes() for e in (".png", ".pdf")]
     draw(tmp_path / "f1")
     assert first == [(tmp_path / f"f1{e}").read_bytes() for e in (".png", ".pdf")]
+
+
+def test_model_slug_is_a_single_file_name_part():
+    from dllmq.report import model_slug
+
+    assert [model_slug(n) for n in ("GSAI-ML/LLaDA-8B-Base", "/tmp/standin/llada-8b/", "tiny-ar")] \
+        == ["LLaDA-8B-Base", "llada-8b", "tiny-ar"]
