@@ -120,3 +120,24 @@ def test_subset_of_kinds_keeps_unselected_linears_exact():
         out = model(ids)
     assert s.weight_counts == {"q": 2}
     torch.testing.assert_close(out, ref, rtol=0, atol=2e-3 * ref.abs().max().item())
+
+
+def test_clip_search_picks_what_llm_awq_broadcast_formula_picks():
+    """search_clip's batched matmuls choose the same thresholds as llm-awq's auto_clip_layer
+    formula (broadcast (o, n, G, g) products summed over g), written out here."""
+    w, x = _salient_layer(2)
+    spec = QuantSpec(4, group_size=16)
+    xs = x.reshape(-1, 64)[0::max(1, x.reshape(-1, 64).shape[0] // 128)]
+    xg = xs.reshape(1, xs.shape[0], 4, 16)
+    wb = w.reshape(32, 1, 4, 16)
+    org_max = wb.abs().amax(-1, keepdim=True)
+    best, min_err = org_max.clone(), torch.full_like(org_max, float("inf"))
+    org_out = (xg * wb).sum(-1)
+    for i in range(10):
+        m = org_max * (1 - i / 20)
+        q = fake_quant(torch.clamp(wb, -m, m).reshape(-1, 64), spec).reshape(wb.shape)
+        err = ((xg * q).sum(-1) - org_out).pow(2).mean(1).reshape(min_err.shape)
+        better = err < min_err
+        min_err[better], best[better] = err[better], m[better]
+    ours = search_clip(w, x, spec, n_grid=20, max_shrink=0.5, n_sample_token=128)
+    torch.testing.assert_close(ours, best.reshape(32, 4), rtol=0, atol=0)

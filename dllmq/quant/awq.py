@@ -100,29 +100,36 @@ def search_clip(
 ) -> torch.Tensor:
     """Per (row, group) clipping threshold minimising the group-wise output error
     || x_g w_g - x_g Q(clamp(w_g, -m, m)) ||^2 over m = absmax * (1 - i / n_grid),
-    i < max_shrink * n_grid (llm-awq `auto_clip_layer`). w (out, in), x (T, in) -> (out, G)."""
+    i < max_shrink * n_grid (llm-awq `auto_clip_layer`). w (out, in), x (T, in) -> (out, G).
+    The group products are batched matmuls (llm-awq broadcasts (o, n, G, g) and sums, which
+    moves ~g times more memory); same sums, another summation order."""
     spec = spec.for_features(w.shape[1])
     g = spec.group_len(w.shape[1]) if spec.granularity == "group" else w.shape[1]
     out_f, in_f = w.shape
     x = x.reshape(-1, in_f)
     x = x[0::max(1, x.shape[0] // n_sample_token)]  # (n, in)
-    xg = x.reshape(1, x.shape[0], in_f // g, g).to(w.dtype)  # (1, n, G, g)
+    G = in_f // g
+    xg = x.reshape(x.shape[0], G, g).transpose(0, 1).to(w.dtype)  # (G, n, g)
+
+    def group_out(wb: torch.Tensor) -> torch.Tensor:  # wb (o, G, g) -> x_g w_g^T per group (G, n, o)
+        return torch.bmm(xg, wb.permute(1, 2, 0))
+
     best_all = []
     for r0 in range(0, out_f, rows_per_batch):
-        wb = w[r0:r0 + rows_per_batch].reshape(-1, 1, in_f // g, g)  # (o, 1, G, g)
-        org_max = wb.abs().amax(dim=-1, keepdim=True)  # (o, 1, G, 1)
+        wb = w[r0:r0 + rows_per_batch].reshape(-1, G, g)  # (o, G, g)
+        org_max = wb.abs().amax(dim=-1, keepdim=True)  # (o, G, 1)
         best_max = org_max.clone()
         min_err = torch.full_like(org_max, float("inf"), dtype=torch.float32)
-        org_out = (xg * wb).sum(-1)  # (o, n, G)
+        org_out = group_out(wb)  # (G, n, o)
         for i in range(int(max_shrink * n_grid)):
             m = org_max * (1 - i / n_grid)
             cur = torch.clamp(wb, -m, m)
             q = fake_quant(cur.reshape(-1, in_f), spec).reshape(cur.shape)
-            err = ((xg * q).sum(-1) - org_out).float().pow(2).mean(1).reshape(min_err.shape)
+            err = (group_out(q) - org_out).float().pow(2).mean(1).T[..., None]  # (o, G, 1)
             better = err < min_err
             min_err[better] = err[better]
             best_max[better] = m[better]
-        best_all.append(best_max.reshape(-1, in_f // g))
+        best_all.append(best_max.reshape(-1, G))
     return torch.cat(best_all)  # (out, G)
 
 
