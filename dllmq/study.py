@@ -93,35 +93,36 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
         name = params["models"][role]
         dream = _model_type(name) == "Dream"
         chat_cats = set(params.get("chat_template", {}).get(role, []))
-        for chat in (False, True):
-            cats = [c for c in categories if (c in chat_cats) == chat]
-            if not cats:
-                continue
-            tasks = task_specs(params, cats)
-            if dream:
-                for t in tasks:
+        # one sweep per role with the chat template as a per-task setting, so each recipe is
+        # quantized once for all of the role's tasks
+        tasks = []
+        for cat in categories:
+            for t in task_specs(params, [cat]):
+                t["settings"]["apply_chat_template"] = cat in chat_cats
+                if dream:
                     t["settings"] = {k: v for k, v in t["settings"].items() if k not in LLADA_ONLY_SETTINGS}
-            grid = parse_grid({
-                "models": [name], "recipes": list(recipes), "tasks": tasks,
-                "seeds": list(params.get("seeds", [0])),
-                "settings": {"limit": params["limit"], "apply_chat_template": chat},
-                "include_path": [str(repo_path(p)) for p in params.get("include_path", [])],
-                "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
-                "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
-                "axes": dict(axes or {}),
-            }, f"{params['preset']} preset, {role}")
-            report = run_sweep(grid, store, progress=progress)
-            for r in report.done:
-                want = metric_of[r.cell.task]
-                picked = [k for k in r.metrics if k == want or k.startswith(want + ",")]
-                if len(picked) != 1:
-                    raise KeyError(f"task {r.cell.task} has metrics {sorted(r.metrics)}; params "
-                                   f"'metrics' names {want!r}, which matches {len(picked)} of them")
-                m = r.metrics[picked[0]]
-                rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
-                             "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
-                             **{k: r.cell.settings.get(k) for k in (axes or {})},
-                             "value": m["value"], "stderr": m["stderr"] or 0.0})
+                tasks.append(t)
+        grid = parse_grid({
+            "models": [name], "recipes": list(recipes), "tasks": tasks,
+            "seeds": list(params.get("seeds", [0])),
+            "settings": {"limit": params["limit"]},
+            "include_path": [str(repo_path(p)) for p in params.get("include_path", [])],
+            "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
+            "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
+            "axes": dict(axes or {}),
+        }, f"{params['preset']} preset, {role}")
+        report = run_sweep(grid, store, progress=progress)
+        for r in report.done:
+            want = metric_of[r.cell.task]
+            picked = [k for k in r.metrics if k == want or k.startswith(want + ",")]
+            if len(picked) != 1:
+                raise KeyError(f"task {r.cell.task} has metrics {sorted(r.metrics)}; params "
+                               f"'metrics' names {want!r}, which matches {len(picked)} of them")
+            m = r.metrics[picked[0]]
+            rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
+                         "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
+                         **{k: r.cell.settings.get(k) for k in (axes or {})},
+                         "value": m["value"], "stderr": m["stderr"] or 0.0})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
