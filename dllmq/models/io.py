@@ -97,17 +97,18 @@ def load(
     A directory written by `dllmq.quant.save_quantized` (packed low-bit weights) is rebuilt by
     `dllmq.quant.load_quantized`."""
     path = resolve(name_or_path)
-    cfg = read_config(path)
+    with open(path / "config.json") as f:
+        raw = json.load(f)
+    cfg = DLLMConfig.from_hf(raw)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise LoadError(f"device {device} was asked for {name_or_path} but CUDA is not available; "
                         "pass device='cpu' (a preset's `device:` key)")
     dtype = dtype or default_dtype(device)
-    with open(path / "config.json") as f:
-        if "quantization_config" in json.load(f):
-            from dllmq.quant.export import load_quantized
+    if "quantization_config" in raw:
+        from dllmq.quant.export import load_quantized
 
-            return load_quantized(path, device=device, dtype=dtype).eval()
+        return load_quantized(path, device=device, dtype=dtype).eval()
     with torch.device("meta"):
         model = MODEL_CLASSES[cfg.model_type](cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
