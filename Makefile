@@ -38,10 +38,13 @@ lint: $(STAMP)
 
 # Each notebook is executed from its jupytext source into build/<preset>/; the results store
 # makes reruns cheap. Rules are per notebook, so `make -j` runs them in parallel safely
-# (each writes its own outputs; the store is SQLite in WAL mode).
+# (each writes its own outputs; the store is SQLite in WAL mode). A notebook reruns when its
+# source, any params file (presets extend each other) or anything under dllmq/ changed; an
+# interrupted run left only its .part file, so it reruns, and finished cells come from the store.
+SRC := $(shell find dllmq -type f -not -path '*/__pycache__/*' 2>/dev/null) $(wildcard params/*.yaml)
 reproduce: $(STAMP) $(foreach nb,$(NOTEBOOKS),$(BUILD)/$(nb).ipynb)
 
-$(BUILD)/%.ipynb: notebooks/%.py $(PARAMS) $(STAMP) FORCE
+$(BUILD)/%.ipynb: notebooks/%.py $(SRC) $(STAMP)
 	@mkdir -p $(BUILD)
 	$(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/$*.src.ipynb $<
 	$(PY) -m papermill --no-progress-bar -k dllmq -p preset $(PRESET) \
@@ -76,4 +79,3 @@ bench: $(STAMP)
 	    $(PY) bench/$$b.py --tiny --out build/bench/$$b.md || exit 1; done; \
 	fi
 
-FORCE:
