@@ -150,14 +150,14 @@ def _run_quantize(args) -> int:
     official loaders read them). Recipes that quantize activations, rotate inputs online or
     quantize attention: compressed-tensors pack-quantized + the dllmq extension
     (`dllmq.quant.load_quantized` reads it; see dllmq/quant/export.py)."""
-    from .eval import default_calib_source, quantize_model
+    from .eval import quantize_model
     from .models import load, load_tokenizer, save_pretrained
     from .quant.export import save_quantized
 
     model = load(args.model, device=args.device)
     tok = load_tokenizer(args.model)
-    summary = quantize_model(model, tok, args.recipe, args.calib or default_calib_source(args.model),
-                             args.calib_samples, args.calib_seqlen)
+    summary = quantize_model(model, tok, args.recipe, args.calib, args.calib_samples,
+                             args.calib_seqlen, model_name=args.model)
     if _weights_only(model):
         _restore_linears(model)
         save_pretrained(model, args.out)

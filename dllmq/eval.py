@@ -218,10 +218,12 @@ def default_calib_source(name_or_path: str | None) -> str | None:
 
 
 def quantize_model(model, tokenizer, recipe: str, calib: str | None = None,
-                   nsamples: int | None = None, seqlen: int | None = None, seed: int = 0):
+                   nsamples: int | None = None, seqlen: int | None = None, seed: int = 0,
+                   model_name: str | None = None):
     """Quantize in place with a named recipe (NO_QUANT: nothing); calibration defaults to the
-    recipe's own (paper: 128 x 2048 WikiText-2, AWQ 128 x 512 Pile-val). Windows longer than
-    the model's context are cut to it (tiny models), with a log line. Returns the summary."""
+    embedded corpus for a shipped model (`model_name`), else to the recipe's own (paper:
+    128 x 2048 WikiText-2, AWQ 128 x 512 Pile-val). Windows longer than the model's context are
+    cut to it (tiny models), with a log line. Returns the summary."""
     if recipe == NO_QUANT:
         return None
     from .data import calibration_set
@@ -232,7 +234,8 @@ def quantize_model(model, tokenizer, recipe: str, calib: str | None = None,
     data = None
     if any(needs_calibration(c) for c in configs):
         r = RECIPES[recipe.partition(":")[0]]
-        source = calib or r.calib_dataset.replace("-", "")  # recipes say pile-val, data.py pileval
+        source = (calib or default_calib_source(model_name)
+                  or r.calib_dataset.replace("-", ""))  # recipes say pile-val, data.py pileval
         seqlen = seqlen or r.seqlen
         if seqlen > model.config.max_position:
             log.info("calibration windows cut from %d to the model's context %d", seqlen,
@@ -300,9 +303,8 @@ class DLLMEvalLM(LM):
         if model is None:
             model = load(pretrained, device=device, dtype=parse_dtype(dtype))
             tokenizer = tokenizer or load_tokenizer(pretrained)
-            calib = calib or default_calib_source(pretrained)
             quantize_model(model, tokenizer, recipe, calib, calib_samples, calib_seqlen,
-                           seed=calib_seed)
+                           seed=calib_seed, model_name=pretrained)
         else:
             if recipe != NO_QUANT:
                 raise ValueError("recipe applies with pretrained=...; quantize a model object "

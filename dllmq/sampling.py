@@ -141,16 +141,15 @@ class GenerationResult:
 def add_gumbel_noise(logits: torch.Tensor, temperature: float, generator: torch.Generator,
                      positions: slice = slice(None), length: int | None = None) -> torch.Tensor:
     """exp(logits) / (-log u)^T in float64 (LLaDA generate.py; float64 after arXiv:2409.02908),
-    whose argmax samples softmax(logits / T); identity at T = 0 (no draw). The uniform noise is
-    drawn for all of (B, L, V), as upstream draws it, but only `positions` (along L) are used.
-    logits: (B, L, V), or only the window's (B, hi - lo, V) when `length` gives the full L."""
-    window = logits if length is not None else logits[:, positions]
+    whose argmax samples softmax(logits / T); identity at T = 0 (no draw). logits are those of
+    `positions` (along L) of a canvas of `length` (default: all of logits); the uniform noise is
+    drawn for the whole (B, length, V), as upstream draws it, and only `positions` are used."""
     if temperature == 0:
-        return window
-    B, _, V = logits.shape
-    L = length if length is not None else logits.shape[1]
-    noise = torch.rand((B, L, V), dtype=torch.float64, device=logits.device, generator=generator)
-    return window.to(torch.float64).exp() / (-torch.log(noise[:, positions])) ** temperature
+        return logits
+    B, n, V = logits.shape
+    noise = torch.rand((B, length or n, V), dtype=torch.float64, device=logits.device,
+                       generator=generator)
+    return logits.to(torch.float64).exp() / (-torch.log(noise[:, positions])) ** temperature
 
 
 def num_transfer_tokens(n_masked: int, steps: int) -> list[int]:

@@ -447,9 +447,8 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                      dtype=None if grid.dtype is None else _dtype(grid.dtype))
         tok = load_tokenizer(model_name)
         c = grid.calib
-        source = c.get("source") or dllmq_eval.default_calib_source(model_name)
-        dllmq_eval.quantize_model(model, tok, recipe, source, c.get("samples"),
-                                  c.get("seqlen"), seed=c.get("seed", 0))
+        dllmq_eval.quantize_model(model, tok, recipe, c.get("source"), c.get("samples"),
+                                  c.get("seqlen"), seed=c.get("seed", 0), model_name=model_name)
         lm = dllmq_eval.DLLMEvalLM(model=model, tokenizer=tok)
         for cell in group:
             bar.set_postfix_str(f"{model_name} {recipe} {cell.task} seed {cell.seed}")
