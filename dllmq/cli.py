@@ -150,7 +150,7 @@ def _run_quantize(args) -> int:
     official loaders read them). Recipes that quantize activations, rotate inputs online or
     quantize attention: compressed-tensors pack-quantized + the dllmq extension
     (`dllmq.quant.load_quantized` reads it; see dllmq/quant/export.py)."""
-    from .eval import quantize_model
+    from .harness import quantize_model
     from .models import load, load_tokenizer, save_pretrained
     from .quant.export import save_quantized
 
@@ -231,10 +231,10 @@ def _run_bench(args, rest: list[str]) -> int:
 
 
 def run_lm_eval(argv: list[str]) -> int:
-    """lm-eval's CLI after registering `dllmq` (importing dllmq.eval does that)."""
+    """lm-eval's CLI after registering `dllmq` (importing dllmq.harness does that)."""
     from lm_eval.__main__ import cli_evaluate
 
-    from . import eval as _registers_dllmq  # noqa: F401
+    from . import harness as _registers_dllmq  # noqa: F401
 
     old = sys.argv
     sys.argv = ["lm_eval", *argv]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-FP_RECIPE = "fp16"  # the store's name for "not quantized" (dllmq.eval.NO_QUANT)
+FP_RECIPE = "fp16"  # the store's name for "not quantized" (dllmq.harness.NO_QUANT)
 LEVELS = ((1.0, "negligible"), (4.0, "moderate"), (math.inf, "significant"))
 NOISE_Z = 2.0  # a difference counts only beyond 2 standard errors
 

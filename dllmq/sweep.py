@@ -46,7 +46,7 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .eval import NO_QUANT, SETTING_NAMES, EvalSettings, check_sampler, sampler_config
+from .harness import NO_QUANT, SETTING_NAMES, EvalSettings, check_sampler, sampler_config
 from .store import Cell, Result, Store
 
 log = logging.getLogger(__name__)
@@ -424,7 +424,7 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
               tm=None) -> SweepReport:
     """Validate, then run every missing cell; returns what the store now holds for the grid.
     A store given as a path is opened (created) only after the grid passed validation."""
-    from . import eval as dllmq_eval
+    from . import harness
     from .models import load, load_tokenizer
 
     tm = tm or task_manager(grid)
@@ -447,9 +447,9 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                      dtype=None if grid.dtype is None else _dtype(grid.dtype))
         tok = load_tokenizer(model_name)
         c = grid.calib
-        dllmq_eval.quantize_model(model, tok, recipe, c.get("source"), c.get("samples"),
+        harness.quantize_model(model, tok, recipe, c.get("source"), c.get("samples"),
                                   c.get("seqlen"), seed=c.get("seed", 0), model_name=model_name)
-        lm = dllmq_eval.DLLMEvalLM(model=model, tokenizer=tok)
+        lm = harness.DLLMEvalLM(model=model, tokenizer=tok)
         for cell in group:
             bar.set_postfix_str(f"{model_name} {recipe} {cell.task} seed {cell.seed}")
             metrics, samples, wall = evaluate_cell(lm, cell, tm, grid.confirm_run_unsafe_code)
@@ -471,7 +471,7 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
 
 
 def _dtype(name: str):
-    from .eval import parse_dtype
+    from .harness import parse_dtype
 
     return parse_dtype(name)
 

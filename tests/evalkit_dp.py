@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import lm_eval
-from dllmq.eval import DLLMEvalLM
+from dllmq.harness import DLLMEvalLM
 from lm_eval.tasks import TaskManager
 
 model_dir, task_dir, out = sys.argv[1:4]

@@ -4,7 +4,7 @@ compute what the in-memory quantized model computes), bench listing, argument er
 import pytest
 import torch
 from dllmq.cli import main
-from dllmq.eval import quantize_model
+from dllmq.harness import quantize_model
 from dllmq.models import load, load_tokenizer
 
 from evalkit import make_model_dir
@@ -45,7 +45,7 @@ def test_missing_calibration_file_is_one_line_and_writes_nothing(tmp_path, monke
 
 
 def test_shipped_models_calibrate_on_the_embedded_corpus_by_default(tmp_path):
-    from dllmq.eval import default_calib_source
+    from dllmq.harness import default_calib_source
     from dllmq.models.io import shipped_models
 
     assert [default_calib_source(m) for m in shipped_models()] == ["embedded"] * len(shipped_models())

@@ -86,7 +86,7 @@ def test_unknown_extension_kind_is_refused_in_one_line(tmp_path):
 
 def test_cli_quantize_saves_weight_act_recipes_packed(tmp_path):
     from dllmq.cli import main
-    from dllmq.eval import quantize_model
+    from dllmq.harness import quantize_model
     from dllmq.models import load, load_tokenizer
 
     from evalkit import make_model_dir

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dllmq import eval as dllmq_eval
+from dllmq import harness
 from dllmq.store import Store
 from dllmq.sweep import GridError, load_grid, run_sweep, validate
 from lm_eval.tasks import TaskManager
@@ -96,8 +96,8 @@ def test_cells_are_the_product_of_the_axes(env, tmp_path):
 
 def test_sweep_runs_missing_cells_once_and_quantizes_once_per_recipe(env, tmp_path, monkeypatch):
     calls = []
-    real = dllmq_eval.quantize_model
-    monkeypatch.setattr(dllmq_eval, "quantize_model",
+    real = harness.quantize_model
+    monkeypatch.setattr(harness, "quantize_model",
                         lambda model, tok, recipe, *a, **k: calls.append(recipe) or
                         real(model, tok, recipe, *a, **k))
     grid = load_grid(_grid(env, tmp_path, recipes=["fp16", "w4a16g128-rtn"], seeds=[0, 1]))

@@ -41,7 +41,7 @@ import dataclasses
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -217,31 +217,53 @@ def default_calib_source(name_or_path: str | None) -> str | None:
     return "embedded" if name_or_path is not None and str(name_or_path) in shipped_models() else None
 
 
-def quantize_model(model, tokenizer, recipe: str, calib: str | None = None,
-                   nsamples: int | None = None, seqlen: int | None = None, seed: int = 0,
-                   model_name: str | None = None):
-    """Quantize in place with a named recipe (NO_QUANT: nothing); calibration defaults to the
-    embedded corpus for a shipped model (`model_name`), else to the recipe's own (paper:
-    128 x 2048 WikiText-2, AWQ 128 x 512 Pile-val). Windows longer than the model's context are
-    cut to it (tiny models), with a log line. Returns the summary."""
+def resolve_calibration(recipe: str, model_name: str | None = None,
+                        override: Mapping[str, Any] | None = None,
+                        max_position: int | None = None) -> dict[str, Any] | None:
+    """The calibration a named recipe gets, resolved once: `{"source", "nsamples", "seqlen",
+    "seed"}`, or None when the recipe needs none (NO_QUANT, RTN). This dict is what quantizes
+    the model, so it is also what a stored cell is keyed by.
+
+    The policy: the recipe's own (paper: 128 x 2048 WikiText-2, AWQ 128 x 512 Pile-val), the
+    embedded corpus for a shipped model (`model_name`), then `override` (keys source, samples,
+    seqlen, seed). Windows longer than the model's context (`max_position`) are cut to it."""
     if recipe == NO_QUANT:
         return None
-    from .data import calibration_set
-    from .quant.api import needs_calibration, quantize_, resolve_recipe
+    from .quant.api import needs_calibration, resolve_recipe
     from .quant.recipes import RECIPES
 
     _, configs = resolve_recipe(recipe)
+    if not any(needs_calibration(c) for c in configs):
+        return None
+    r = RECIPES[recipe.partition(":")[0]]
+    o = dict(override or {})
+    source = (o.get("source") or default_calib_source(model_name)
+              or r.calib_dataset.replace("-", ""))  # recipes say pile-val, data.py pileval
+    seqlen = int(o.get("seqlen") or r.seqlen)
+    if max_position is not None and seqlen > max_position:
+        log.info("calibration windows cut from %d to the model's context %d", seqlen, max_position)
+        seqlen = max_position
+    return {"source": source, "nsamples": int(o.get("samples") or r.nsamples), "seqlen": seqlen,
+            "seed": int(o.get("seed", 0))}
+
+
+def quantize_model(model, tokenizer, recipe: str, calib: str | None = None,
+                   nsamples: int | None = None, seqlen: int | None = None, seed: int = 0,
+                   model_name: str | None = None):
+    """Quantize in place with a named recipe (NO_QUANT: nothing), calibrated as
+    `resolve_calibration` says. Returns the summary."""
+    if recipe == NO_QUANT:
+        return None
+    from .data import calibration_set
+    from .quant.api import quantize_
+
+    spec = resolve_calibration(recipe, model_name,
+                               {"source": calib, "samples": nsamples, "seqlen": seqlen,
+                                "seed": seed}, model.config.max_position)
     data = None
-    if any(needs_calibration(c) for c in configs):
-        r = RECIPES[recipe.partition(":")[0]]
-        source = (calib or default_calib_source(model_name)
-                  or r.calib_dataset.replace("-", ""))  # recipes say pile-val, data.py pileval
-        seqlen = seqlen or r.seqlen
-        if seqlen > model.config.max_position:
-            log.info("calibration windows cut from %d to the model's context %d", seqlen,
-                     model.config.max_position)
-            seqlen = model.config.max_position
-        data = calibration_set(tokenizer, source, nsamples or r.nsamples, seqlen, seed=seed)
+    if spec is not None:
+        data = calibration_set(tokenizer, spec["source"], spec["nsamples"], spec["seqlen"],
+                               seed=spec["seed"])
     return quantize_(model, recipe, data)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from dllmq.eval import DLLMEvalLM, EvalSettings, cut_at_stops, request_settings
+from dllmq.harness import DLLMEvalLM, EvalSettings, cut_at_stops, request_settings
 from lm_eval.api.instance import Instance
 
 from evalkit import make_model_dir, write_tasks
@@ -277,7 +277,7 @@ def test_dream_scores_every_continuation_token_as_upstream_with_eos_appended(lm)
     """QDLM's Dream wrapper appends EOS to the continuation and never masks the last position:
     a one-token continuation must still be scored (the estimate is < 0, and it equals the
     packed estimator run on continuation + EOS)."""
-    from dllmq.eval import request_seed
+    from dllmq.harness import request_seed
     from dllmq.likelihood import draw_masks, evaluate_masks
 
     from evalkit import make_model
