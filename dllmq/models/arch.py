@@ -31,6 +31,9 @@ class ArchSpec:
     k_hook: str  # ActHook on keys after RoPE, (B, Hkv, L, D)
     v_hook: str  # ActHook on values, (B, Hkv, L, D)
     q_hook: str  # ActHook on queries after RoPE, (B, H, L, D)
+    # what the rest of dllmq needs to know instead of branching on model_type
+    family: str = "llada"  # sampler and likelihood family: "llada" | "dream"
+    logit_shift: int = 0  # Dream predicts token i from position i-1 (shift 1); LLaDA at i (0)
 
     def linear_name(self, kind: str) -> str:
         if kind not in LINEAR_KINDS:
@@ -74,4 +77,14 @@ DREAM_SPEC = ArchSpec(
     v="self_attn.v_proj", o="self_attn.o_proj", mlp_norm="post_attention_layernorm",
     gate="mlp.gate_proj", up="mlp.up_proj", down="mlp.down_proj",
     k_hook="self_attn.k_hook", v_hook="self_attn.v_hook", q_hook="self_attn.q_hook",
+    family="dream", logit_shift=1,
 )
+
+SPECS: dict[str, ArchSpec] = {"llada": LLADA_SPEC, "Dream": DREAM_SPEC}  # by config.model_type
+
+
+def arch_spec(model_type: str) -> ArchSpec:
+    """The ArchSpec of a config's `model_type` (what a caller holding only a config.json needs)."""
+    if model_type not in SPECS:
+        raise KeyError(f"unknown model_type {model_type!r}; dllmq supports {', '.join(SPECS)}")
+    return SPECS[model_type]
