@@ -5,13 +5,16 @@ Follows the shape of openai/human-eval's `execution.py` (program = prompt + comp
 (`python -B -S -s -P`: no bytecode written, no site-packages, so programs see the standard
 library only) isolated by the operating system, not by Python hooks:
 
-- **Namespaces** (util-linux `unshare`): a new user namespace (root inside it only), network
-  (no interface but a loopback that is down: no connection, not even to the host's loopback),
-  PID (the program cannot see or signal any process of the host; `/proc` is the new namespace's
-  own), mount, IPC, UTS and cgroup namespaces. `sandbox_child.py` builds the file system view:
-  the system directories and the Python installation read-only, a minimal /dev, a private tmpfs
-  /tmp as the working directory and HOME, nothing else of the host (no home directory, no
-  repository, no secrets on disk); the process then drops every capability.
+- **Namespaces**: new mount, PID (the program cannot see or signal any process of the host;
+  `/proc` is the new namespace's own), network (only a loopback that is down: no connection,
+  not even to the host's loopback), IPC, UTS and cgroup namespaces; started as another user,
+  inside a new user namespace too. `sandbox_child.py` creates them (`unshare(2)`, as
+  util-linux's `unshare --fork --kill-child` does, and as process 1) and builds the file
+  system view: the system directories and the Python installation read-only, a minimal /dev, a
+  private tmpfs /tmp as working directory and HOME, nothing else of the host (no home
+  directory, no repository, no secrets on disk). Then no capability is left: started as root,
+  the program runs as a uid of its own that no host user has (so RLIMIT_NPROC binds; it never
+  binds uid 0); otherwise as root of its user namespace, with every capability dropped.
 - **seccomp** (libseccomp through `pyseccomp`, which this module uses to compile the filter in
   the evaluator): the syscalls a contained program has no use for and that widen the kernel's
   attack surface fail with EPERM: ptrace, process_vm_*, mount and the new mount API, pivot_root,
@@ -39,11 +42,10 @@ output cap only) after a loud warning. The opt-out has no effect where the sandb
 from __future__ import annotations
 
 import functools
-import json
 import logging
+import marshal
 import os
 import selectors
-import shutil
 import signal
 import subprocess
 import sys
@@ -64,8 +66,6 @@ UNSAFE_ENV = "DLLMQ_UNSAFE_EXEC"
 CHILD = Path(__file__).with_name("sandbox_child.py")
 # top-level system directories the sandbox shows read-only (those that exist; symlinks kept)
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-UNSHARE_FLAGS = ("--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child=SIGKILL",
-                 "--mount", "--ipc", "--uts", "--cgroup")
 SECCOMP_DENY = (
     "ptrace", "process_vm_readv", "process_vm_writev", "mount", "umount2", "pivot_root",
     "chroot", "unshare", "setns", "mount_setattr", "move_mount", "open_tree", "fsopen",
@@ -93,9 +93,9 @@ class ExecResult:
 
 @dataclass(frozen=True)
 class Isolation:
-    """What `isolation()` found: the command prefix that isolates a program, or why none does."""
+    """What `isolation()` found: whether programs can be isolated here, and how or why not."""
 
-    prefix: tuple[str, ...] | None
+    available: bool
     reason: str
 
 
@@ -173,7 +173,8 @@ def _spawn(argv: Sequence[str], header: dict, program: str, cwd: str, env: Mappi
     """Start `argv`, feed it header + program on stdin, read the tail of its stderr until it
     exits or `timeout_s` passes (then kill its process group). Returns (returncode or None if
     timed out, stderr tail)."""
-    payload = json.dumps(header).encode() + b"\n" + program.encode("utf-8", "surrogatepass")
+    blob = marshal.dumps(header)
+    payload = b"%08x" % len(blob) + blob + program.encode("utf-8", "surrogatepass")
     deadline = time.monotonic() + timeout_s
     proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -213,18 +214,14 @@ def _spawn(argv: Sequence[str], header: dict, program: str, cwd: str, env: Mappi
 def isolation() -> Isolation:
     """Probe once per process whether programs can be isolated here, and how."""
     if not sys.platform.startswith("linux"):
-        return Isolation(None, f"Linux namespaces are not available on {sys.platform}")
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return Isolation(None, "util-linux `unshare` is not installed")
-    prefix = (unshare, *UNSHARE_FLAGS)
+        return Isolation(False, f"Linux namespaces are not available on {sys.platform}")
     probe = "import os\nassert os.getpid() == 2 and os.listdir('/proc/self/fd')\n"
-    rc, err = _spawn((*prefix, *_child_argv()), _header(True, 10.0, DEFAULT_MEMORY_MB), probe,
-                     "/", _env("/tmp"), 10.0)
+    rc, err = _spawn(_child_argv(), _header(True, 10.0, DEFAULT_MEMORY_MB), probe, "/",
+                     _env("/tmp"), 10.0)
     if rc != 0:
         why = _failure_reason(rc or 0, err) if rc is not None else "probe timed out"
-        return Isolation(None, f"`unshare` could not isolate a program ({why})")
-    return Isolation(prefix, "unshare: user, mount, PID, network, IPC, UTS, cgroup namespaces")
+        return Isolation(False, f"a probe program could not be isolated: {why}")
+    return Isolation(True, "user, mount, PID, network, IPC, UTS and cgroup namespaces")
 
 
 def _child_argv() -> list[str]:
@@ -234,7 +231,7 @@ def _child_argv() -> list[str]:
 def _header(isolate: bool, timeout_s: float, memory_mb: int) -> dict:
     bpf = seccomp_filter() if isolate else None
     return {"isolate": isolate, "binds": _binds() if isolate else [],
-            "limits": _limits(timeout_s, memory_mb), "bpf": bpf.hex() if bpf else None}
+            "limits": _limits(timeout_s, memory_mb), "bpf": bpf}
 
 
 @functools.cache
@@ -248,10 +245,10 @@ def check_sandbox() -> Isolation:
     """The isolation programs will get; raises `SandboxUnavailable` (one line) where there is
     none and the opt-out is not set. Call it before long work that ends in running code."""
     iso = isolation()
-    if iso.prefix is None and os.environ.get(UNSAFE_ENV) != "1":
+    if not iso.available and os.environ.get(UNSAFE_ENV) != "1":
         raise SandboxUnavailable(
             f"refusing to run model-written code: no OS-level isolation ({iso.reason}); enable "
-            f"unprivileged user namespaces or install util-linux, or set {UNSAFE_ENV}=1 to run "
+            f"unprivileged user namespaces, or set {UNSAFE_ENV}=1 to run "
             "it unsandboxed at your own risk")
     return iso
 
@@ -260,9 +257,9 @@ def run_program(program: str, timeout_s: float = DEFAULT_TIMEOUT_S,
                 memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
     """Run one program in the sandbox (module docstring); `passed` iff it exits 0 in time."""
     iso = check_sandbox()
-    if iso.prefix is not None:
-        rc, err = _spawn((*iso.prefix, *_child_argv()), _header(True, timeout_s, memory_mb),
-                         program, "/", _env("/tmp"), timeout_s)
+    if iso.available:
+        rc, err = _spawn(_child_argv(), _header(True, timeout_s, memory_mb), program, "/",
+                         _env("/tmp"), timeout_s)
     else:
         _warn_unsafe(iso.reason)
         with tempfile.TemporaryDirectory(prefix="dllmq-exec-") as work:
