@@ -68,6 +68,14 @@ def test_cannot_write_outside_work_dir(tmp_path):
     assert not target.exists() and victim.read_text() == "keep"
 
 
+def test_process_limit_binds_children_started_with_fork_exec():
+    program = FORK_EXEC + "for _ in range(100):\n    spawn(['/bin/sleep', '5'])\n"
+    start = time.monotonic()
+    res = run_program(program)
+    assert not res.passed and "Resource temporarily unavailable" in res.reason, res.reason
+    assert time.monotonic() - start < 4.0   # and the sleepers died with the program
+
+
 def test_memory_limit():
     res = run_program("x = bytearray(3 << 30)\n", memory_mb=512)
     assert not res.passed and "MemoryError" in res.reason
@@ -197,7 +205,8 @@ def test_sandbox_view_pid_namespace_no_capabilities_readonly_root():
                f"assert not os.path.exists({str(REPO)!r})\n"
                "status = open('/proc/self/status').read()\n"
                "assert 'CapEff:\\t0000000000000000' in status, status\n"
-               "for path in ('/usr/x', '/x', '/dev/x'):\n"
+               "for path in ('/usr/x', '/x', '/dev/x', '/proc/sysrq-trigger', "
+               "'/proc/sys/kernel/core_pattern'):\n"
                "    try:\n        open(path, 'w')\n    except OSError:\n        pass\n"
                "    else:\n        raise SystemExit(f'wrote {path}')\n"
                "open('/tmp/ok', 'w').write('ok')\nopen('/dev/null', 'w').write('ok')\n")
@@ -225,6 +234,40 @@ def test_per_program_overhead_is_small():
     per_run = (time.perf_counter() - start) / 5
     assert all(r.passed for r in results)
     assert per_run < 0.5, f"{per_run * 1000:.0f} ms per program"
+
+
+NONROOT_SCRIPT = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("ex", sys.argv[1])
+ex = importlib.util.module_from_spec(spec)
+sys.modules["ex"] = ex
+spec.loader.exec_module(ex)
+assert ex.isolation().available, ex.isolation()
+view = ("import os\\nassert os.getuid() == 0 and os.getpid() == 2\\n"
+        "assert open('/proc/self/uid_map').read().split() == ['0', '65534', '1']\\n"
+        "assert 'CapEff:\\\\t0000000000000000' in open('/proc/self/status').read()\\n"
+        "assert os.listdir('/tmp') == ['program.py']\\n")
+print(ex.run_program(view).reason, ex.run_program("open('/usr/x', 'w')").passed)
+"""
+
+
+def test_works_as_a_user_other_than_root():
+    """Started by an unprivileged user (nobody, through setpriv): a user namespace of its own."""
+    import shutil
+    import subprocess
+    system_python = Path("/usr/bin/python3")
+    if os.geteuid() != 0 or not shutil.which("setpriv") or not system_python.exists():
+        pytest.skip("needs root, util-linux setpriv and /usr/bin/python3 to become another user")
+    as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(system_python)]
+    sources = [execution.__file__, str(execution.CHILD)]
+    readable = subprocess.run([*as_nobody, "-c", "import sys; [open(p) for p in sys.argv[1:]]",
+                               *sources], capture_output=True, cwd="/")
+    if readable.returncode != 0:
+        pytest.skip("the checkout is not readable by nobody")
+    out = subprocess.run([*as_nobody, "-c", NONROOT_SCRIPT, execution.__file__],
+                         capture_output=True, text=True, timeout=60, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["passed", "False"], out.stdout + out.stderr
 
 
 # ------------------------------------------------------------ no isolation: refuse or opt out
