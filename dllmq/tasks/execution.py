@@ -126,7 +126,10 @@ def _python() -> str:
 def _binds() -> list[str]:
     """Directories the sandbox shows read-only: the system's and the Python installation's."""
     paths = [p for p in SYSTEM_DIRS if os.path.lexists(p)]
-    for extra in (os.path.realpath(sys.base_prefix), os.path.dirname(_python())):
+    base = os.path.realpath(sys.base_prefix)
+    # a venv whose python is a copy, not a link, needs its pyvenv.cfg: show the venv too
+    venv = [] if _python().startswith(base + "/") else [os.path.realpath(sys.prefix)]
+    for extra in (base, *venv, os.path.dirname(_python())):
         if not any(extra == p or extra.startswith(p + "/") for p in paths):
             paths.append(extra)
     return paths
@@ -215,13 +218,18 @@ def isolation() -> Isolation:
     """Probe once per process whether programs can be isolated here, and how."""
     if not sys.platform.startswith("linux"):
         return Isolation(False, f"Linux namespaces are not available on {sys.platform}")
+    hidden = [p for p in _binds() if p == "/tmp" or p.startswith("/tmp/")]
+    if hidden:
+        return Isolation(False, f"Python lives under /tmp ({hidden[0]}), which the sandbox "
+                                "replaces with its working directory; use one installed elsewhere")
     probe = "import os\nassert os.getpid() == 2 and os.listdir('/proc/self/fd')\n"
     rc, err = _spawn(_child_argv(), _header(True, 10.0, DEFAULT_MEMORY_MB), probe, "/",
                      _env("/tmp"), 10.0)
     if rc != 0:
         why = _failure_reason(rc or 0, err) if rc is not None else "probe timed out"
         return Isolation(False, f"a probe program could not be isolated: {why}")
-    return Isolation(True, "user, mount, PID, network, IPC, UTS and cgroup namespaces")
+    return Isolation(True, "mount, PID, network, IPC, UTS and cgroup namespaces"
+                           + ("" if os.geteuid() == 0 else " in a user namespace"))
 
 
 def _child_argv() -> list[str]:

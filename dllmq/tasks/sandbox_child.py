@@ -181,7 +181,8 @@ def main() -> None:
     size = int(data[:8], 16)
     cfg, program = marshal.loads(data[8:8 + size]), data[8 + size:]
     os.umask(0o022)
-    _check(_libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig")   # dies with the evaluator
+    if sys.platform.startswith("linux"):   # die with the evaluator
+        _check(_libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig")
     try:
         if cfg["isolate"]:
             launcher = os.getpid()
