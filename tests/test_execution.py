@@ -169,7 +169,8 @@ def test_escape_reading_the_evaluators_environ():
 
 def test_environment_is_scrubbed(monkeypatch):
     monkeypatch.setenv("DLLMQ_TEST_SECRET", "s3cr3t")
-    program = ("import os\nassert 'DLLMQ_TEST_SECRET' not in os.environ\n"
+    program = ("import os, sys\nassert 'DLLMQ_TEST_SECRET' not in os.environ\n"
+               "assert sys.flags.hash_randomization == 0\n"   # PYTHONHASHSEED=0: repeatable
                "assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'PYTHONHASHSEED', "
                "'LC_CTYPE'}, sorted(os.environ)\n")
     assert run_program(program).passed

@@ -24,7 +24,7 @@ library only) isolated by the operating system, not by Python hooks:
   warning; the namespaces and limits still hold.
 - **Resource limits** set in the program's process and inherited by anything it starts: address
   space (`memory_mb`), CPU time (the timeout + 1 s), file size 1 MiB, 64 processes, 256 files,
-  no core dumps; the tmpfs working directory holds 64 MiB.
+  no core dumps; the tmpfs working directory holds 64 MiB, /dev/shm 16 MiB.
 - **Timeout**: the whole process tree dies with it. The program is process 2 under an init
   (process 1) whose exit makes the kernel kill every process left in the namespace, so a
   detached child holding stderr neither outlives the program nor stretches the timeout.
@@ -33,8 +33,8 @@ library only) isolated by the operating system, not by Python hooks:
 - **Environment**: only PATH, HOME, TMPDIR, LANG and PYTHONHASHSEED=0 reach the program.
 
 Availability is probed once per process (`isolation()`: a trivial program in the sandbox). Where
-no isolation is available (not Linux, no `unshare`, user namespaces disabled) `run_program`
-refuses with `SandboxUnavailable`, a one-line message naming the opt-out: setting the
+no isolation is available (not Linux; user namespaces disabled for a non-root user; a container
+that forbids unshare or mounts) `run_program` and `run_programs` refuse with `SandboxUnavailable`, a one-line message naming the opt-out: setting the
 environment variable `DLLMQ_UNSAFE_EXEC=1` runs programs without isolation (limits, timeout and
 output cap only) after a loud warning. The opt-out has no effect where the sandbox works.
 """
