@@ -50,8 +50,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+from . import load
 from .likelihood import draw_masks, evaluate_masks, greedy_check
-from .models import load, load_tokenizer
+from .models import load_tokenizer
 from .sampling import DreamSamplerConfig, LLaDASamplerConfig, generate
 
 log = logging.getLogger(__name__)

@@ -55,6 +55,16 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
     return mod
 
 
+def has_module(root: nn.Module, path: str) -> bool:
+    """Whether `path` names a module inside root (a tied LLaDA has no LM-head module)."""
+    mod = root
+    for part in path.split("."):
+        if not hasattr(mod, part):
+            return False
+        mod = getattr(mod, part)
+    return isinstance(mod, nn.Module)
+
+
 def set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent_path, _, name = path.rpartition(".")
     parent = get_module(root, parent_path) if parent_path else root

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import DREAM_SPEC, LLADA_SPEC, ArchSpec
+from .arch import DREAM_SPEC, LLADA_SPEC, ArchSpec, get_module, has_module
 from .config import DLLMConfig
 from .layers import ActHook, RMSNorm, apply_rope, attention, key_padding_mask, rope_cos_sin
 
@@ -119,9 +119,26 @@ class DLLM(nn.Module):
 
     @property
     def blocks(self) -> nn.ModuleList:
-        from .arch import get_module
-
         return get_module(self, self.spec.blocks)
+
+    @property
+    def head_linear(self) -> nn.Module | None:
+        """The LM head module, or None when the head is the embedding matrix itself (a tied
+        LLaDA has no `ff_out` module; a tied Dream keeps `lm_head`, sharing the weight)."""
+        if self.config.tie_word_embeddings and not has_module(self, self.spec.lm_head):
+            return None
+        return get_module(self, self.spec.lm_head)
+
+    @property
+    def tied_keys(self) -> tuple[str, ...]:
+        """state_dict keys a tied checkpoint does not store (the head's copy of the embedding)."""
+        return (self.spec.lm_head + ".weight",) if self.config.tie_word_embeddings else ()
+
+    def tie_weights(self) -> None:
+        """Point a tied head at the embedding again (after a load or a module swap)."""
+        head = self.head_linear if self.config.tie_word_embeddings else None
+        if head is not None:
+            head.weight = get_module(self, self.spec.embed).weight
 
     @property
     def device(self) -> torch.device:
@@ -244,6 +261,5 @@ def build_model(cfg: DLLMConfig) -> DLLM:
                 nn.init.zeros_(mod.bias)
         elif isinstance(mod, nn.Embedding):
             nn.init.normal_(mod.weight, std=0.02)
-    if cfg.model_type == "Dream" and cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_weights()
     return model
