@@ -14,7 +14,8 @@ by 1 / p_mask, average over Monte Carlo samples. Two mask draws, as the evaluati
   wrapper appends EOS to the continuation: that token is never scored); weight 1 / p_i. The
   upstream scores with the shifted logits (position i predicts token i + 1), which is what
   `denoise_logits` returns aligned. Its CFG branch crashes upstream (`self.cfg` is never set);
-  here cfg_scale uses LLaDA's formula for both.
+  here cfg_scale uses LLaDA's formula for both: `un + (cfg_scale + 1) * (cond - un)`, so 0 is
+  no guidance and 1.0 twice the conditional direction (sampling.LLaDASamplerConfig).
 Both average mc_num // batch_size groups (Dream: at least one group).
 
 `draw_masks` draws exactly the official random numbers, in the official order, from the given

@@ -53,7 +53,13 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 # ---- configs --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LLaDASamplerConfig:
-    """LLaDA's `generate()` arguments (generate.py); defaults are the paper's 128/128/128."""
+    """LLaDA's `generate()` arguments (generate.py); defaults are the paper's 128/128/128.
+
+    cfg_scale: LLaDA's unsupervised classifier-free guidance, `un + (cfg_scale + 1) * (cond -
+    un)` with `un` the logits when every prompt token is masked (generate.py; `cfg_logits`).
+    0 means no guidance (cond alone: the paper's setting for LLaDA and Dream); 1.0 is not "no
+    guidance" but one extra step along (cond - un), twice the conditional direction. Dream's
+    official sampler has no guidance; dllmq applies this same formula to either model."""
 
     gen_length: int = 128
     steps: int = 128

@@ -53,11 +53,10 @@ from dllmq.models import DLLMConfig, build_model, get_module, set_module
 from dllmq.models.io import open_safetensors, warn_nonfinite, write_safetensors
 from dllmq.models.layers import ActHook
 
-from .duquant import DuQuantTransform
 from .hadamard import factor_order
 from .primitives import QuantResult, QuantSpec, dequantize
 from .qlinear import QLinear
-from .quarot import HeadActQuant, HeadMixHadamard, OnlineHadamard
+from .transforms import DuQuantTransform, HeadActQuant, HeadMixHadamard, OnlineHadamard
 
 log = logging.getLogger(__name__)
 
