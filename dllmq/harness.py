@@ -50,8 +50,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+from . import load
 from .likelihood import draw_masks, evaluate_masks, greedy_check
-from .models import load, load_tokenizer
+from .models import load_tokenizer
 from .sampling import DreamSamplerConfig, LLaDASamplerConfig, generate
 
 log = logging.getLogger(__name__)
@@ -230,15 +231,14 @@ def resolve_calibration(recipe: str, model_name: str | None = None,
     if recipe == NO_QUANT:
         return None
     from .quant.api import needs_calibration, resolve_recipe
-    from .quant.recipes import RECIPES
+    from .quant.recipes import get_calibration
 
     _, configs = resolve_recipe(recipe)
     if not any(needs_calibration(c) for c in configs):
         return None
-    r = RECIPES[recipe.partition(":")[0]]
+    r = get_calibration(recipe)  # the variant's own (QuaRot ":code": 4096-token windows)
     o = dict(override or {})
-    source = (o.get("source") or default_calib_source(model_name)
-              or r.calib_dataset.replace("-", ""))  # recipes say pile-val, data.py pileval
+    source = o.get("source") or default_calib_source(model_name) or r.source
     seqlen = int(o.get("seqlen") or r.seqlen)
     if max_position is not None and seqlen > max_position:
         log.info("calibration windows cut from %d to the model's context %d", seqlen, max_position)

@@ -424,8 +424,8 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
               tm=None) -> SweepReport:
     """Validate, then run every missing cell; returns what the store now holds for the grid.
     A store given as a path is opened (created) only after the grid passed validation."""
-    from . import harness
-    from .models import load, load_tokenizer
+    from . import harness, load
+    from .models import load_tokenizer
 
     tm = tm or task_manager(grid)
     validate(grid, tm)
