@@ -169,6 +169,7 @@ class Result:
     wall_s: float | None
     created_at: str
     legacy: bool = False  # written by store schema 1 (keyed without calibration or content)
+    worker: str | None = None  # the claim owner that computed it
 
 
 @dataclass(frozen=True)
@@ -519,12 +520,12 @@ def _migrate_1_to_2(con: sqlite3.Connection) -> None:
 
 
 _ROW_COLUMNS = ", ".join(("model", "recipe", "task", "settings", "seed", "version", "key",
-                          "metrics", "n_samples", "wall_s", "created_at"))
+                          "metrics", "n_samples", "wall_s", "created_at", "worker"))
 _CLAIM_COLUMNS = "cell_id, owner, host, pid, claimed, expires"
 
 
 def _result(row: tuple) -> Result:
-    model, recipe, task, settings, seed, version, key, metrics, n, wall, created = row
+    model, recipe, task, settings, seed, version, key, metrics, n, wall, created, worker = row
     return Result(Cell(model, recipe, task, json.loads(settings), seed, version,
                        json.loads(key) if key is not None else {}),
-                  json.loads(metrics), n, wall, created, legacy=key is None)
+                  json.loads(metrics), n, wall, created, legacy=key is None, worker=worker)
