@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -74,6 +75,10 @@ def test_process_limit_binds_children_started_with_fork_exec():
     res = run_program(program)
     assert not res.passed and "Resource temporarily unavailable" in res.reason, res.reason
     assert time.monotonic() - start < 4.0   # and the sleepers died with the program
+    hog = FORK_EXEC + ("pid = spawn([sys.executable, '-c', 'bytearray(3 << 30)'])\n"
+                       "assert os.waitpid(pid, 0)[1] == 0, 'the child could not allocate'\n")
+    res = run_program(hog, memory_mb=512)
+    assert not res.passed and "could not allocate" in res.reason
 
 
 def test_memory_limit():
@@ -226,6 +231,13 @@ def test_seccomp_refuses_new_namespaces_and_mounts():
                "subprocess.run([sys.executable, '-c', 'pass'], check=True)\n")
     res = run_program(program)
     assert res.passed, res.reason
+
+
+def test_without_pyseccomp_the_filter_is_skipped_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)   # import raises ImportError
+    with caplog.at_level(logging.WARNING, logger=execution.__name__):
+        assert execution.seccomp_filter.__wrapped__() is None
+    assert any("seccomp filter not applied" in r.getMessage() for r in caplog.records)
 
 
 def test_per_program_overhead_is_small():
