@@ -4,6 +4,8 @@ head `ff_out`; only the spec tells them apart)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -141,3 +143,18 @@ def arch_spec(model_type: str) -> ArchSpec:
     if model_type not in SPECS:
         raise KeyError(f"unknown model_type {model_type!r}; dllmq supports {', '.join(SPECS)}")
     return SPECS[model_type]
+
+
+@contextlib.contextmanager
+def input_hooks(modules: Mapping[Hashable, nn.Module],
+                fn: Callable[[Hashable, nn.Module, tuple], None]) -> Iterator[None]:
+    """Inside the with-block, fn(key, module, args) sees the positional inputs of each module
+    on every forward (a forward pre-hook; fn may raise to stop the forward there). The one
+    place dllmq hooks linear inputs: the quantizers' calibration walk and outliers.py."""
+    handles = [mod.register_forward_pre_hook(lambda m, args, key=key: fn(key, m, args))
+               for key, mod in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
