@@ -3,8 +3,11 @@
 A recipe is a recipe name (`dllmq.quant.recipes.RECIPES`) or an ordered tuple of method configs,
 frozen dataclasses that validate themselves. Each config type is registered with its apply
 function, all sharing one signature `apply(model, cfg, calib) -> None | step`, in the explicit table
-`METHODS` (pytorch/ao's `quantize_(model, config)` and its handler table). Transforms that must
-see float weights (smoothing, rotation) come first in a recipe, the weight quantizer last.
+`METHODS` (pytorch/ao's `quantize_(model, config)` and its handler table; registry.py).
+Transforms that must see float weights (smoothing, rotation) come first in a recipe, the weight
+quantizer last. Before the first apply, `quantize_` checks the whole recipe against the model
+(`registry.check_order` and every method's registered check: group sizes, block sizes, Hadamard
+orders, tied heads, already-quantized linears), so a bad setting leaves the model untouched.
 
 An apply function may return a *deferred step* (a callable without arguments) instead of None:
 `quantize_` runs the deferred steps, in recipe order, once every config has been applied. QuaRot
