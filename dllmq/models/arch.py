@@ -85,11 +85,6 @@ class ArchSpec:
         """Block-relative path of the module that writes the group's input."""
         return getattr(self, group.source) if group.source_is_norm else self.linear_name(group.source)
 
-    @property
-    def norm_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """(norm, linear kinds it feeds): where smoothing scales and rotations are folded."""
-        return tuple((g.source, g.linears) for g in self.input_groups if g.source_is_norm)
-
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
     mod = root
