@@ -21,7 +21,9 @@ class InputGroup:
     linear kind ("v": o reads attention's mix of v, head by head, each v head serving
     num_heads / num_kv_heads query heads; "up": down reads silu(gate) * up, linear in up).
     Scaling the input by 1/s is folded into the source (its weight, or its rows and bias);
-    quantizers sample the input of `linears[0]`, which every member shares."""
+    quantizers sample the input of `linears[0]`, which every member shares. The linears of a
+    norm-fed group read the residual stream; those of a linear-fed group (o, down) write it
+    (what QuaRot's rotation needs to know)."""
 
     name: str
     source: str
