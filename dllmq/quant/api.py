@@ -139,18 +139,18 @@ def quantize_(model: nn.Module, recipe: str | tuple | list, calib: Calibration |
     seconds: dict[str, float] = {}
     deferred: list[tuple[str, DeferredStep]] = []
     for cfg in configs:
-        name_ = label(cfg)
-        log.info("quantize_: %s %s", name_, cfg)
+        method = label(cfg)
+        log.info("quantize_: %s %s", method, cfg)
         t0 = time.perf_counter()
         step = METHODS[type(cfg)](model, cfg, calib)
         if step is not None:
-            deferred.append((name_, step))
-        seconds[name_] = seconds.get(name_, 0.0) + time.perf_counter() - t0
-    for name_, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
-        log.info("quantize_: %s deferred step", name_)
+            deferred.append((method, step))
+        seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
+    for method, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
+        log.info("quantize_: %s deferred step", method)
         t0 = time.perf_counter()
         step()
-        seconds[name_] += time.perf_counter() - t0
+        seconds[method] += time.perf_counter() - t0
     summary = summarize(model, name, seconds)
     log.info("%s", summary)
     return summary
