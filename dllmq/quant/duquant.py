@@ -226,7 +226,9 @@ def check_duquant(model: nn.Module, cfg: DuQuantConfig) -> None:
     require_float(model, "DuQuant")
     spec = model.spec
     for g in spec.input_groups:
-        _block_size(cfg, get_module(model.blocks[0], spec.linear_name(g.linears[0])).in_features)
+        features = get_module(model.blocks[0], spec.linear_name(g.linears[0])).in_features
+        if cfg.block_size <= features:  # larger: one block (logged by the apply)
+            _block_size(cfg, features)
 
 
 @register(DuQuantConfig, check=check_duquant)
