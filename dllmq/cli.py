@@ -131,8 +131,8 @@ def _add_eval(sub) -> None:
                         "dllmq_defaults.yaml says per task, else no)")
     p.add_argument("--include-path", action="append", default=[], help="extra lm-eval task folder")
     p.add_argument("--no-default-tasks", action="store_true",
-                   help="index only dllmq's tasks, --include-path and the lm-eval folders the "
-                        "paper tasks need (0.1 s instead of ~20 s)")
+                   help="never index all of lm-eval's tasks (~20 s); by default they are indexed "
+                        "only when a task is not dllmq's, a paper task's or under --include-path")
     p.add_argument("--data-dir", help="local benchmark files (else $DLLMQ_DATA_DIR, else the Hub)")
     p.add_argument("--confirm-run-unsafe-code", action="store_true",
                    help="allow code tasks to execute generated programs")
@@ -214,10 +214,13 @@ def _run_eval(args) -> int:
     tasks = _eval_tasks(args, settings)
     try:
         grid = grid_for_eval([args.model], [args.recipe], tasks, args.seed or [0], {},
-                             args.include_path, not args.no_default_tasks, args.device,
-                             args.data_dir, args.confirm_run_unsafe_code)
+                             args.include_path, False, args.device, args.data_dir,
+                             args.confirm_run_unsafe_code)
         grid = with_overrides(grid, calib=calib or None)
-        tm = task_manager(grid)
+        tm = task_manager(grid)  # dllmq's and the paper's folders: 0.1 s
+        if not args.no_default_tasks and any(t.name not in tm.all_tasks for t in grid.tasks):
+            grid = with_overrides(grid, include_defaults=True)
+            tm = task_manager(grid)  # all of lm-eval's tasks
         _check_tasks(grid, tm, args.confirm_run_unsafe_code, args.num_fewshot)
         report = run_sweep(grid, args.store, tm=tm)
     except GridError as e:

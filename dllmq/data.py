@@ -73,8 +73,9 @@ def _embedded_text(seed: int, max_chars: int = 400_000) -> str:
     import random
 
     from .tasks.corpus import build_corpus
+    from .tasks.suite import shared_suite
 
-    docs = list(build_corpus().pretrain)
+    docs = list(build_corpus(suite=shared_suite()).pretrain)
     random.Random(seed).shuffle(docs)
     out, n = [], 0
     for d in docs:
