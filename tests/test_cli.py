@@ -163,3 +163,19 @@ def test_pyproject_declares_the_lm_eval_entry_point():
 
     meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["lm_eval.models"] == {"dllmq": "dllmq.harness:DLLMEvalLM"}
+
+
+def test_the_data_directory_comes_from_the_setting_only(tmp_path, monkeypatch):
+    """No library default outside the package: a `../shared/data/benchmarks` next to the
+    checkout used to be picked up silently."""
+    import dllmq.data as data
+
+    (tmp_path / "shared" / "data" / "benchmarks").mkdir(parents=True)
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo", raising=False)
+    monkeypatch.delenv("DLLMQ_DATA_DIR", raising=False)
+    assert data.data_dir() is None
+    monkeypatch.setenv("DLLMQ_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(data.DataError, match="DLLMQ_DATA_DIR=.*nope is not a directory"):
+        data.data_dir()
+    monkeypatch.setenv("DLLMQ_DATA_DIR", str(tmp_path))
+    assert data.data_dir() == tmp_path
