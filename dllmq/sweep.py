@@ -386,18 +386,19 @@ class SweepReport:
     seconds: float = 0.0
 
     def table(self, max_rows: int = 40) -> str:
-        """Model/recipe rows x task columns, the first metric of each task, mean over seeds
-        and settings; one screen."""
+        """Model/recipe rows x task columns, the first metric of each task as mean ± error
+        over seeds and settings (the error: the root mean square of the cells' stderrs, the
+        typical one cell's; none when lm-eval gave none); one screen."""
         cols: dict[str, str] = {}
-        vals: dict[tuple[str, str], dict[str, list[float]]] = {}
+        vals: dict[tuple[str, str], dict[str, list[tuple[float, float | None]]]] = {}
         for r in self.done:
             metric = next(iter(r.metrics))
             cols.setdefault(r.cell.task, metric.removesuffix(",none"))
             vals.setdefault((r.cell.model, r.cell.recipe), {}).setdefault(r.cell.task, []).append(
-                r.metrics[metric]["value"])
+                (r.metrics[metric]["value"], r.metrics[metric].get("stderr")))
         tasks = list(cols)
         head = ["model", "recipe", *[f"{t} ({cols[t]})" for t in tasks]]
-        rows = [[m, rc, *[(f"{sum(v) / len(v):.4g}" if (v := d.get(t)) else "-") for t in tasks]]
+        rows = [[m, rc, *[_mean_pm(d[t]) if t in d else "-" for t in tasks]]
                 for (m, rc), d in list(vals.items())[:max_rows]]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True))
@@ -406,6 +407,15 @@ class SweepReport:
         lines.append(f"{len(self.done)} cells: {self.ran} run now, {self.skipped} already stored; "
                      f"{self.seconds:.0f} s")
         return "\n".join(lines)
+
+
+def _mean_pm(pairs: list[tuple[float, float | None]]) -> str:
+    """'0.7 ± 0.153' (mean value ± root mean square stderr), or the mean alone without stderrs."""
+    mean = sum(v for v, _ in pairs) / len(pairs)
+    errs = [e for _, e in pairs if e is not None]
+    if len(errs) < len(pairs):
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {(sum(e * e for e in errs) / len(errs)) ** 0.5:.2g}"
 
 
 def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False

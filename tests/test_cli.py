@@ -179,3 +179,24 @@ def test_the_data_directory_comes_from_the_setting_only(tmp_path, monkeypatch):
         data.data_dir()
     monkeypatch.setenv("DLLMQ_DATA_DIR", str(tmp_path))
     assert data.data_dir() == tmp_path
+
+
+def test_the_summary_table_shows_an_error_on_every_value():
+    from dllmq.store import Cell, Result
+    from dllmq.sweep import SweepReport
+
+    def res(seed, value, stderr):
+        return Result(Cell("m", "fp16", "t", {}, seed), {"acc,none": {"value": value,
+                                                                       "stderr": stderr}}, 10, 1.0, "")
+
+    table = SweepReport(done=[res(0, 0.5, 0.3), res(1, 0.7, 0.4)]).table()
+    assert "0.6 ± 0.35" in table.splitlines()[2]  # mean ± rms stderr (0.09 + 0.16) / 2
+    assert "0.5" in SweepReport(done=[res(0, 0.5, None)]).table().splitlines()[2]
+
+
+def test_no_absolute_machine_paths_in_package_or_bench_sources():
+    root = Path(__file__).resolve().parent.parent
+    bad = [f"{p.relative_to(root)}:{i}" for d in ("dllmq", "bench") for p in (root / d).rglob("*.py")
+           for i, line in enumerate(p.read_text().splitlines(), 1)
+           if any(s in line for s in ("/work/", "/home/", "/Users/"))]
+    assert bad == []

@@ -1,7 +1,7 @@
 """dllmq's lm-eval task files: the paper's ten tasks and the embedded suite.
 
     from dllmq.tasks.lm_eval import task_manager, paper_task_settings
-    tm = task_manager(data_dir="../shared/data/benchmarks")       # or $DLLMQ_DATA_DIR, or the Hub
+    tm = task_manager(data_dir="/data/benchmarks")                # or $DLLMQ_DATA_DIR, or the Hub
     lm_eval.simple_evaluate(model=lm, tasks=["paper_arc_easy"], task_manager=tm)
     paper_task_settings("arc_easy").mc_num                         # 128 (Appendix A)
 
