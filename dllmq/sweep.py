@@ -54,6 +54,7 @@ from .harness import (
     check_calibration_override,
     check_sampler,
     sampler_config,
+    task_defaults,
 )
 from .store import Cell, Result, Store
 
@@ -247,16 +248,6 @@ def _data_files(cfg: Mapping[str, Any]) -> list[Path]:
     return [Path(p).expanduser() for p in out if isinstance(p, str) and "://" not in p]
 
 
-def _paper_settings(task: str, model_type: str = "llada") -> dict[str, Any]:
-    """The paper's per-task model settings DLLMEvalLM applies to this task ({} if none)."""
-    from .tasks.lm_eval import UnknownTaskError, paper_task_settings
-
-    try:
-        return paper_task_settings(task).model_settings(model_type)
-    except UnknownTaskError:
-        return {}
-
-
 def _gen_length(cfg: Mapping[str, Any], settings: Mapping[str, Any]) -> int | None:
     """Tokens a generation task generates (None for likelihood tasks); settings include the
     paper's per-task ones under the cell's."""
@@ -315,7 +306,7 @@ def validate(grid: Grid, tm=None) -> None:
             raise GridError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
     for cell in grid.cells():
         model_type = configs[cell.model].model_type if cell.model in configs else "llada"
-        s = {**_paper_settings(cell.task, model_type), **cell.settings}  # as DLLMEvalLM merges them
+        s = {**task_defaults(model_type, cell.task), **cell.settings}  # as DLLMEvalLM merges them
         model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
         try:
             es = EvalSettings(**model_s)
