@@ -246,10 +246,21 @@ def _add_sweep(sub) -> None:
     p.add_argument("grid", help="grid YAML (see dllmq/sweep.py)")
     p.add_argument("--store", help="results store; overrides the grid's `store`")
     p.add_argument("--check", action="store_true", help="validate the grid and exit")
+    p.add_argument("--executor", choices=("inline", "local", "submitit-local", "slurm"),
+                   default="inline", help="inline: this process; local: --workers processes "
+                   "(one GPU each); submitit-local / slurm: submitit jobs (dllmq/executors.py)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes or Slurm array tasks")
+    p.add_argument("--lease", type=float, help="seconds a claimed cell stays reserved without a "
+                   "heartbeat (default 120)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--time", type=int, help="Slurm time limit per worker, minutes")
+    p.add_argument("--gpus-per-worker", type=int, help="Slurm GPUs per worker")
+    p.add_argument("--cpus-per-worker", type=int, help="Slurm CPUs per worker")
 
 
 def _run_sweep(args) -> int:
-    from .sweep import GridError, load_grid, run_sweep, validate
+    from .store import StoreError
+    from .sweep import GridError, load_grid, run_sweep, validate, with_overrides
 
     try:
         grid = load_grid(args.grid)
@@ -260,9 +271,33 @@ def _run_sweep(args) -> int:
             validate(grid)
             print(f"{args.grid}: {len(grid.cells())} cells, valid")
             return 0
-        report = run_sweep(grid, path)
-    except GridError as e:
+        if args.workers < 1:
+            raise GridError(f"--workers {args.workers}: give at least 1")
+        if args.executor == "inline":
+            if args.workers != 1:
+                raise GridError("--workers needs --executor local, submitit-local or slurm")
+            report = run_sweep(grid, path, lease_s=args.lease or 120.0)
+            print(report.table())
+            return 0
+        from . import executors
+        from .store import check_writable
+
+        check_writable(path)
+        grid = with_overrides(grid, store=Path(path))
+        if args.executor == "local":
+            failed = executors.run_local(grid, path, args.workers, lease_s=args.lease)
+        else:
+            slurm = None if args.executor == "submitit-local" else {
+                "partition": args.partition, "time": args.time, "gpus": args.gpus_per_worker,
+                "cpus": args.cpus_per_worker}
+            failed = executors.run_submitit(grid, path, args.workers, lease_s=args.lease,
+                                            slurm=slurm)
+        report = run_sweep(grid, path, progress=False) if not failed else None
+    except (GridError, StoreError, ValueError) as e:
         raise CLIError(str(e)) from None
+    if failed:
+        raise CLIError(f"{failed} of {args.workers} workers failed (see the log above); rerun the "
+                       "same command: finished cells are kept, the rest are redone")
     print(report.table())
     return 0
 

@@ -57,8 +57,9 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+from . import load
 from .likelihood import draw_masks, evaluate_masks, greedy_check
-from .models import arch_spec, load, load_tokenizer
+from .models import arch_spec, load_tokenizer
 from .sampling import DreamSamplerConfig, LLaDASamplerConfig, generate
 
 log = logging.getLogger(__name__)
@@ -334,17 +335,16 @@ def resolve_calibration(recipe: str, model_name: str | None = None,
     if recipe == NO_QUANT:
         return None
     from .quant.api import needs_calibration, resolve_recipe
-    from .quant.recipes import RECIPES
+    from .quant.recipes import get_calibration
 
     _, configs = resolve_recipe(recipe)
     if not any(needs_calibration(c) for c in configs):
         return None
     check_calibration_override(override)
     base = recipe.partition(":")[0]
-    r = RECIPES[base]
+    r = get_calibration(recipe)  # the variant's own (QuaRot ":code": 4096-token windows)
     o = dict(override or {})
-    layers = [{"source": r.calib_dataset.replace("-", ""),  # recipes say pile-val, data.py pileval
-               "samples": r.nsamples, "seqlen": r.seqlen, "seed": 0},
+    layers = [{"source": r.source, "samples": r.nsamples, "seqlen": r.seqlen, "seed": 0},
               model_defaults(model_name).calibration,
               {k: v for k, v in o.items() if k in CALIB_KEYS},
               o.get(base) or {}, (o.get(recipe) or {}) if recipe != base else {}]
