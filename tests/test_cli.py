@@ -200,3 +200,21 @@ def test_no_absolute_machine_paths_in_package_or_bench_sources():
            for i, line in enumerate(p.read_text().splitlines(), 1)
            if any(s in line for s in ("/work/", "/home/", "/Users/"))]
     assert bad == []
+
+
+def test_lm_eval_passthrough_names_the_unsafe_code_flag(monkeypatch):
+    """lm-eval's own message says `confirm_run_unsafe_code=True` (a Python keyword). Its text
+    below is lm-eval 0.4.13's (evaluator.evaluate); a real run of `python -m dllmq lm_eval
+    --tasks dllmq_code` without the flag gives this one line too, after ~40 s of indexing."""
+    import lm_eval.__main__
+
+    def refuse():
+        raise ValueError("Attempted to run task: dllmq_code which is marked as unsafe. Set "
+                         "confirm_run_unsafe_code=True to run this task.")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", refuse)
+    with pytest.raises(SystemExit) as e:
+        main(["lm_eval", "--model", "dllmq", "--tasks", "dllmq_code"])
+    msg = _one_line(e)
+    assert "dllmq_code" in msg and "Pass --confirm_run_unsafe_code" in msg
+    assert "confirm_run_unsafe_code=True" not in msg
