@@ -234,6 +234,7 @@ def _run_eval(args) -> int:
         rows = [{"model": r.cell.model, "recipe": r.cell.recipe, "task": r.cell.task,
                  "seed": r.cell.seed, "settings": dict(r.cell.settings), "metrics": r.metrics}
                 for r in report.done]
+        json_out.parent.mkdir(parents=True, exist_ok=True)
         tmp = json_out.with_name(f".{json_out.name}.part")
         tmp.write_text(json.dumps(rows, indent=2) + "\n")
         tmp.replace(json_out)
