@@ -218,3 +218,22 @@ def test_lm_eval_passthrough_names_the_unsafe_code_flag(monkeypatch):
     msg = _one_line(e)
     assert "dllmq_code" in msg and "Pass --confirm_run_unsafe_code" in msg
     assert "confirm_run_unsafe_code=True" not in msg
+
+
+def test_eval_cells_carry_the_models_task_defaults_under_the_command_line():
+    """The README's `eval --model tiny-llada-instruct --tasks dllmq_math` scored 0 with the
+    paper's lengths and no chat template; the model's dllmq_defaults.yaml now supplies the
+    settings its model card was measured with, and every flag still wins."""
+    from dllmq.cli import _eval_tasks, parser
+
+    def cells(*extra):
+        args = parser().parse_args(["eval", "--model", "tiny-llada-instruct", "--tasks",
+                                    "dllmq_math,other_task", *extra])
+        return _eval_tasks(args, {"steps": 8} | ({"apply_chat_template": False}
+                                                  if "--no-apply-chat-template" in extra else {}))
+
+    math, other = cells()
+    assert math == {"task": "dllmq_math", "settings": {
+        "gen_length": 64, "steps": 8, "block_length": 64, "apply_chat_template": True}}
+    assert other == {"task": "other_task", "settings": {"steps": 8}}
+    assert cells("--no-apply-chat-template")[0]["settings"]["apply_chat_template"] is False
