@@ -168,9 +168,9 @@ def _eval_tasks(args, settings: dict) -> list[dict]:
 
 
 def _check_tasks(grid, tm, confirm_unsafe: bool, num_fewshot: int | None) -> None:
-    """Before the model loads: code tasks need --confirm-run-unsafe-code, and --num-fewshot must
-    not exceed the few-shot documents a task has (lm-eval would otherwise fail or ignore it)."""
-    from .tasks.lm_eval import check_task_names
+    """Before the model loads: the tasks exist and build, code tasks have
+    --confirm-run-unsafe-code, --num-fewshot fits each task's few-shot documents."""
+    from .tasks.lm_eval import check_runnable, check_task_names
 
     names = list(dict.fromkeys(t.name for t in grid.tasks))
     try:
@@ -183,16 +183,10 @@ def _check_tasks(grid, tm, confirm_unsafe: bool, num_fewshot: int | None) -> Non
         except Exception as e:  # missing local file, offline Hub, broken YAML: one line each
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise CLIError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
-        for sub, task in built.items():
-            if getattr(task, "UNSAFE_CODE", False) and not confirm_unsafe:
-                raise CLIError(f"task {sub} executes model-written programs; pass "
-                               "--confirm-run-unsafe-code to allow it")
-            if num_fewshot:
-                docs = task.fewshot_docs()
-                n = len(docs) if docs is not None else 0
-                if n < num_fewshot:
-                    raise CLIError(f"--num-fewshot {num_fewshot}: task {sub} has {n} few-shot "
-                                   "documents; give at most that many")
+        try:
+            check_runnable(built, confirm_unsafe, num_fewshot)
+        except ValueError as e:
+            raise CLIError(str(e).replace("num_fewshot", "--num-fewshot", 1)) from None
 
 
 def _run_eval(args) -> int:

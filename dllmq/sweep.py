@@ -280,6 +280,7 @@ def validate(grid: Grid, tm=None) -> Checked:
     """Check the grid against tasks, recipes, models and data; raise GridError (one line).
     Returns the model configs and loaded tasks it read."""
     from .models.io import LoadError, read_config, resolve, shipped_models
+    from .tasks.lm_eval import check_runnable
 
     for r in grid.recipes:
         if r == NO_QUANT:
@@ -321,6 +322,12 @@ def validate(grid: Grid, tm=None) -> Checked:
         except Exception as e:  # missing local file, offline Hub, broken YAML: one line each
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise GridError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
+    for cell in grid.cells():  # code tasks confirmed, shots that exist: before any model loads
+        try:
+            check_runnable(loaded[cell.task]["tasks"], grid.confirm_run_unsafe_code,
+                           cell.settings.get("num_fewshot"), "`confirm_run_unsafe_code: true`")
+        except ValueError as e:
+            raise GridError(str(e)) from None
     for cell in grid.cells():
         model_type = configs[cell.model].model_type if cell.model in configs else "llada"
         s = {**task_defaults(model_type, cell.task), **cell.settings}  # as DLLMEvalLM merges them

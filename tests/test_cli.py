@@ -86,7 +86,7 @@ def test_eval_tasks_checked_before_the_model_loads(no_model_load):
     base = ["eval", "--model", "tiny-llada-instruct", "--no-default-tasks"]
     with pytest.raises(SystemExit) as e:
         main([*base, "--tasks", "dllmq_code", "--limit", "1"])
-    assert "dllmq_code executes model-written programs; pass --confirm-run-unsafe-code" in _one_line(e)
+    assert "dllmq_code executes model-written programs; give --confirm-run-unsafe-code" in _one_line(e)
     with pytest.raises(SystemExit) as e:
         main([*base, "--tasks", "dllmq_qa", "--num-fewshot", "200"])
     assert "--num-fewshot 200: task dllmq_qa has" in _one_line(e)
@@ -237,3 +237,14 @@ def test_eval_cells_carry_the_models_task_defaults_under_the_command_line():
         "gen_length": 64, "steps": 8, "block_length": 64, "apply_chat_template": True}}
     assert other == {"task": "other_task", "settings": {"steps": 8}}
     assert cells("--no-apply-chat-template")[0]["settings"]["apply_chat_template"] is False
+
+
+def test_a_grid_with_a_code_task_needs_the_confirmation_before_any_model_loads(no_model_load):
+    from dllmq.sweep import GridError, parse_grid, validate
+
+    raw = {"models": ["tiny-llada-instruct"], "recipes": ["fp16"], "tasks": ["dllmq_code"],
+           "include_defaults": False}
+    with pytest.raises(GridError, match="dllmq_code executes model-written programs; give "
+                                        "`confirm_run_unsafe_code: true`"):
+        validate(parse_grid(raw))
+    validate(parse_grid({**raw, "confirm_run_unsafe_code": True}))
