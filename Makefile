@@ -44,13 +44,17 @@ lint: $(STAMP)
 SRC := $(shell find dllmq -type f -not -path '*/__pycache__/*' 2>/dev/null) $(wildcard params/*.yaml)
 reproduce: $(STAMP) $(foreach nb,$(NOTEBOOKS),$(BUILD)/$(nb).ipynb)
 
+# One line when a notebook starts and one when it is done (with its time); papermill's bar
+# shows its cell progress in between.
 $(BUILD)/%.ipynb: notebooks/%.py $(SRC) $(STAMP)
 	@mkdir -p $(BUILD)
-	$(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/$*.src.ipynb $<
-	$(PY) -m papermill --no-progress-bar -k dllmq -p preset $(PRESET) \
-	    $(BUILD)/$*.src.ipynb $@.part --cwd notebooks
-	mv $@.part $@
-	rm -f $(BUILD)/$*.src.ipynb
+	@echo "notebook $* ($(PRESET)): running -> $@"
+	@$(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/$*.src.ipynb $<
+	@start=$$(date +%s); \
+	$(PY) -m papermill --progress-bar --log-level WARNING -k dllmq -p preset $(PRESET) \
+	    $(BUILD)/$*.src.ipynb $(BUILD)/$*.part.ipynb --cwd notebooks; \
+	mv $(BUILD)/$*.part.ipynb $@; rm -f $(BUILD)/$*.src.ipynb; \
+	echo "notebook $* ($(PRESET)): done in $$(( $$(date +%s) - start )) s"
 
 # 01 evaluates every LLaDA cell that 02 and 03 read; 04 adds Dream and judges the findings,
 # F0 from 00's outlier tables. Under `make -j` this gives 00 || 01, then 02 || 03 || 04.

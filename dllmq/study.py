@@ -62,9 +62,6 @@ def category_of(params: dict[str, Any]) -> dict[str, str]:
     return {t["task"]: cat for cat, ts in params["tasks"].items() for t in ts}
 
 
-LLADA_ONLY_SETTINGS = ("block_length", "remasking", "cfg_scale")
-
-
 def _model_type(name: str) -> str:
     from .models.io import read_config, resolve
 
@@ -83,6 +80,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     without LLaDA's sampler-only keys (block_length, remasking, cfg_scale)."""
     import pandas as pd
 
+    from .harness import foreign_settings
+    from .models import arch_spec
     from .store import Store
     from .sweep import parse_grid, run_sweep
 
@@ -91,7 +90,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     rows = []
     for role in roles:
         name = params["models"][role]
-        dream = _model_type(name) == "Dream"
+        dream = arch_spec(_model_type(name)).family == "dream"
         chat_cats = set(params.get("chat_template", {}).get(role, []))
         # one sweep per role with the chat template as a per-task setting, so each recipe is
         # quantized once for all of the role's tasks
@@ -100,7 +99,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             for t in task_specs(params, [cat]):
                 t["settings"]["apply_chat_template"] = cat in chat_cats
                 if dream:
-                    t["settings"] = {k: v for k, v in t["settings"].items() if k not in LLADA_ONLY_SETTINGS}
+                    t["settings"] = {k: v for k, v in t["settings"].items()
+                                     if k not in foreign_settings("dream")}
                 tasks.append(t)
         grid = parse_grid({
             "models": [name], "recipes": list(recipes), "tasks": tasks,
