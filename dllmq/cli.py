@@ -115,6 +115,8 @@ def _add_sweep(sub) -> None:
                    default="inline", help="inline: this process; local: --workers processes "
                    "(one GPU each); submitit-local / slurm: submitit jobs (dllmq/executors.py)")
     p.add_argument("--workers", type=int, default=1, help="worker processes or Slurm array tasks")
+    p.add_argument("--threads", type=int, help="CPU threads per local worker (default: the "
+                   "cores shared out); equal thread counts give bit-identical CPU results")
     p.add_argument("--lease", type=float, help="seconds a claimed cell stays reserved without a "
                    "heartbeat (default 120)")
     p.add_argument("--partition", help="Slurm partition")
@@ -150,7 +152,8 @@ def _run_sweep(args) -> int:
         check_writable(path)
         grid = with_overrides(grid, store=Path(path))
         if args.executor == "local":
-            failed = executors.run_local(grid, path, args.workers, lease_s=args.lease)
+            failed = executors.run_local(grid, path, args.workers, lease_s=args.lease,
+                                         threads=args.threads)
         else:
             slurm = None if args.executor == "submitit-local" else {
                 "partition": args.partition, "time": args.time, "gpus": args.gpus_per_worker,

@@ -69,17 +69,22 @@ def progress_of(store: Store, cells: list[Cell], started: float, done_at_start: 
     return Progress(done, running, left, eta)
 
 
-def worker_spec(grid, store_path: Path, start: int, lease_s: float) -> dict[str, Any]:
+def worker_spec(grid, store_path: Path, start: int, lease_s: float,
+                threads: int | None = None) -> dict[str, Any]:
     from .sweep import grid_to_raw
 
     return {"grid": grid_to_raw(grid), "store": str(Path(store_path).resolve()), "start": start,
-            "lease_s": lease_s}
+            "lease_s": lease_s, "threads": threads}
 
 
 def run_worker(spec: dict[str, Any]) -> int:
     """One worker: `run_sweep` on the spec's grid and store; returns cells it computed."""
+    import torch
+
     from .sweep import parse_grid, run_sweep
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     grid = parse_grid(spec["grid"], "worker grid")
     report = run_sweep(grid, spec["store"], progress=False, lease_s=spec["lease_s"],
                        start=spec["start"])
@@ -114,10 +119,13 @@ def _watch(store: Store, cells: list[Cell], alive, workers: int, progress: bool,
 
 
 def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
-              lease_s: float | None = None, devices: list[str] | None = None, tm=None) -> int:
+              lease_s: float | None = None, devices: list[str] | None = None,
+              threads: int | None = None, tm=None) -> int:
     """N worker processes on this machine; returns the number of workers that failed.
     GPUs: worker i sees only device i (`CUDA_VISIBLE_DEVICES`, `devices` to choose them);
-    CPU: each worker gets cpu_count // N threads."""
+    CPU: each worker gets `threads` torch threads (default cpu_count // N). On CPU, quantized
+    models' per-sample scores can differ in the last bits between thread counts: to compare
+    runs bit for bit, give them the same `threads`."""
     import torch
 
     from .sweep import LEASE_S
@@ -130,12 +138,13 @@ def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
         devices = [str(i) for i in range(torch.cuda.device_count())]
     if devices and workers > len(devices):
         raise ValueError(f"--workers {workers} but only {len(devices)} GPU(s): one worker per GPU")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     procs = []
     with tempfile.TemporaryDirectory(prefix="dllmq-workers-") as tmp:
         for i in range(workers):
             spec = Path(tmp) / f"worker{i}.json"
-            spec.write_text(json.dumps(worker_spec(grid, store.path, i, lease_s or LEASE_S)))
+            spec.write_text(json.dumps(worker_spec(grid, store.path, i, lease_s or LEASE_S,
+                                                   None if devices else threads)))
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = devices[i]
