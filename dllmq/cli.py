@@ -1,7 +1,9 @@
 """`python -m dllmq <command>` (also the `dllmq` console script). The only argparse in dllmq.
 
     eval      evaluate one model x recipe on tasks (optionally into a results store)
-    sweep     run a grid file into its results store, skipping finished cells
+    sweep     run a grid file into its results store, skipping finished cells (--executor
+              local --workers N: one process per GPU; slurm: submitit job arrays)
+    plan      a grid's cells, what the store holds, the estimated time per cell and in total
     lm_eval   lm-eval's own CLI with the `dllmq` model registered:
               python -m dllmq lm_eval --model dllmq --model_args pretrained=NAME,recipe=R ...
               (lm-eval 0.4.13 has no plugin entry points: its registry only knows models whose
@@ -170,6 +172,32 @@ def _run_sweep(args) -> int:
     return 0
 
 
+# ---- plan -----------------------------------------------------------------------------------
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="a grid's cells, what is stored, estimated time")
+    p.add_argument("grid", help="grid YAML (see dllmq/sweep.py)")
+    p.add_argument("--store", help="results store; overrides the grid's `store`")
+    p.add_argument("--workers", type=int, default=1, help="workers the estimate divides over")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="no short calibration run for cells without a stored rate")
+
+
+def _run_plan(args) -> int:
+    from .plan import plan_grid, plan_table
+    from .store import Store, StoreError
+    from .sweep import GridError, load_grid
+
+    try:
+        grid = load_grid(args.grid)
+        path = args.store or grid.store
+        store = Store(path) if path is not None and Path(path).exists() else None
+        plans = plan_grid(grid, store, calibrate=not args.no_calibrate)
+    except (GridError, StoreError) as e:
+        raise CLIError(str(e)) from None
+    print(plan_table(plans, args.workers))
+    return 0
+
+
 # ---- quantize -------------------------------------------------------------------------------
 def _add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a model and save it (weight-only recipes: "
@@ -291,6 +319,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_eval(sub)
     _add_sweep(sub)
+    _add_plan(sub)
     _add_quantize(sub)
     _add_passthrough(sub)
     return p
@@ -313,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.verbose and args.command in ("eval", "sweep"):
+    if not args.verbose and args.command in ("eval", "sweep", "plan"):
         logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one progress bar, not per-task chatter
     from .data import DataError
 
@@ -322,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_eval(args)
         if args.command == "sweep":
             return _run_sweep(args)
+        if args.command == "plan":
+            return _run_plan(args)
         if args.command == "quantize":
             return _run_quantize(args)
     except DataError as e:  # a missing local file: one line, nothing written

@@ -346,6 +346,18 @@ def validate(grid: Grid, tm=None) -> Checked:
     return Checked(configs, loaded)
 
 
+def runtime_of(grid: Grid) -> dict[str, str]:
+    """The device kind and dtype a grid runs with (they change the numbers: bf16 on GPU,
+    fp32 on CPU by default), as part of every cell key."""
+    import torch
+
+    from .models.io import default_dtype
+
+    device = torch.device(grid.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _dtype(grid.dtype) if grid.dtype is not None else default_dtype(device)
+    return {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+
+
 def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
     """The grid's cells with their full key: the calibration each recipe is applied with
     (`harness.resolve_calibration`, the same dict `build_model` quantizes with), the
@@ -356,6 +368,7 @@ def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
     from .models.io import read_config, resolve
 
     vers = versions()
+    runtime = runtime_of(grid)
     tfp = {name: task_fingerprint(loaded) for name, loaded in checked.tasks.items()}
     mfp: dict[str, str] = {}
     calib: dict[tuple[str, str], Any] = {}
@@ -369,7 +382,7 @@ def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
             calib[c.model, c.recipe] = resolve_calibration(
                 c.recipe, c.model, grid.calib, checked.configs[c.model].max_position)
         key = {"calib": calib[c.model, c.recipe], "checkpoint": mfp[c.model],
-               "task": tfp[c.task], "versions": vers}
+               "task": tfp[c.task], "versions": vers, "runtime": runtime}
         out.append(dataclasses.replace(c, key=key))
     return out
 
