@@ -8,8 +8,9 @@ seconds per item, taken from the store, most specific first:
    run on the same device and dtype;
 2. the same, any recipe (quantization changes a linear's values, not its cost, except for
    online transforms);
-3. with neither, a short calibration run: the cell itself on `calib_items` items, timed and
-   not stored (`calibrate=False` prints "?" instead).
+3. with neither, a short calibration run: the cell itself on 1 and on `calib_items` items,
+   timed and not stored, giving a fixed cost per cell plus a cost per item (`calibrate=False`
+   prints "?" instead).
 
 Items are lm-eval documents (a group's are summed over its tasks), so a rate transfers
 between limits. Model loading and quantization are not in the rates: the estimate is of
@@ -74,9 +75,32 @@ def rates_from(results: list[Result]) -> tuple[dict, dict]:
     return tuple({k: t / n for k, (t, n) in d.items()} for d in sums)  # type: ignore[return-value]
 
 
+def _calibrate(grid, cell: Cell, tm, loaded, calib_items: int) -> tuple[float, float]:
+    """(seconds per cell, seconds per item) from the cell run on 1 item, then on
+    `calib_items` items (the first run also warms up); nothing is stored."""
+    import dataclasses
+
+    from .harness import DLLMEvalLM
+    from .sweep import build_model, evaluate_cell
+
+    model, tok = build_model(grid, cell)
+    lm = DLLMEvalLM(model=model, tokenizer=tok)
+    points = []
+    for n in (1, max(2, calib_items)):
+        short = dataclasses.replace(cell, settings={**cell.settings, "limit": n})
+        t0 = time.perf_counter()
+        evaluate_cell(lm, short, tm, grid.confirm_run_unsafe_code)
+        points.append((_items(loaded, n), time.perf_counter() - t0))
+    (n1, t1), (n2, t2) = points
+    rate = max(0.0, (t2 - t1) / (n2 - n1)) if n2 > n1 else t2 / max(n2, 1)
+    fixed = max(0.0, t1 - rate * n1)
+    log.info("calibration run: %s %.3g s + %.3g s/item", cell.label(), fixed, rate)
+    return fixed, rate
+
+
 def plan_grid(grid, store: Store | None, tm=None, calibrate: bool = True,
-              calib_items: int = 2) -> list[CellPlan]:
-    from .sweep import build_model, evaluate_cell, keyed_cells, task_manager, validate
+              calib_items: int = 3) -> list[CellPlan]:
+    from .sweep import keyed_cells, task_manager, validate
 
     tm = tm or task_manager(grid)
     checked = validate(grid, tm)
@@ -84,7 +108,7 @@ def plan_grid(grid, store: Store | None, tm=None, calibrate: bool = True,
     stored = {r.cell.cell_id: r for r in store.results()} if store is not None else {}
     running = {c.cell_id for c in store.claims() if not c.stale()} if store is not None else set()
     by_recipe, any_recipe = rates_from(list(stored.values()))
-    calibrated: dict[tuple, float] = {}
+    calibrated: dict[tuple, tuple[float, float]] = {}
     out = []
     for cell in cells:
         items = _items(checked.tasks[cell.task], cell.settings.get("limit"))
@@ -95,23 +119,13 @@ def plan_grid(grid, store: Store | None, tm=None, calibrate: bool = True,
         rate, source = by_recipe.get(_rate_key(cell, True)), "same recipe"
         if rate is None:
             rate, source = any_recipe.get(_rate_key(cell, False)), "any recipe"
+        fixed = 0.0
         if rate is None and calibrate:
             k = _rate_key(cell, True)
             if k not in calibrated:
-                import dataclasses
-
-                from .harness import DLLMEvalLM
-
-                n = max(1, min(calib_items, items))
-                short = dataclasses.replace(cell, settings={**cell.settings, "limit": n})
-                model, tok = build_model(grid, cell)
-                t0 = time.perf_counter()
-                evaluate_cell(DLLMEvalLM(model=model, tokenizer=tok), short, tm,
-                              grid.confirm_run_unsafe_code)
-                calibrated[k] = (time.perf_counter() - t0) / _items(checked.tasks[cell.task], n)
-                log.info("calibration run: %s %.3g s/item", cell.label(), calibrated[k])
-            rate, source = calibrated[k], "calibration run"
-        out.append(CellPlan(cell, items, status, None if rate is None else rate * items,
+                calibrated[k] = _calibrate(grid, cell, tm, checked.tasks[cell.task], calib_items)
+            (fixed, rate), source = calibrated[k], "calibration run"
+        out.append(CellPlan(cell, items, status, None if rate is None else fixed + rate * items,
                             source if rate is not None else "-"))
     return out
 

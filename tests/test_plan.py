@@ -56,7 +56,7 @@ def test_plan_uses_stored_rates_and_marks_stored_cells(env, tmp_path):
 
 @pytest.mark.slow
 def test_plan_estimate_within_30_percent_of_measured(env, tmp_path):
-    """Issue 13: plan's estimate (calibration runs on 2 items, empty store) against the
+    """Issue 13: plan's estimate (calibration runs on 1 and 3 items, empty store) against the
     evaluation time the sweep then measures for the same grid."""
     grid = _grid(env, tmp_path)
     plans = plan_grid(grid, None, tm=env["tm"])
