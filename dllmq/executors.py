@@ -163,11 +163,12 @@ def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
 
 def run_submitit(grid, store_path: str | Path, workers: int, progress: bool = True,
                  lease_s: float | None = None, slurm: dict[str, Any] | None = None,
-                 folder: str | Path | None = None, tm=None) -> int:
+                 folder: str | Path | None = None, threads: int | None = None, tm=None) -> int:
     """`workers` submitit jobs (a Slurm job array with `slurm`, else submitit's LocalExecutor);
     returns the number that failed. `slurm`: partition, time (minutes), gpus (per worker),
     cpus (per worker), mem_gb, and any other `slurm_*` parameter of submitit without the prefix.
-    Job logs go to `folder` (default: `<store>.submitit/`)."""
+    Job logs go to `folder` (default: `<store>.submitit/`). `threads`: torch threads per job
+    (default: submitit's LocalExecutor shares none out; Slurm: the job's cpus)."""
     import submitit
 
     from .sweep import LEASE_S
@@ -185,7 +186,7 @@ def run_submitit(grid, store_path: str | Path, workers: int, progress: bool = Tr
                    "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem_gb": "mem_gb"}
         ex.update_parameters(**{mapping.get(k, f"slurm_{k}"): v for k, v in params.items()
                                 if v is not None}, tasks_per_node=1, nodes=1)
-    specs = [worker_spec(grid, store.path, i, lease_s or LEASE_S) for i in range(workers)]
+    specs = [worker_spec(grid, store.path, i, lease_s or LEASE_S, threads) for i in range(workers)]
     jobs = ex.map_array(run_worker, specs)
     log.info("%d submitit jobs submitted (%s), logs in %s", len(jobs),
              ", ".join(j.job_id for j in jobs), folder)

@@ -314,3 +314,28 @@ def test_two_sweeps_at_once_compute_each_cell_once(env, tmp_path):
     store.check()
     assert len(store.results()) == 12 and not store.claims()
     assert len({r.worker for r in store.results()}) == 2
+
+
+@pytest.mark.slow
+def test_submitit_local_executor_gives_the_same_results(env, tmp_path):
+    """Issue 13: the grid through submitit's LocalExecutor (2 jobs) equals one worker's run."""
+    pytest.importorskip("submitit")
+    from dllmq.executors import run_submitit
+
+    grid = {**SCALE_GRID, "seeds": [0]}
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    ref = load_grid(_grid(env, ref_dir, **grid))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_sweep(ref, ref.store, progress=False, tm=env["tm"])
+    finally:
+        torch.set_num_threads(threads)
+    run = load_grid(_grid(env, run_dir, **grid))
+    assert run_submitit(run, run.store, 2, progress=False, threads=1, tm=env["tm"]) == 0
+    store = Store(run.store)
+    store.check()
+    assert len(store.results()) == 4 and not store.claims()
+    assert _metrics_and_outputs(store) == _metrics_and_outputs(Store(ref.store))
