@@ -5,7 +5,7 @@
     models: [tiny-llada-instruct]
     recipes: [fp16, w4a16g128-gptq]     # fp16 = not quantized
     tasks:                              # names, or {task: name, settings: {...}} per task
-      - embedded_qa
+      - dllmq_qa
       - {task: gsm8k, settings: {num_fewshot: 4, gen_length: 256, steps: 256, block_length: 32}}
     seeds: [0, 1]
     settings: {limit: 100, mc_num: 32}  # every cell
@@ -14,7 +14,8 @@
     include_defaults: true              # all of lm-eval's tasks (dllmq's own always)
     data_dir: /data/benchmarks          # optional: local benchmark files (else $DLLMQ_DATA_DIR)
     confirm_run_unsafe_code: false      # code tasks execute generated programs: say so here
-    calib: {source: embedded, samples: 16, seqlen: 128}   # optional; default: the recipe's
+    calib: {samples: 16, w4a16g128-awq: {seqlen: 256}}   # optional; default: each recipe's own
+                                        # (plain keys: every recipe; a recipe's entry: that one)
     device: cpu                         # optional
 
 `load_grid` checks the file's shape, `validate` checks it against the world (tasks exist,
@@ -52,7 +53,14 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .harness import NO_QUANT, SETTING_NAMES, EvalSettings, check_sampler, sampler_config
+from .harness import (
+    NO_QUANT,
+    SETTING_NAMES,
+    EvalSettings,
+    check_calibration_override,
+    check_sampler,
+    sampler_config,
+)
 from .store import Cell, Result, Store
 
 log = logging.getLogger(__name__)
@@ -160,8 +168,10 @@ def parse_grid(raw: Any, where: str = "grid", base: Path | None = None) -> Grid:
         _need(isinstance(v, list) and v and len(set(map(json.dumps, v))) == len(v),
               f"{where}: axis {k} must be a non-empty list of distinct values")
     calib = raw.get("calib") or {}
-    _need(isinstance(calib, dict) and set(calib) <= set(CALIB_KEYS),
-          f"{where}: `calib` takes {', '.join(CALIB_KEYS)}")
+    try:
+        check_calibration_override(calib, f"{where}: calib")
+    except ValueError as e:
+        raise GridError(str(e)) from None
     inc = raw.get("include_path") or []
     inc = [inc] if isinstance(inc, str) else inc
     _need(isinstance(inc, list) and all(isinstance(p, str) for p in inc),
@@ -504,8 +514,9 @@ def build_model(grid: Grid, cell: Cell, cache_dir: Path | None = None):
     (`dllmq.quant.export.save_quantized`, under `model_key`) and every worker, the one that
     quantized it included, evaluates the copy loaded back, so a result never depends on which
     worker quantized. The save is a temporary directory renamed into place."""
+    from . import load
     from .data import calibration_set
-    from .models import load, load_tokenizer
+    from .models import load_tokenizer
     from .quant.api import quantize_
     from .quant.export import save_quantized
 

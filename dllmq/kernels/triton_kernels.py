@@ -1,0 +1,115 @@
+"""The two Triton kernels of the real paths (GPU only; imported when a CUDA tensor reaches them).
+
+- `fp8_rowwise(x)`: per-row e4m3 quantization of activations in one kernel (one program per
+  row: a max pass, then a divide-and-cast pass over the row, which is in L1/L2 by then), the
+  same arithmetic as `fp8.fp8_rowwise_reference`.
+- `w4a16_matmul(x, packed, scale, zero, group_size)`: y = x @ W_hat^T with W_hat dequantized
+  tile by tile from the packed int4 codes. Each (BLOCK_K x BLOCK_N) tile of codes is read from
+  the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one word, served
+  by L1), dequantized as (q - z) * s in fp32 and cast to x's dtype, exactly as
+  `primitives.dequantize`, then multiplied with `tl.dot` (fp32 accumulation). BLOCK_K divides
+  the group size, so one scale/zero per column serves a whole tile. The load-and-shift
+  unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton `quant_linear.py`);
+  the grouped program order is the Triton matmul tutorial's.
+Tile sizes are fixed (no autotuning, so a benchmark pays no tuning time): 128 x 128 x 64 tiles,
+8 warps, 4 stages for M > 64; 64 x 128 x 64 below.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .fp8 import E4M3
+
+
+@triton.jit
+def _fp8_rowwise_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, tiny,
+                        BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    x_row = x_ptr + row.to(tl.int64) * stride_x
+    q_row = q_ptr + row.to(tl.int64) * stride_q
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(v))
+    scale = tl.maximum(tl.max(amax, axis=0), tiny) / 448.0  # fp8.E4M3_MAX
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        v = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+        q = tl.clamp(v / scale, -448.0, 448.0)
+        tl.store(q_row + offs, q.to(tl.float8e4nv), mask=offs < K)
+
+
+def fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (M, K) CUDA -> (e4m3 (M, K), fp32 scales (M, 1))."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    M, K = x.shape
+    q = torch.empty((M, K), dtype=E4M3, device=x.device)
+    s = torch.empty((M, 1), dtype=torch.float32, device=x.device)
+    _fp8_rowwise_kernel[(M,)](x, q, s, K, x.stride(0), q.stride(0), 1e-12, BLOCK=1024,
+                              num_warps=4)
+    return q, s
+
+
+@triton.jit
+def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, G, stride_am, stride_bn,
+                  stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :]
+    b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + (offs_k[:, None] // 8)
+    shifts = (offs_k[:, None] % 8) * 4  # (BLOCK_K, 1)
+    sz_off = offs_n.to(tl.int64) * G
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+        words = tl.load(b_ptrs, mask=n_ok[None, :], other=0)  # (BLOCK_K, BLOCK_N) int32
+        q = (words >> shifts) & 0xF
+        g = k0 // GROUP_SIZE
+        s = tl.load(s_ptr + sz_off + g, mask=n_ok, other=0.0)
+        z = tl.load(z_ptr + sz_off + g, mask=n_ok, other=0).to(tl.float32)
+        w = ((q.to(tl.float32) - z[None, :]) * s[None, :]).to(a.dtype)
+        acc = tl.dot(a, w, acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K // 8
+    c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
+                 zero: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (M, K) @ W_hat^T -> (M, N) in x's dtype; packed (N, K/8) int32, scale (N, G) fp32,
+    zero (N, G) uint8."""
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    M, K = x.shape
+    N, G = scale.shape
+    BLOCK_K = 64
+    if K % BLOCK_K or group_size % BLOCK_K:
+        raise ValueError(f"w4a16 kernel needs K ({K}) and the group size ({group_size}) to be "
+                         f"multiples of {BLOCK_K}; use mode 'dequant'")
+    c = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    BM, warps, stages = (128, 8, 4) if M > 64 else (64, 4, 4)
+    BN = 128
+    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    _w4a16_kernel[grid](x, packed, scale, zero, c, M, N, K, G, x.stride(0), packed.stride(0),
+                        c.stride(0), GROUP_SIZE=group_size, BLOCK_M=BM, BLOCK_N=BN,
+                        BLOCK_K=BLOCK_K, GROUP_M=8, num_warps=warps, num_stages=stages)
+    return c

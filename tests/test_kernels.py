@@ -1,0 +1,237 @@
+"""Real low-bit execution (dllmq.kernels) against its fake-quant twin, on CPU.
+
+What "equals the fake-quant twin" means, and the tolerance of each check:
+- One linear, same input: the real module and the fake-quant one use the same codes and scales
+  (int8: the activation codes come from the same primitives; fp8: the same e4m3 cast), so they
+  differ only in rounding of the fp32 arithmetic. The fake path rounds every product and sum of
+  x_hat @ W_hat^T (Higham's bound: |error| <= gamma_K (|x_hat| @ |W_hat|^T), gamma_K = K u /
+  (1 - K u), u = 2^-24); the int8 path sums integers exactly and rounds only the final
+  scaling (3 u relative). The test asserts |real - fake| <= (gamma_K + 4 u) (|x_hat| @ |W_hat|^T),
+  the sum of the two bounds: deterministic, not a fitted number.
+- A whole model: the same per-linear difference (~1e-7 relative) reaches the next layer's
+  activation quantizer, and a value lying that close to a rounding boundary takes the other
+  code: one code moves by one step. This is rare (a value must fall within ~1e-7 of a
+  boundary), so the check has two parts: the MEDIAN |real - fake| over all logits is at most
+  1e-5 of the largest logit (no flips on most positions: an arithmetic error, e.g. a wrong zero-
+  point correction, would move every logit far more), and the MAXIMUM is at most 2 % of the
+  largest logit (the effect of a few one-step flips on a tiny model, where one code is ~1/255
+  of a token's range; observed <= 0.5 %). Greedy argmax tokens must be identical.
+- w4a16 multiplies by exactly the fake-quant weight (the same `dequantize`), so on CPU its
+  outputs are bit-identical: asserted with torch.equal.
+- export -> load -> realize gives the buffers and logits of realizing the in-memory model,
+  bit for bit (load_quantized rebuilds the codes exactly).
+"""
+
+import copy
+
+import pytest
+import torch
+from dllmq.kernels import FakeFp8Linear, Fp8Linear, Int8Linear, W4A16Linear, realize
+from dllmq.kernels.fp8 import E4M3_MAX, fp8_rowwise_reference
+from dllmq.models import random_model, tiny_config
+from dllmq.quant import (
+    QLinear,
+    QuantSpec,
+    QuaRotConfig,
+    RTNConfig,
+    load_quantized,
+    quantize_,
+    quantize_weight,
+    save_quantized,
+)
+from dllmq.quant.primitives import fake_quant, quant_params, quantize
+from dllmq.sampling import DreamSamplerConfig, LLaDASamplerConfig, generate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARCHS = ["llada", "Dream"]
+U = 2.0 ** -24
+
+
+def _cfg(arch):
+    return tiny_config(arch, hidden_size=64, intermediate_size=256)  # down: 2 groups of 128
+
+
+def _model(arch, recipe=None):
+    model = random_model(_cfg(arch), seed=0)
+    if recipe is not None:
+        quantize_(model, recipe, None, progress=False)
+    return model
+
+
+def _ids(arch, batch=2, length=24):
+    return torch.randint(0, _cfg(arch).vocab_size - 4, (batch, length),
+                         generator=torch.Generator().manual_seed(1))
+
+
+def _higham(x_hat, w_hat):
+    K = x_hat.shape[-1]
+    gamma = K * U / (1 - K * U)
+    return (gamma + 4 * U) * (x_hat.abs() @ w_hat.abs().T)
+
+
+def _qlinear(wspec, aspec, K=256, N=48, bias=True):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(N, K, generator=g)
+    b = torch.randn(N, generator=g) if bias else None
+    q = QLinear(w, b, act_spec=aspec)
+    q.set_weight(quantize_weight(w, wspec.for_features(K)), "rtn")
+    return q
+
+
+# ---- one linear ----------------------------------------------------------------------------
+@pytest.mark.parametrize("sym", [True, False])
+def test_int8_linear_within_float_bound_of_fake_quant(sym):
+    spec = QuantSpec(8, sym=sym, granularity="channel")
+    q = _qlinear(spec, QuantSpec(8, sym=sym, granularity="token"))
+    x = torch.randn(40, 256, generator=torch.Generator().manual_seed(2)) * 3 + 0.5  # off-centre
+    real, fake = Int8Linear(q)(x), q(x)
+    x_hat = fake_quant(x, q.act_spec)
+    bound = _higham(x_hat, q.weight)
+    assert ((real - fake).abs() <= bound).all()
+    assert (real - fake).abs().max() > 0 or sym  # asym: the fake path does round
+
+
+def test_int8_zero_point_corrections_are_exact_integers():
+    """The int32 total (wrapping partial products) equals the int64 sum of code products."""
+    q = _qlinear(QuantSpec(8, granularity="channel"), QuantSpec(8, granularity="token"), bias=False)
+    x = torch.rand(20, 256, generator=torch.Generator().manual_seed(3)) * 5  # all >= 0: zx = 0
+    lin = Int8Linear(q)
+
+    sx, zx = quant_params(x, q.act_spec)
+    qx = quantize(x, sx, zx, q.act_spec).long()
+    exact = (qx - zx.long()) @ (q.codes.long() - q.zero.long()).T  # (M, N) int64
+    y = lin(x)
+    assert torch.allclose(y, exact.double().mul(sx.double() * q.scale.reshape(1, -1).double()).float(),
+                          rtol=4 * U, atol=0)
+
+
+def test_fp8_linear_within_float_bound_of_its_fake_twin():
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(48, 256, generator=g), torch.randn(48, generator=g)
+    x = torch.randn(40, 256, generator=g) * 10
+    real, fake = Fp8Linear(w, b), FakeFp8Linear(w, b)
+    xq, sx = fp8_rowwise_reference(x)
+    bound = _higham(xq.float() * sx, fake.weight)
+    assert ((real(x) - fake(x)).abs() <= bound + 4 * U * b.abs()).all()
+
+
+def test_fp8_rowwise_uses_the_e4m3_grid():
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(4))
+    x[3] = 0.0
+    q, s = fp8_rowwise_reference(x)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (8, 1)
+    assert torch.allclose(q.float().abs().amax(1)[[0, 1, 2, 4]], torch.full((4,), E4M3_MAX))
+    assert (q[3].float() == 0).all() and (s > 0).all()
+    # every code is an e4m3 value: casting again is the identity
+    assert torch.equal(q.float().to(torch.float8_e4m3fn).float(), q.float())
+    rel = ((q.float() * s - x).abs() / x.abs().clamp(min=1e-3))[x.abs() > s * 2 ** -6 * 448]
+    assert rel.max() <= 2 ** -4  # 3 mantissa bits: half an ulp is 2^-4 relative
+
+
+def test_w4a16_linear_bit_identical_on_cpu():
+    q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None)
+    x = torch.randn(5, 3, 256, generator=torch.Generator().manual_seed(5))
+    lin = W4A16Linear(q)
+    assert lin.weight_packed.dtype == torch.int32 and lin.weight_packed.shape == (48, 32)
+    assert torch.equal(lin(x), q(x))
+
+
+def test_backends_refuse_what_they_cannot_run():
+    w4 = _qlinear(QuantSpec(4, granularity="group", group_size=128), None)
+    with pytest.raises(ValueError, match="int8 needs 8-bit"):
+        Int8Linear(w4)
+    w4a8 = _qlinear(QuantSpec(4, granularity="channel"), QuantSpec(8, granularity="token"))
+    with pytest.raises(ValueError, match="keeps activations in 16 bits"):
+        W4A16Linear(w4a8)
+    with pytest.raises(ValueError, match="backend 'nope' unknown"):
+        realize(_model("llada"), "nope")
+    model = _model("llada", "w4a16g128-rtn")
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="int8 needs 8-bit"):
+        realize(model, "int8")
+    after = model.state_dict()  # nothing was swapped: no half-realized model
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(ValueError, match="round its int4"):
+        realize(model, "fp8")
+
+
+# ---- whole models --------------------------------------------------------------------------
+def _assert_twins(real_logits, fake_logits):
+    diff = (real_logits - fake_logits).abs()
+    scale = fake_logits.abs().max()
+    assert diff.median() <= 1e-5 * scale, f"median {diff.median():.3g} vs scale {scale:.3g}"
+    assert diff.max() <= 2e-2 * scale, f"max {diff.max():.3g} vs scale {scale:.3g}"
+    assert torch.equal(real_logits.argmax(-1), fake_logits.argmax(-1))
+
+
+W8A8_RTN_SYM = (RTNConfig(weight=QuantSpec(8, sym=True, granularity="channel"),
+                          act=QuantSpec(8, sym=True, granularity="token")),)
+W8A8_QUAROT_RTN = (QuaRotConfig(), RTNConfig(weight=QuantSpec(8, sym=True, granularity="channel")))
+CASES = [  # (recipe, backend): fake = the quantized model itself, or the fp8 twin
+    ("w8a8-rtn", "int8"),  # asymmetric weights and activations (the paper's W8A8 format)
+    (W8A8_RTN_SYM, "int8"),
+    (W8A8_QUAROT_RTN, "int8"),  # symmetric, online Hadamards on o and down (RTN, no calib)
+    ("w4a16g128-rtn", "w4a16"),
+    (None, "fp8"),
+    ((QuaRotConfig(act=None),), "fp8"),  # rotation only, then fp8
+]
+
+
+def _pair(arch, recipe, backend):
+    fake = _model(arch, recipe)
+    real = copy.deepcopy(fake)
+    if backend == "fp8":
+        realize(fake, "fp8-fake")
+    realize(real, backend)
+    return real, fake
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("recipe,backend", CASES, ids=lambda c: c if isinstance(c, str) else "fp" if c is None else
+                         "+".join(type(x).__name__ for x in c))
+def test_real_logits_equal_fake_quant_logits(arch, recipe, backend):
+    real, fake = _pair(arch, recipe, backend)
+    x = _ids(arch)
+    with torch.no_grad():
+        r, f = real(x), fake(x)
+    if backend == "w4a16":
+        assert torch.equal(r, f)
+    else:
+        _assert_twins(r, f)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("recipe,backend", [("w8a8-rtn", "int8"), (None, "fp8")])
+def test_greedy_tokens_equal(arch, recipe, backend):
+    real, fake = _pair(arch, recipe, backend)
+    cfg = (LLaDASamplerConfig(gen_length=16, steps=8, block_length=8) if arch == "llada" else
+           DreamSamplerConfig(max_new_tokens=16, steps=8))
+    prompts = _ids(arch, batch=2, length=8)
+    a = generate(real, prompts, cfg, torch.Generator().manual_seed(0)).tokens
+    b = generate(fake, prompts, cfg, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("recipe,backend", [(W8A8_QUAROT_RTN, "int8"), ("w4a16g128-rtn", "w4a16")])
+def test_export_load_realize_equals_realize_in_memory(tmp_path, arch, recipe, backend):
+    model = _model(arch, recipe)
+    save_quantized(model, tmp_path)
+    loaded = realize(load_quantized(tmp_path, "cpu", torch.float32), backend)
+    realize(model, backend)
+    sa, sb = model.state_dict(), loaded.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = _ids(arch)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_realized_weights_take_less_memory():
+    from dllmq.kernels import weight_bytes
+
+    fp = _model("llada")
+    w4 = realize(_model("llada", "w4a16g128-rtn"), "w4a16")
+    blocks = lambda m: weight_bytes(m.blocks)  # noqa: E731
+    # 4-bit codes + fp32 scale + uint8 zero per group (64 or 128 values here), norms in fp32
+    assert blocks(w4) < 0.25 * blocks(fp)
