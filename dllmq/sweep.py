@@ -62,6 +62,7 @@ from .harness import (
     sampler_config,
 )
 from .store import Cell, Result, Store
+from .tasks.lm_eval import UnknownTaskError, check_task_names
 
 log = logging.getLogger(__name__)
 
@@ -214,19 +215,16 @@ def load_grid(path: str | Path) -> Grid:
 
 
 def task_manager(grid: Grid):
-    """lm-eval's TaskManager over dllmq's task files (paper tasks, embedded suite), the grid's
-    include_path folders and, with include_defaults, all of lm-eval's tasks (else only the
-    folders the paper tasks build on); the grid's data_dir goes to the paper tasks' loaders."""
-    import lm_eval.tasks
-    from lm_eval.tasks import TaskManager
+    """The one lm-eval TaskManager of dllmq (`dllmq.tasks.lm_eval.task_manager`) for a grid: its
+    include_path folders, include_defaults and data_dir."""
+    from .tasks.lm_eval import LocalDataError
+    from .tasks.lm_eval import task_manager as lm_task_manager
 
-    from .tasks.lm_eval import DATA_DIR_KEY, LM_EVAL_TASK_DIRS, TASK_DIR
-
-    paths = list(dict.fromkeys(str(Path(p).resolve()) for p in (TASK_DIR, *grid.include_path)))
-    if not grid.include_defaults:
-        paths = [str(Path(lm_eval.tasks.__file__).parent / d) for d in LM_EVAL_TASK_DIRS] + paths
-    meta = {DATA_DIR_KEY: str(grid.data_dir)} if grid.data_dir is not None else None
-    return TaskManager(include_path=paths, include_defaults=grid.include_defaults, metadata=meta)
+    try:
+        return lm_task_manager(data_dir=grid.data_dir, include_defaults=grid.include_defaults,
+                               include_path=grid.include_path)
+    except LocalDataError as e:
+        raise GridError(str(e)) from None
 
 
 def _task_config(tm, name: str) -> dict[str, Any]:
@@ -311,14 +309,10 @@ def validate(grid: Grid, tm=None) -> Checked:
             raise GridError(f"model {m!r} is neither a shipped model ({', '.join(shipped_models()) or 'none'}), "
                             "an existing directory, nor a Hub id owner/name")
     tm = tm or task_manager(grid)
-    known = set(tm.all_tasks)
-    for t in grid.tasks:
-        if t.name not in known:
-            near = sorted(k for k in known if t.name.lower() in k.lower())[:5]
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise GridError(f"unknown task {t.name!r} (not in lm-eval's tasks"
-                            f"{' or ' + ', '.join(map(str, grid.include_path)) if grid.include_path else ''})"
-                            f"{hint}")
+    try:
+        check_task_names([t.name for t in grid.tasks], tm)
+    except UnknownTaskError as e:
+        raise GridError(str(e)) from None
     for cell in grid.cells():
         for f in _data_files(_task_config(tm, cell.task)):
             _need(f.exists(), f"task {cell.task}: data file {f} is missing (set DLLMQ_DATA_DIR "
