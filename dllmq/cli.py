@@ -260,7 +260,7 @@ def _add_sweep(sub) -> None:
 
 
 def _run_sweep(args) -> int:
-    from .store import StoreError
+    from .store import Store, StoreError
     from .sweep import GridError, load_grid, run_sweep, validate, with_overrides
 
     try:
@@ -285,6 +285,7 @@ def _run_sweep(args) -> int:
 
         check_writable(path)
         grid = with_overrides(grid, store=Path(path))
+        before = len(Store(path).stored_ids())
         if args.executor == "local":
             failed = executors.run_local(grid, path, args.workers, lease_s=args.lease,
                                          threads=args.threads)
@@ -295,6 +296,9 @@ def _run_sweep(args) -> int:
             failed = executors.run_submitit(grid, path, args.workers, lease_s=args.lease,
                                             slurm=slurm)
         report = run_sweep(grid, path, progress=False) if not failed else None
+        if report is not None:  # cells the workers stored (or any sweep sharing the store)
+            report.ran = min(len(report.done), len(Store(path).stored_ids()) - before)
+            report.skipped = len(report.done) - report.ran
     except (GridError, StoreError, ValueError) as e:
         raise CLIError(str(e)) from None
     if failed:

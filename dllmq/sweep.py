@@ -21,12 +21,20 @@
 `load_grid` checks the file's shape, `validate` checks it against the world (tasks exist,
 recipes exist, local data files exist, generation fits each model's context, sampler settings
 are valid for each architecture); both raise `GridError` with one line and write nothing.
-`run_sweep` evaluates every cell missing from the store: the model is loaded and quantized
-once per model x recipe (only if one of its cells is missing), each cell is one
-`simple_evaluate` call on one task, committed to the store when it completes.
+`keyed_cells` gives every cell its full key (the calibration `harness.resolve_calibration`
+resolves for the recipe, the checkpoint's content fingerprint, the task's config and documents,
+device and dtype, the dllmq and lm-eval versions: `dllmq.store`, `dllmq.fingerprint`).
+`run_sweep` evaluates every cell missing from the store: it claims the cell in the store first
+(so any number of sweeps and workers on one store split the grid, see `dllmq.store` and
+`dllmq.executors`), the model is loaded and quantized with exactly the key's calibration once
+per model x recipe (only if one of its cells is missing; cached next to the store in the
+export format for other workers), each cell is one `simple_evaluate` call on one task,
+committed to the store when it completes. The unit of work is the cell: big tasks are not
+split into item ranges (few-shot examples of lm-eval's default sampler and sampled
+generation draw from one stream per task or call, so a split would change the results).
 
 Cell settings are the grid's settings, the task's and the axis values, as given (defaults are
-not filled in; the dllmq version is part of the cell key). The cell's seed seeds the model's
+not filled in). The cell's seed seeds the model's
 Monte Carlo and sampling draws; lm-eval's own seeds (few-shot order) stay at their defaults,
 so prompts are the same for every seed. A cell's model settings are explicit model args of
 `DLLMEvalLM`, so they win over the task's YAML and the paper's per-task settings.

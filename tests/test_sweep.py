@@ -339,3 +339,14 @@ def test_submitit_local_executor_gives_the_same_results(env, tmp_path):
     store.check()
     assert len(store.results()) == 4 and not store.claims()
     assert _metrics_and_outputs(store) == _metrics_and_outputs(Store(ref.store))
+
+
+def test_cli_executor_options_are_checked_before_any_work(env, tmp_path):
+    path = _grid(env, tmp_path)
+    for extra, msg in ((["--workers", "2"], "--workers needs --executor local"),
+                       (["--executor", "local", "--workers", "0"], "give at least 1")):
+        proc = subprocess.run([sys.executable, "-m", "dllmq", "sweep", str(path), *extra],
+                              capture_output=True, text=True, env=_env(), timeout=300)
+        err = [line for line in proc.stderr.splitlines() if line.startswith("dllmq: error:")]
+        assert proc.returncode != 0 and len(err) == 1 and msg in err[0], proc.stderr[-1500:]
+        assert not (tmp_path / "r.sqlite").exists()
