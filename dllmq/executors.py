@@ -87,7 +87,7 @@ def run_worker(spec: dict[str, Any]) -> int:
         torch.set_num_threads(spec["threads"])
     grid = parse_grid(spec["grid"], "worker grid")
     report = run_sweep(grid, spec["store"], progress=False, lease_s=spec["lease_s"],
-                       start=spec["start"])
+                       start=spec["start"], cache_models=True)
     return report.ran
 
 

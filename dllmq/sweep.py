@@ -582,7 +582,7 @@ def _owner(new_owner) -> str:
 
 def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: bool = True,
               tm=None, lease_s: float = LEASE_S, start: int = 0,
-              cache_models: bool | None = None) -> SweepReport:
+              cache_models: bool = False) -> SweepReport:
     """Validate, then run every cell missing from the store; returns what the store holds
     for the grid. A store given as a path is checked for writability first and opened
     (created) only after the grid passed validation.
@@ -591,8 +591,10 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
     of run_sweep calls (processes, hosts sharing the store's file system) split the grid;
     a worker then waits for the cells others hold and takes over those whose owner died.
     `start` rotates the order of model x recipe groups (the local executor gives each
-    worker its own, so workers begin on different models). Quantized models are cached next
-    to the store (`quantized_cache_dir`) unless `cache_models=False`."""
+    worker its own, so workers begin on different models). With `cache_models` (the executors'
+    workers), quantized models are cached next to the store (`quantized_cache_dir`) for the
+    other workers; a single process quantizes in memory and writes nothing besides the store
+    (a packed 8B model is GBs per recipe)."""
     from . import harness
     from .store import StoreError, check_writable, new_owner
 
@@ -617,7 +619,7 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
         k = start % len(groups)
         groups = groups[k:] + groups[:k]
     cache_dir = None
-    if store is not None and cache_models is not False:
+    if store is not None and cache_models:
         cache_dir = quantized_cache_dir(store.path)
         cache_dir.mkdir(exist_ok=True)
     results: dict[Cell, Result] = {}
