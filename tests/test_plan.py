@@ -67,3 +67,26 @@ def test_plan_estimate_within_30_percent_of_measured(env, tmp_path):
     print(f"plan estimate {estimate:.1f} s, measured {measured:.1f} s "
           f"({estimate / measured - 1:+.0%}); whole sweep {report.seconds:.1f} s")
     assert abs(estimate / measured - 1) < 0.30
+
+
+def test_plan_cli_prints_cells_and_totals(env, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    small = _grid(env, tmp_path, recipes=["fp16"], tasks=["tiny_mc"], seeds=[0])
+    run_sweep(small, small.store, progress=False, tm=env["tm"])
+    _grid(env, tmp_path, recipes=["fp16"], tasks=["tiny_mc"], seeds=[0, 1])  # grid.yaml
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "dllmq", "plan", str(tmp_path / "grid.yaml"),
+                           "--no-calibrate", "--workers", "2"], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(repo),
+                                            "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].split() == ["model", "recipe", "task", "seed", "items", "status", "time", "from"]
+    assert [line.split()[5] for line in lines[2:4]] == ["stored", "todo"]
+    assert lines[3].split()[-2:] == ["same", "recipe"]
+    assert lines[-1].startswith("2 cells: 1 stored, 0 running, 1 to run; estimated ")
+    assert "on 2 workers" in lines[-1]
