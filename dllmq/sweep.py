@@ -549,6 +549,19 @@ def build_model(grid: Grid, cell: Cell, cache_dir: Path | None = None):
     return load(target, device=grid.device, dtype=dtype), tok
 
 
+def _build_claim(store: Store | None, cell: Cell, owner: str, lease_s: float,
+                 cache_dir: Path | None) -> Cell | str | None:
+    """Claim the quantization of a cell's model x recipe when it is not cached yet, so that
+    workers do not quantize one model at the same time: the claimed pseudo-cell (release it
+    once the model is saved), "taken" (another live worker is quantizing it), or None
+    (nothing to claim: no cache, not quantized, or already cached)."""
+    if store is None or cache_dir is None or cell.recipe == NO_QUANT \
+            or (cache_dir / model_key(cell) / "config.json").is_file():
+        return None
+    build = Cell(cell.model, cell.recipe, "quantize", key={"model_key": model_key(cell)})
+    return build if store.claim(build, owner, lease_s) == "mine" else "taken"
+
+
 class _Heartbeat:
     """Renews the owner's leases every lease_s / 4 in a background thread."""
 
@@ -638,9 +651,16 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                     continue
                 if state == "mine":
                     if lm_of != (cell.model, cell.recipe):
+                        build = _build_claim(store, cell, owner, lease_s, cache_dir)
+                        if build == "taken":  # another worker is quantizing it: do other cells
+                            store.release(owner, cell)
+                            waiting.append(cell)
+                            continue
                         lm = None  # free the previous model first
                         bar.set_postfix_str(f"{cell.model} {cell.recipe}: loading")
                         model, tok = build_model(grid, cell, cache_dir)
+                        if isinstance(build, Cell):
+                            store.release(owner, build)
                         lm, lm_of = harness.DLLMEvalLM(model=model, tokenizer=tok), (cell.model,
                                                                                      cell.recipe)
                     bar.set_postfix_str(cell.label())

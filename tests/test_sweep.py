@@ -350,3 +350,33 @@ def test_cli_executor_options_are_checked_before_any_work(env, tmp_path):
         err = [line for line in proc.stderr.splitlines() if line.startswith("dllmq: error:")]
         assert proc.returncode != 0 and len(err) == 1 and msg in err[0], proc.stderr[-1500:]
         assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_a_worker_waits_while_another_quantizes_the_same_model(env, tmp_path, monkeypatch):
+    """Workers claim a model x recipe's quantization: while another live worker holds it, this
+    one does other cells (fp16 here) and builds the quantized model only after the release."""
+    import threading
+
+    from dllmq.store import Cell, new_owner
+
+    grid = load_grid(_grid(env, tmp_path, recipes=["w4a16g128-rtn", "fp16"]))
+    store = Store(grid.store)
+    tm = env["tm"]
+    cells = sweep.keyed_cells(grid, sweep.validate(grid, tm), cache=store)
+    rtn = next(c for c in cells if c.recipe == "w4a16g128-rtn")
+    other = new_owner().rsplit(":", 1)[0] + ":other"  # a live owner (this pid), not us
+    build = Cell(rtn.model, rtn.recipe, "quantize", key={"model_key": sweep.model_key(rtn)})
+    assert store.claim(build, other, lease_s=60) == "mine"
+    released, order = threading.Event(), []
+    real = sweep.build_model
+
+    def record(grid, cell, *a):
+        order.append((cell.recipe, released.is_set()))
+        if cell.recipe == "fp16":  # the other worker finishes quantizing meanwhile
+            threading.Timer(1.0, lambda: (store.release(other, build), released.set())).start()
+        return real(grid, cell, *a)
+
+    monkeypatch.setattr(sweep, "build_model", record)
+    report = run_sweep(grid, store, progress=False, tm=tm, cache_models=True)
+    assert report.ran == 2
+    assert order == [("fp16", False), ("w4a16g128-rtn", True)]
