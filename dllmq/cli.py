@@ -1,7 +1,9 @@
 """`python -m dllmq <command>` (also the `dllmq` console script). The only argparse in dllmq.
 
     eval      evaluate one model x recipe on tasks (optionally into a results store)
-    sweep     run a grid file into its results store, skipping finished cells
+    sweep     run a grid file into its results store, skipping finished cells (--executor
+              local --workers N: one process per GPU; slurm: submitit job arrays)
+    plan      a grid's cells, what the store holds, the estimated time per cell and in total
     lm_eval   lm-eval's own CLI with the `dllmq` model registered, dllmq's task folder as the
               default --include_path and --device cpu without CUDA:
               python -m dllmq lm_eval --model dllmq --model_args pretrained=NAME,recipe=R ...
@@ -245,6 +247,8 @@ def _add_sweep(sub) -> None:
                    default="inline", help="inline: this process; local: --workers processes "
                    "(one GPU each); submitit-local / slurm: submitit jobs (dllmq/executors.py)")
     p.add_argument("--workers", type=int, default=1, help="worker processes or Slurm array tasks")
+    p.add_argument("--threads", type=int, help="CPU threads per local worker (default: the "
+                   "cores shared out); equal thread counts give bit-identical CPU results")
     p.add_argument("--lease", type=float, help="seconds a claimed cell stays reserved without a "
                    "heartbeat (default 120)")
     p.add_argument("--partition", help="Slurm partition")
@@ -254,7 +258,7 @@ def _add_sweep(sub) -> None:
 
 
 def _run_sweep(args) -> int:
-    from .store import StoreError
+    from .store import Store, StoreError
     from .sweep import GridError, load_grid, run_sweep, validate, with_overrides
 
     try:
@@ -279,8 +283,10 @@ def _run_sweep(args) -> int:
 
         check_writable(path)
         grid = with_overrides(grid, store=Path(path))
+        before = len(Store(path).stored_ids())
         if args.executor == "local":
-            failed = executors.run_local(grid, path, args.workers, lease_s=args.lease)
+            failed = executors.run_local(grid, path, args.workers, lease_s=args.lease,
+                                         threads=args.threads)
         else:
             slurm = None if args.executor == "submitit-local" else {
                 "partition": args.partition, "time": args.time, "gpus": args.gpus_per_worker,
@@ -288,12 +294,41 @@ def _run_sweep(args) -> int:
             failed = executors.run_submitit(grid, path, args.workers, lease_s=args.lease,
                                             slurm=slurm)
         report = run_sweep(grid, path, progress=False) if not failed else None
+        if report is not None:  # cells the workers stored (or any sweep sharing the store)
+            report.ran = min(len(report.done), len(Store(path).stored_ids()) - before)
+            report.skipped = len(report.done) - report.ran
     except (GridError, StoreError, ValueError) as e:
         raise CLIError(str(e)) from None
     if failed:
         raise CLIError(f"{failed} of {args.workers} workers failed (see the log above); rerun the "
                        "same command: finished cells are kept, the rest are redone")
     print(report.table())
+    return 0
+
+
+# ---- plan -----------------------------------------------------------------------------------
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="a grid's cells, what is stored, estimated time")
+    p.add_argument("grid", help="grid YAML (see dllmq/sweep.py)")
+    p.add_argument("--store", help="results store; overrides the grid's `store`")
+    p.add_argument("--workers", type=int, default=1, help="workers the estimate divides over")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="no short calibration run for cells without a stored rate")
+
+
+def _run_plan(args) -> int:
+    from .plan import plan_grid, plan_table
+    from .store import Store, StoreError
+    from .sweep import GridError, load_grid
+
+    try:
+        grid = load_grid(args.grid)
+        path = args.store or grid.store
+        store = Store(path) if path is not None and Path(path).exists() else None
+        plans = plan_grid(grid, store, calibrate=not args.no_calibrate)
+    except (GridError, StoreError) as e:
+        raise CLIError(str(e)) from None
+    print(plan_table(plans, args.workers))
     return 0
 
 
@@ -475,6 +510,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_eval(sub)
     _add_sweep(sub)
+    _add_plan(sub)
     _add_quantize(sub)
     _add_passthrough(sub)
     return p
@@ -497,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if not args.verbose and args.command in ("eval", "sweep"):
+    if not args.verbose and args.command in ("eval", "sweep", "plan"):
         logging.getLogger("lm_eval").setLevel(logging.WARNING)  # one progress bar, not per-task chatter
     from .data import DataError
 
@@ -506,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_eval(args)
         if args.command == "sweep":
             return _run_sweep(args)
+        if args.command == "plan":
+            return _run_plan(args)
         if args.command == "quantize":
             return _run_quantize(args)
     except DataError as e:  # a missing local file: one line, nothing written

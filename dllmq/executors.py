@@ -69,20 +69,25 @@ def progress_of(store: Store, cells: list[Cell], started: float, done_at_start: 
     return Progress(done, running, left, eta)
 
 
-def worker_spec(grid, store_path: Path, start: int, lease_s: float) -> dict[str, Any]:
+def worker_spec(grid, store_path: Path, start: int, lease_s: float,
+                threads: int | None = None) -> dict[str, Any]:
     from .sweep import grid_to_raw
 
     return {"grid": grid_to_raw(grid), "store": str(Path(store_path).resolve()), "start": start,
-            "lease_s": lease_s}
+            "lease_s": lease_s, "threads": threads}
 
 
 def run_worker(spec: dict[str, Any]) -> int:
     """One worker: `run_sweep` on the spec's grid and store; returns cells it computed."""
+    import torch
+
     from .sweep import parse_grid, run_sweep
 
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     grid = parse_grid(spec["grid"], "worker grid")
     report = run_sweep(grid, spec["store"], progress=False, lease_s=spec["lease_s"],
-                       start=spec["start"])
+                       start=spec["start"], cache_models=True)
     return report.ran
 
 
@@ -114,10 +119,13 @@ def _watch(store: Store, cells: list[Cell], alive, workers: int, progress: bool,
 
 
 def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
-              lease_s: float | None = None, devices: list[str] | None = None, tm=None) -> int:
+              lease_s: float | None = None, devices: list[str] | None = None,
+              threads: int | None = None, tm=None) -> int:
     """N worker processes on this machine; returns the number of workers that failed.
     GPUs: worker i sees only device i (`CUDA_VISIBLE_DEVICES`, `devices` to choose them);
-    CPU: each worker gets cpu_count // N threads."""
+    CPU: each worker gets `threads` torch threads (default cpu_count // N). On CPU, quantized
+    models' per-sample scores can differ in the last bits between thread counts: to compare
+    runs bit for bit, give them the same `threads`."""
     import torch
 
     from .sweep import LEASE_S
@@ -130,12 +138,13 @@ def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
         devices = [str(i) for i in range(torch.cuda.device_count())]
     if devices and workers > len(devices):
         raise ValueError(f"--workers {workers} but only {len(devices)} GPU(s): one worker per GPU")
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     procs = []
     with tempfile.TemporaryDirectory(prefix="dllmq-workers-") as tmp:
         for i in range(workers):
             spec = Path(tmp) / f"worker{i}.json"
-            spec.write_text(json.dumps(worker_spec(grid, store.path, i, lease_s or LEASE_S)))
+            spec.write_text(json.dumps(worker_spec(grid, store.path, i, lease_s or LEASE_S,
+                                                   None if devices else threads)))
             env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
             if devices:
                 env["CUDA_VISIBLE_DEVICES"] = devices[i]
@@ -154,11 +163,12 @@ def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
 
 def run_submitit(grid, store_path: str | Path, workers: int, progress: bool = True,
                  lease_s: float | None = None, slurm: dict[str, Any] | None = None,
-                 folder: str | Path | None = None, tm=None) -> int:
+                 folder: str | Path | None = None, threads: int | None = None, tm=None) -> int:
     """`workers` submitit jobs (a Slurm job array with `slurm`, else submitit's LocalExecutor);
     returns the number that failed. `slurm`: partition, time (minutes), gpus (per worker),
     cpus (per worker), mem_gb, and any other `slurm_*` parameter of submitit without the prefix.
-    Job logs go to `folder` (default: `<store>.submitit/`)."""
+    Job logs go to `folder` (default: `<store>.submitit/`). `threads`: torch threads per job
+    (default: submitit's LocalExecutor shares none out; Slurm: the job's cpus)."""
     import submitit
 
     from .sweep import LEASE_S
@@ -176,7 +186,7 @@ def run_submitit(grid, store_path: str | Path, workers: int, progress: bool = Tr
                    "gpus": "gpus_per_node", "cpus": "cpus_per_task", "mem_gb": "mem_gb"}
         ex.update_parameters(**{mapping.get(k, f"slurm_{k}"): v for k, v in params.items()
                                 if v is not None}, tasks_per_node=1, nodes=1)
-    specs = [worker_spec(grid, store.path, i, lease_s or LEASE_S) for i in range(workers)]
+    specs = [worker_spec(grid, store.path, i, lease_s or LEASE_S, threads) for i in range(workers)]
     jobs = ex.map_array(run_worker, specs)
     log.info("%d submitit jobs submitted (%s), logs in %s", len(jobs),
              ", ".join(j.job_id for j in jobs), folder)

@@ -21,12 +21,20 @@
 `load_grid` checks the file's shape, `validate` checks it against the world (tasks exist,
 recipes exist, local data files exist, generation fits each model's context, sampler settings
 are valid for each architecture); both raise `GridError` with one line and write nothing.
-`run_sweep` evaluates every cell missing from the store: the model is loaded and quantized
-once per model x recipe (only if one of its cells is missing), each cell is one
-`simple_evaluate` call on one task, committed to the store when it completes.
+`keyed_cells` gives every cell its full key (the calibration `harness.resolve_calibration`
+resolves for the recipe, the checkpoint's content fingerprint, the task's config and documents,
+device and dtype, the dllmq and lm-eval versions: `dllmq.store`, `dllmq.fingerprint`).
+`run_sweep` evaluates every cell missing from the store: it claims the cell in the store first
+(so any number of sweeps and workers on one store split the grid, see `dllmq.store` and
+`dllmq.executors`), the model is loaded and quantized with exactly the key's calibration once
+per model x recipe (only if one of its cells is missing; cached next to the store in the
+export format for other workers), each cell is one `simple_evaluate` call on one task,
+committed to the store when it completes. The unit of work is the cell: big tasks are not
+split into item ranges (few-shot examples of lm-eval's default sampler and sampled
+generation draw from one stream per task or call, so a split would change the results).
 
 Cell settings are the grid's settings, the task's and the axis values, as given (defaults are
-not filled in; the dllmq version is part of the cell key). The cell's seed seeds the model's
+not filled in). The cell's seed seeds the model's
 Monte Carlo and sampling draws; lm-eval's own seeds (few-shot order) stay at their defaults,
 so prompts are the same for every seed. A cell's model settings are explicit model args of
 `DLLMEvalLM`, so they win over the task's YAML and the paper's per-task settings.
@@ -63,6 +71,7 @@ from .harness import (
     task_defaults,
 )
 from .store import Cell, Result, Store
+from .tasks.lm_eval import UnknownTaskError, check_task_names
 
 log = logging.getLogger(__name__)
 
@@ -215,19 +224,16 @@ def load_grid(path: str | Path) -> Grid:
 
 
 def task_manager(grid: Grid):
-    """lm-eval's TaskManager over dllmq's task files (paper tasks, embedded suite), the grid's
-    include_path folders and, with include_defaults, all of lm-eval's tasks (else only the
-    folders the paper tasks build on); the grid's data_dir goes to the paper tasks' loaders."""
-    import lm_eval.tasks
-    from lm_eval.tasks import TaskManager
+    """The one lm-eval TaskManager of dllmq (`dllmq.tasks.lm_eval.task_manager`) for a grid: its
+    include_path folders, include_defaults and data_dir."""
+    from .tasks.lm_eval import LocalDataError
+    from .tasks.lm_eval import task_manager as lm_task_manager
 
-    from .tasks.lm_eval import DATA_DIR_KEY, LM_EVAL_TASK_DIRS, TASK_DIR
-
-    paths = list(dict.fromkeys(str(Path(p).resolve()) for p in (TASK_DIR, *grid.include_path)))
-    if not grid.include_defaults:
-        paths = [str(Path(lm_eval.tasks.__file__).parent / d) for d in LM_EVAL_TASK_DIRS] + paths
-    meta = {DATA_DIR_KEY: str(grid.data_dir)} if grid.data_dir is not None else None
-    return TaskManager(include_path=paths, include_defaults=grid.include_defaults, metadata=meta)
+    try:
+        return lm_task_manager(data_dir=grid.data_dir, include_defaults=grid.include_defaults,
+                               include_path=grid.include_path)
+    except LocalDataError as e:
+        raise GridError(str(e)) from None
 
 
 def _task_config(tm, name: str) -> dict[str, Any]:
@@ -303,14 +309,10 @@ def validate(grid: Grid, tm=None) -> Checked:
             raise GridError(f"model {m!r} is neither a shipped model ({', '.join(shipped_models()) or 'none'}), "
                             "an existing directory, nor a Hub id owner/name")
     tm = tm or task_manager(grid)
-    known = set(tm.all_tasks)
-    for t in grid.tasks:
-        if t.name not in known:
-            near = sorted(k for k in known if t.name.lower() in k.lower())[:5]
-            hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise GridError(f"unknown task {t.name!r} (not in lm-eval's tasks"
-                            f"{' or ' + ', '.join(map(str, grid.include_path)) if grid.include_path else ''})"
-                            f"{hint}")
+    try:
+        check_task_names([t.name for t in grid.tasks], tm)
+    except UnknownTaskError as e:
+        raise GridError(str(e)) from None
     for cell in grid.cells():
         for f in _data_files(_task_config(tm, cell.task)):
             _need(f.exists(), f"task {cell.task}: data file {f} is missing (set DLLMQ_DATA_DIR "
@@ -354,6 +356,18 @@ def validate(grid: Grid, tm=None) -> Checked:
     return Checked(configs, loaded)
 
 
+def runtime_of(grid: Grid) -> dict[str, str]:
+    """The device kind and dtype a grid runs with (they change the numbers: bf16 on GPU,
+    fp32 on CPU by default), as part of every cell key."""
+    import torch
+
+    from .models.io import default_dtype
+
+    device = torch.device(grid.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _dtype(grid.dtype) if grid.dtype is not None else default_dtype(device)
+    return {"device": device.type, "dtype": str(dtype).removeprefix("torch.")}
+
+
 def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
     """The grid's cells with their full key: the calibration each recipe is applied with
     (`harness.resolve_calibration`, the same dict `build_model` quantizes with), the
@@ -364,6 +378,7 @@ def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
     from .models.io import read_config, resolve
 
     vers = versions()
+    runtime = runtime_of(grid)
     tfp = {name: task_fingerprint(loaded) for name, loaded in checked.tasks.items()}
     mfp: dict[str, str] = {}
     calib: dict[tuple[str, str], Any] = {}
@@ -377,7 +392,7 @@ def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
             calib[c.model, c.recipe] = resolve_calibration(
                 c.recipe, c.model, grid.calib, checked.configs[c.model].max_position)
         key = {"calib": calib[c.model, c.recipe], "checkpoint": mfp[c.model],
-               "task": tfp[c.task], "versions": vers}
+               "task": tfp[c.task], "versions": vers, "runtime": runtime}
         out.append(dataclasses.replace(c, key=key))
     return out
 
@@ -542,6 +557,19 @@ def build_model(grid: Grid, cell: Cell, cache_dir: Path | None = None):
     return load(target, device=grid.device, dtype=dtype), tok
 
 
+def _build_claim(store: Store | None, cell: Cell, owner: str, lease_s: float,
+                 cache_dir: Path | None) -> Cell | str | None:
+    """Claim the quantization of a cell's model x recipe when it is not cached yet, so that
+    workers do not quantize one model at the same time: the claimed pseudo-cell (release it
+    once the model is saved), "taken" (another live worker is quantizing it), or None
+    (nothing to claim: no cache, not quantized, or already cached)."""
+    if store is None or cache_dir is None or cell.recipe == NO_QUANT \
+            or (cache_dir / model_key(cell) / "config.json").is_file():
+        return None
+    build = Cell(cell.model, cell.recipe, "quantize", key={"model_key": model_key(cell)})
+    return build if store.claim(build, owner, lease_s) == "mine" else "taken"
+
+
 class _Heartbeat:
     """Renews the owner's leases every lease_s / 4 in a background thread."""
 
@@ -575,7 +603,7 @@ def _owner(new_owner) -> str:
 
 def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: bool = True,
               tm=None, lease_s: float = LEASE_S, start: int = 0,
-              cache_models: bool | None = None) -> SweepReport:
+              cache_models: bool = False) -> SweepReport:
     """Validate, then run every cell missing from the store; returns what the store holds
     for the grid. A store given as a path is checked for writability first and opened
     (created) only after the grid passed validation.
@@ -584,8 +612,10 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
     of run_sweep calls (processes, hosts sharing the store's file system) split the grid;
     a worker then waits for the cells others hold and takes over those whose owner died.
     `start` rotates the order of model x recipe groups (the local executor gives each
-    worker its own, so workers begin on different models). Quantized models are cached next
-    to the store (`quantized_cache_dir`) unless `cache_models=False`."""
+    worker its own, so workers begin on different models). With `cache_models` (the executors'
+    workers), quantized models are cached next to the store (`quantized_cache_dir`) for the
+    other workers; a single process quantizes in memory and writes nothing besides the store
+    (a packed 8B model is GBs per recipe)."""
     from . import harness
     from .store import StoreError, check_writable, new_owner
 
@@ -610,7 +640,7 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
         k = start % len(groups)
         groups = groups[k:] + groups[:k]
     cache_dir = None
-    if store is not None and cache_models is not False:
+    if store is not None and cache_models:
         cache_dir = quantized_cache_dir(store.path)
         cache_dir.mkdir(exist_ok=True)
     results: dict[Cell, Result] = {}
@@ -629,9 +659,16 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                     continue
                 if state == "mine":
                     if lm_of != (cell.model, cell.recipe):
+                        build = _build_claim(store, cell, owner, lease_s, cache_dir)
+                        if build == "taken":  # another worker is quantizing it: do other cells
+                            store.release(owner, cell)
+                            waiting.append(cell)
+                            continue
                         lm = None  # free the previous model first
                         bar.set_postfix_str(f"{cell.model} {cell.recipe}: loading")
                         model, tok = build_model(grid, cell, cache_dir)
+                        if isinstance(build, Cell):
+                            store.release(owner, build)
                         lm, lm_of = harness.DLLMEvalLM(model=model, tokenizer=tok), (cell.model,
                                                                                      cell.recipe)
                     bar.set_postfix_str(cell.label())

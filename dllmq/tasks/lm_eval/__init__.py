@@ -16,6 +16,7 @@ See README.md in this folder for the task names, the data-directory layout and t
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,13 +45,15 @@ def task_dir() -> Path:
 
 
 def task_manager(data_dir: str | Path | None = None, metadata: dict | None = None,
-                 include_defaults: bool = True) -> TaskManager:
+                 include_defaults: bool = True,
+                 include_path: Sequence[str | Path] = ()) -> TaskManager:
     """An lm-eval TaskManager that knows dllmq's tasks besides lm-eval's own.
 
     data_dir: local benchmark files for the paper tasks (else `$DLLMQ_DATA_DIR`, else the Hub);
     it is checked here, so a wrong path fails before any model is loaded.
     include_defaults: index all of lm-eval's tasks (about 20 s) so any of them can be mixed in;
     False indexes only the lm-eval folders the paper tasks build on (LM_EVAL_TASK_DIRS, 0.1 s).
+    include_path: more task folders (a grid's `include_path`).
     """
     import lm_eval.tasks
     from lm_eval.tasks import TaskManager
@@ -59,7 +62,7 @@ def task_manager(data_dir: str | Path | None = None, metadata: dict | None = Non
     if data_dir is not None:
         meta[DATA_DIR_KEY] = str(data_dir)
     resolve_data_dir(meta)  # raises one line for a missing directory
-    paths = [str(TASK_DIR)]
+    paths = list(dict.fromkeys(str(Path(p).resolve()) for p in (TASK_DIR, *include_path)))
     if not include_defaults:
         lm_eval_dir = Path(lm_eval.tasks.__file__).parent
         paths = [str(lm_eval_dir / d) for d in LM_EVAL_TASK_DIRS] + paths
