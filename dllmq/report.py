@@ -312,10 +312,12 @@ def _header(col: str) -> str:
     return col
 
 
-def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = "") -> str:
-    """Markdown with `value ± se` cells. Drops are printed as they are computed, positive =
-    worse, with the verdict rule's word (near-lossless / significant / undecided at 4 %)."""
-    key_cols = [c for c in ("model", "setting", "method") if c in table.columns]
+def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = "",
+                   keys: Sequence[str] = ("model", "setting", "method")) -> str:
+    """Markdown with the `keys` columns, then `value ± se` cells (a value column `c` takes its
+    se from `c_se`). Drops are printed as they are computed, positive = worse, with the verdict
+    rule's word (near-lossless / significant / undecided at 4 %)."""
+    key_cols = [c for c in keys if c in table.columns]
     header = [c.capitalize() for c in key_cols] + [_header(c) for c in value_cols]
     lines = ([f"**{title}**", ""] if title else []) + [
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -332,7 +334,8 @@ def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = 
 
 
 def write_table(table: pd.DataFrame, value_cols: Sequence[str] | None, out: Path, title: str,
-                paper: pd.DataFrame | None = None, index: bool = False) -> None:
+                paper: pd.DataFrame | None = None, index: bool = False,
+                keys: Sequence[str] = ("model", "setting", "method")) -> None:
     """tables/<name>.csv + .md, each written atomically (a temporary file renamed into place).
     With value_cols, the Markdown shows `value ± se` cells (table_markdown); with None, the
     frame as it is (3 significant digits), under `title`. With `paper`, the paper's printed
@@ -342,7 +345,7 @@ def write_table(table: pd.DataFrame, value_cols: Sequence[str] | None, out: Path
     if value_cols is None:
         md = (f"{title}\n\n" if title else "") + table.to_markdown(index=index, floatfmt=".3g") + "\n"
     else:
-        md = table_markdown(table, value_cols, title)
+        md = table_markdown(table, value_cols, title, keys)
     if paper is not None:
         md += "\nThe paper's printed numbers (Lin, Xu et al. 2025), for comparison:\n\n"
         md += paper.to_markdown(index=False) + "\n"

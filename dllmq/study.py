@@ -272,18 +272,17 @@ def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with
 
 
 def write_pivot(df, columns: str, out: Path, caption: str):
-    """Accuracy (%) with recipe labels as rows and `columns` as columns, each value ± its
-    standard error, to out.csv and out.md (report.write_table); returns the pivot."""
-    import pandas as pd
+    """Accuracy (%) with recipe labels as rows and one column per value of `columns` (plus its
+    `_se` column), to out.csv and out.md (report.write_table, `value ± se` cells); returns the
+    pivot of values."""
+    from .report import write_table
 
-    from .report import fmt, write_table
-
-    pivot = df.pivot_table(index="label", columns=columns, values="value", sort=False).round(1)
+    pivot = df.pivot_table(index="label", columns=columns, values="value", sort=False)
     se = df.pivot_table(index="label", columns=columns, values="se", sort=False)
-    shown = pd.DataFrame({c: [fmt(v, e) for v, e in zip(pivot[c], se[c], strict=True)] for c in pivot.columns},
-                         index=pivot.index)
-    write_table(shown, None, out, caption + " (± standard error over items)", index=True)
-    return pivot
+    cols = [str(c) for c in pivot.columns]
+    table = pivot.set_axis(cols, axis=1).join(se.set_axis([f"{c}_se" for c in cols], axis=1)).reset_index()
+    write_table(table, cols, out, caption + " (± standard error over items)", keys=("label",))
+    return pivot.round(1)
 
 
 def packed_sizes(model_name: str, recipes, calib: dict[str, Any], device: str, seed: int = 0):
