@@ -502,12 +502,11 @@ def plot_drops(df: pd.DataFrame, x: str, hue: str, col: str, row: str | None = N
     widths = [max(1, max(df[(df[col] == c) & ((df[row] == r) if row else True)][x].nunique() for r in rows))
               for c in cols]
     fig, axes = plt.subplots(len(rows), len(cols), squeeze=False, sharey=True,
-                             figsize=(panel_width * len(cols) * max(widths) / max(2, max(widths)) + 0.8,
+                             figsize=(panel_width * len(cols) + 0.8,
                                       panel_height * len(rows) + 0.6),
                              gridspec_kw={"width_ratios": widths})
     lo, hi = (float(df["lo"].min()), float(df["hi"].max())) if len(df) else (0.0, threshold)
     pad = 0.05 * (max(hi, threshold) - min(lo, 0.0))
-    dodge = 0.7 / max(1, len(hues))
     for i, rv in enumerate(rows):
         for j, cv in enumerate(cols):
             ax = axes[i][j]
@@ -515,11 +514,13 @@ def plot_drops(df: pd.DataFrame, x: str, hue: str, col: str, row: str | None = N
             order = [v for v in (x_orders or {}).get(cv, dict.fromkeys(df[df[col] == cv][x]))
                      if v in set(sub[x])]  # only this panel's x values: no empty slots
             pos = {v: k for k, v in enumerate(order)}
-            for k, h in enumerate(hues):
+            here = [h for h in hues if h in set(sub[hue])]  # dodge among this panel's hues only
+            dodge = 0.7 / max(1, len(here))
+            for k, h in enumerate(here):
                 d = sub[(sub[hue] == h) & sub[x].isin(pos)]
                 if d.empty:
                     continue
-                xs = d[x].map(pos) + (k - (len(hues) - 1) / 2) * dodge
+                xs = d[x].map(pos) + (k - (len(here) - 1) / 2) * dodge
                 ax.errorbar(xs, d["drop"], yerr=[d["drop"] - d["lo"], d["hi"] - d["drop"]], fmt="o",
                             ms=4, capsize=2, elinewidth=1.1, color=palette[h], label=str(h))
             ax.axhline(0, color="0.3", lw=0.8)
