@@ -147,11 +147,16 @@ def result_rows(store, results, role: str, cat_of: dict[str, str], metric_of: di
     for r in results:
         picked = metric_key(r.metrics, metric_of[r.cell.task], r.cell.task)
         m = r.metrics[picked]
+        scores = item_scores(store.samples(r.cell), picked, r.cell)
+        mean = sum(scores.values()) / len(scores)
+        if abs(mean - m["value"]) > 1e-6:  # the per-item records are not what the metric averaged
+            raise ValueError(f"cell {r.cell}: the mean of its {len(scores)} per-item {picked} scores is "
+                             f"{mean:.6f}, the stored metric {m['value']:.6f}; the samples do not belong "
+                             "to this metric (delete the cell and evaluate it again)")
         rows.append({"model": r.cell.model, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
                      "category": cat_of[r.cell.task], "metric": picked, "seed": r.cell.seed,
                      **{k: r.cell.settings.get(k) for k in (axes or {})},
-                     "value": m["value"], "stderr": m["stderr"] or 0.0,
-                     "scores": item_scores(store.samples(r.cell), picked, r.cell)})
+                     "value": m["value"], "stderr": m["stderr"] or 0.0, "scores": scores})
     return rows
 
 

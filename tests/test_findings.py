@@ -129,3 +129,19 @@ def test_full_preset_and_output_dirs(tmp_path, monkeypatch):
     assert study.paper_table_dir({}) is None  # no default outside the package
     monkeypatch.setenv(study.PAPER_TABLES_ENV, str(tmp_path))
     assert study.paper_table_dir({}) == tmp_path
+
+
+def test_samples_that_do_not_average_to_the_metric_are_an_error(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    cell = Cell("base", "fp16", "qa_task", {"limit": 2})
+    store.put(cell, {"acc,none": (0.5, 0.5)}, [{"doc_id": 0, "filter": "none", "acc": 1.0},
+                                                {"doc_id": 1, "filter": "none", "acc": 1.0}])
+    with pytest.raises(ValueError, match="do not belong"):
+        result_rows(store, store.results(), "llada_base", CATS, METRICS)
+
+
+def test_rank_is_deterministic(tmp_path):
+    from dllmq.report import rank_drops
+
+    df = _frame(_store(tmp_path, {"fp16": PLAN["fp16"], "w3a16g128-gptq": PLAN["w3a16g128-gptq"]}, n=60))
+    assert rank_drops(df, ("setting", "method")).equals(rank_drops(df, ("setting", "method")))
