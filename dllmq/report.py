@@ -187,7 +187,8 @@ class Numbers:
             for model, recipe, cat in cells:
                 q = sum(means[tasks.index(t), index[(t, model, recipe)]] for t in self._tasks[cat])
                 f = sum(means[tasks.index(t), index[(t, model, FP_RECIPE)]] for t in self._tasks[cat])
-                out = out + 100 * (f - q) / f
+                with np.errstate(divide="ignore", invalid="ignore"):  # FP at 0: NaN, no relative drop
+                    out = out + 100 * (f - q) / f
             return out / len(cells)
         k = max(len(a) for a in arrays.values())
         padded = [a + [a[0]] * (k - len(a)) for a in (arrays[t] for t in tasks)]

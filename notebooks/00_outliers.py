@@ -30,7 +30,11 @@
 preset = "default"  # params/<preset>.yaml supplies everything else
 
 # %%
-import matplotlib.pyplot as plt
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
 from dllmq.outliers import plot_activation_grid
 from dllmq.report import model_slug, save_figure, write_table
 from dllmq.study import load_params, outlier_stats, output_dirs, setup_notebook

@@ -25,7 +25,11 @@
 preset = "default"  # params/<preset>.yaml supplies everything else (papermill -f)
 
 # %%
-import matplotlib.pyplot as plt
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
 from dllmq.report import plot_drops, rank_drops, relative_drops, save_figure, write_table
 from dllmq.study import load_params, output_dirs, run_study, setup_notebook
 

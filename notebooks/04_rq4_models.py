@@ -27,7 +27,11 @@
 preset = "default"  # params/<preset>.yaml supplies everything else (papermill -f)
 
 # %%
-import matplotlib.pyplot as plt
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
 from dllmq.findings import findings_markdown, judge
 from dllmq.report import plot_drops, relative_drops, save_figure, write_text

@@ -29,7 +29,11 @@
 preset = "default"
 
 # %%
-import matplotlib.pyplot as plt
+import warnings
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
 from dllmq.report import plot_drops, relative_drops, save_figure, write_table
 from dllmq.study import (
     calibration_spread,
