@@ -133,7 +133,7 @@ def test_w4a16_linear_bit_identical_on_cpu():
     q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None)
     x = torch.randn(5, 3, 256, generator=torch.Generator().manual_seed(5))
     lin = W4A16Linear(q)
-    assert lin.weight_packed.dtype == torch.int32 and lin.weight_packed.shape == (48, 32)
+    assert lin.weight_packed_t.dtype == torch.int32 and lin.weight_packed_t.shape == (32, 48)
     assert torch.equal(lin(x), q(x))
 
 
