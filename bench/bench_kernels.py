@@ -142,7 +142,7 @@ def build(backend: str, cfg, device, dtype, mods: dict):
     elif backend == "w8a8-int8":
         realize(model, "int8")
     elif backend.startswith("w4a16"):
-        realize(model, "w4a16", w4a16_mode="dequant" if backend == "w4a16-dequant" else "auto")
+        realize(model, "w4a16", w4a16_mode="dequant" if backend == "w4a16-dequant" else "triton")
     if backend not in ("bf16",):
         compile_blocks(model)
     return model

@@ -28,7 +28,7 @@ from dllmq.quant.export import pack_int32, unpack_int32
 from dllmq.quant.primitives import QuantSpec, dequantize
 from dllmq.quant.qlinear import QLinear
 
-MODES = ("auto", "triton", "dequant")
+MODES = ("dequant", "triton")
 
 
 def check_w4a16(q: QLinear, name: str) -> None:
@@ -47,7 +47,7 @@ def check_w4a16(q: QLinear, name: str) -> None:
 
 
 class W4A16Linear(nn.Module):
-    def __init__(self, q: QLinear, name: str = "linear", mode: str = "auto"):
+    def __init__(self, q: QLinear, name: str = "linear", mode: str = "dequant"):
         super().__init__()
         check_w4a16(q, name)
         if mode not in MODES:
@@ -76,10 +76,9 @@ class W4A16Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
-        use_triton = x.is_cuda and self.mode in ("auto", "triton")
         if self.mode == "triton" and not x.is_cuda:
-            raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'auto' on CPU")
-        if not use_triton:
+            raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'dequant' on CPU")
+        if self.mode == "dequant":
             return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
         from . import triton_kernels  # needs triton, which CUDA builds of torch ship with
 
