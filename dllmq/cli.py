@@ -2,10 +2,12 @@
 
     eval      evaluate one model x recipe on tasks (optionally into a results store)
     sweep     run a grid file into its results store, skipping finished cells
-    lm_eval   lm-eval's own CLI with the `dllmq` model registered:
+    lm_eval   lm-eval's own CLI with the `dllmq` model registered, dllmq's task folder as the
+              default --include_path and --device cpu without CUDA:
               python -m dllmq lm_eval --model dllmq --model_args pretrained=NAME,recipe=R ...
               (lm-eval 0.4.13 has no plugin entry points: its registry only knows models whose
-              module was imported, so plain `lm_eval --model dllmq` cannot find ours)
+              module was imported, so plain `lm_eval --model dllmq` finds ours only from the
+              release that reads pyproject's `lm_eval.models` entry point)
     quantize  quantize a model with a recipe and save it: weight-only recipes as dequantized
               weights in the official layout (dllmq.load), the others packed with the
               dllmq extension (dllmq.quant.load_quantized)
@@ -21,8 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger("dllmq")
@@ -55,18 +60,75 @@ def _settings(pairs: list[str]) -> dict:
     return out
 
 
+# ---- checks shared by the commands (before any long work) -----------------------------------
+def _writable(path: str | None, flag: str, directory: bool = False) -> Path | None:
+    """The path, if a file (or directory) can be created or replaced there; else CLIError."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if not directory and p.is_dir():
+        raise CLIError(f"{flag} {p} is a directory; give a file path")
+    if directory and p.exists() and not p.is_dir():
+        raise CLIError(f"{flag} {p} is a file; give a directory path")
+    anc = p.parent
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir() or not os.access(anc, os.W_OK | os.X_OK) \
+            or (p.exists() and not os.access(p, os.W_OK)):
+        raise CLIError(f"{flag} {p}: cannot write there ({anc} is not a writable directory); "
+                       "choose another path")
+    return p
+
+
+def _check_recipe(recipe: str) -> None:
+    from .harness import NO_QUANT
+    from .quant.api import resolve_recipe
+
+    if recipe == NO_QUANT:
+        return
+    try:
+        resolve_recipe(recipe)
+    except (KeyError, ValueError) as e:
+        raise CLIError(f"--recipe {recipe}: {e.args[0] if e.args else e}") from None
+
+
+def _calibration(args) -> dict:
+    """The calibration flags as an override (`harness.resolve_calibration`); unset flags absent."""
+    from .data import SOURCES
+
+    if args.calib is not None and args.calib not in SOURCES:
+        raise CLIError(f"--calib {args.calib}: unknown source; choose one of {', '.join(SOURCES)}")
+    for flag, v in (("--calib-samples", args.calib_samples), ("--calib-seqlen", args.calib_seqlen)):
+        if v is not None and v < 1:
+            raise CLIError(f"{flag} must be >= 1, got {v}")
+    c = {"source": args.calib, "samples": args.calib_samples, "seqlen": args.calib_seqlen,
+         "seed": args.calib_seed}
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def _add_calibration(p) -> None:
+    g = p.add_argument_group("calibration (default: the recipe's own; a shipped model's own, see "
+                             "its dllmq_defaults.yaml)")
+    g.add_argument("--calib", help="calibration source (wikitext2, pileval, embedded)")
+    g.add_argument("--calib-samples", type=int, help="number of calibration windows")
+    g.add_argument("--calib-seqlen", type=int, help="tokens per window")
+    g.add_argument("--calib-seed", type=int, help="seed of the window draw (default 0)")
+
+
 # ---- eval -----------------------------------------------------------------------------------
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate a model x recipe on tasks")
     p.add_argument("--model", required=True, help="shipped name, checkpoint dir or Hub id")
     p.add_argument("--recipe", default="fp16", help="quantization recipe (fp16: none)")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    p.add_argument("--limit", type=int, help="documents per task")
-    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--limit", type=int, help="documents per task (>= 1)")
+    p.add_argument("--num-fewshot", type=int, help="shots (not for paper_* tasks: they fix theirs)")
     p.add_argument("--seed", type=int, action="append", help="repeatable; default 0")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="an evaluation setting (mc_num, batch_size, gen_length, steps, ...)")
-    p.add_argument("--apply-chat-template", action="store_true")
+    p.add_argument("--apply-chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="apply the tokenizer's chat template (default: as the model's "
+                        "dllmq_defaults.yaml says per task, else no)")
     p.add_argument("--include-path", action="append", default=[], help="extra lm-eval task folder")
     p.add_argument("--no-default-tasks", action="store_true",
                    help="index only dllmq's tasks, --include-path and the lm-eval folders the "
@@ -77,31 +139,101 @@ def _add_eval(sub) -> None:
     p.add_argument("--store", help="results store (SQLite) to read finished cells from and write to")
     p.add_argument("--device")
     p.add_argument("--json", help="write the metrics to this JSON file")
+    _add_calibration(p)
+
+
+def _eval_tasks(args, settings: dict) -> list[dict]:
+    """Each task with its settings: the model's own defaults for it (`model_defaults`), under
+    what the command line gives. Paper tasks fix their shots: --num-fewshot is refused there."""
+    from .harness import model_defaults
+    from .tasks.lm_eval import all_paper_settings
+
+    try:
+        defaults = model_defaults(args.model)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    names = [t.strip() for t in args.tasks.split(",")]
+    if not all(names):
+        raise CLIError(f"--tasks {args.tasks!r} has an empty name; give comma-separated task names")
+    paper = all_paper_settings()
+    out = []
+    for name in names:
+        if args.num_fewshot is not None and name in paper \
+                and args.num_fewshot != paper[name].num_fewshot:
+            raise CLIError(f"--num-fewshot {args.num_fewshot}: {name} uses the paper's "
+                           f"{paper[name].num_fewshot} shots; drop the flag, or evaluate lm-eval's "
+                           f"{paper[name].lm_eval} with your shots")
+        out.append({"task": name, "settings": {**defaults.tasks.get(name, {}), **settings}})
+    return out
+
+
+def _check_tasks(grid, tm, confirm_unsafe: bool, num_fewshot: int | None) -> None:
+    """Before the model loads: code tasks need --confirm-run-unsafe-code, and --num-fewshot must
+    not exceed the few-shot documents a task has (lm-eval would otherwise fail or ignore it)."""
+    from .tasks.lm_eval import check_task_names
+
+    names = list(dict.fromkeys(t.name for t in grid.tasks))
+    try:
+        check_task_names(names, tm)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    for name in names:
+        try:
+            built = tm.load([name])["tasks"]
+        except Exception as e:  # missing local file, offline Hub, broken YAML: one line each
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            raise CLIError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
+        for sub, task in built.items():
+            if getattr(task, "UNSAFE_CODE", False) and not confirm_unsafe:
+                raise CLIError(f"task {sub} executes model-written programs; pass "
+                               "--confirm-run-unsafe-code to allow it")
+            if num_fewshot:
+                docs = task.fewshot_docs()
+                n = len(docs) if docs is not None else 0
+                if n < num_fewshot:
+                    raise CLIError(f"--num-fewshot {num_fewshot}: task {sub} has {n} few-shot "
+                                   "documents; give at most that many")
 
 
 def _run_eval(args) -> int:
-    from .sweep import GridError, grid_for_eval, run_sweep
+    from .sweep import GridError, grid_for_eval, run_sweep, task_manager, with_overrides
 
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit {args.limit}: give a positive number of documents per task")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        raise CLIError(f"--num-fewshot {args.num_fewshot}: give 0 or more shots")
+    json_out = _writable(args.json, "--json")
+    _writable(args.store, "--store")
+    _check_recipe(args.recipe)
+    calib = _calibration(args)
     settings = _settings(args.set)
-    for key, val in (("limit", args.limit), ("num_fewshot", args.num_fewshot)):
+    for key, val in (("limit", args.limit), ("num_fewshot", args.num_fewshot),
+                     ("apply_chat_template", args.apply_chat_template)):
         if val is not None:
             settings[key] = val
-    if args.apply_chat_template:
-        settings["apply_chat_template"] = True
+    tasks = _eval_tasks(args, settings)
     try:
-        grid = grid_for_eval([args.model], [args.recipe], args.tasks.split(","),
-                             args.seed or [0], settings, args.include_path,
-                             not args.no_default_tasks, args.device, args.data_dir,
-                             args.confirm_run_unsafe_code)
-        report = run_sweep(grid, args.store)
+        grid = grid_for_eval([args.model], [args.recipe], tasks, args.seed or [0], {},
+                             args.include_path, not args.no_default_tasks, args.device,
+                             args.data_dir, args.confirm_run_unsafe_code)
+        grid = with_overrides(grid, calib=calib or None)
+        tm = task_manager(grid)
+        _check_tasks(grid, tm, args.confirm_run_unsafe_code, args.num_fewshot)
+        report = run_sweep(grid, args.store, tm=tm)
     except GridError as e:
         raise CLIError(str(e)) from None
+    except ValueError as e:  # a setting the model refuses (e.g. a prompt longer than max_length)
+        if args.verbose:
+            raise
+        raise CLIError(f"{e} (cells finished before it are in the store; -v: traceback)") from None
     print(report.table())
-    if args.json:
-        Path(args.json).write_text(json.dumps(
-            [{"model": r.cell.model, "recipe": r.cell.recipe, "task": r.cell.task,
-              "seed": r.cell.seed, "settings": dict(r.cell.settings), "metrics": r.metrics}
-             for r in report.done], indent=2) + "\n")
+    if json_out is not None:
+        rows = [{"model": r.cell.model, "recipe": r.cell.recipe, "task": r.cell.task,
+                 "seed": r.cell.seed, "settings": dict(r.cell.settings), "metrics": r.metrics}
+                for r in report.done]
+        tmp = json_out.with_name(f".{json_out.name}.part")
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+        tmp.replace(json_out)
     return 0
 
 
@@ -111,10 +243,21 @@ def _add_sweep(sub) -> None:
     p.add_argument("grid", help="grid YAML (see dllmq/sweep.py)")
     p.add_argument("--store", help="results store; overrides the grid's `store`")
     p.add_argument("--check", action="store_true", help="validate the grid and exit")
+    p.add_argument("--executor", choices=("inline", "local", "submitit-local", "slurm"),
+                   default="inline", help="inline: this process; local: --workers processes "
+                   "(one GPU each); submitit-local / slurm: submitit jobs (dllmq/executors.py)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes or Slurm array tasks")
+    p.add_argument("--lease", type=float, help="seconds a claimed cell stays reserved without a "
+                   "heartbeat (default 120)")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--time", type=int, help="Slurm time limit per worker, minutes")
+    p.add_argument("--gpus-per-worker", type=int, help="Slurm GPUs per worker")
+    p.add_argument("--cpus-per-worker", type=int, help="Slurm CPUs per worker")
 
 
 def _run_sweep(args) -> int:
-    from .sweep import GridError, load_grid, run_sweep, validate
+    from .store import StoreError
+    from .sweep import GridError, load_grid, run_sweep, validate, with_overrides
 
     try:
         grid = load_grid(args.grid)
@@ -125,9 +268,33 @@ def _run_sweep(args) -> int:
             validate(grid)
             print(f"{args.grid}: {len(grid.cells())} cells, valid")
             return 0
-        report = run_sweep(grid, path)
-    except GridError as e:
+        if args.workers < 1:
+            raise GridError(f"--workers {args.workers}: give at least 1")
+        if args.executor == "inline":
+            if args.workers != 1:
+                raise GridError("--workers needs --executor local, submitit-local or slurm")
+            report = run_sweep(grid, path, lease_s=args.lease or 120.0)
+            print(report.table())
+            return 0
+        from . import executors
+        from .store import check_writable
+
+        check_writable(path)
+        grid = with_overrides(grid, store=Path(path))
+        if args.executor == "local":
+            failed = executors.run_local(grid, path, args.workers, lease_s=args.lease)
+        else:
+            slurm = None if args.executor == "submitit-local" else {
+                "partition": args.partition, "time": args.time, "gpus": args.gpus_per_worker,
+                "cpus": args.cpus_per_worker}
+            failed = executors.run_submitit(grid, path, args.workers, lease_s=args.lease,
+                                            slurm=slurm)
+        report = run_sweep(grid, path, progress=False) if not failed else None
+    except (GridError, StoreError, ValueError) as e:
         raise CLIError(str(e)) from None
+    if failed:
+        raise CLIError(f"{failed} of {args.workers} workers failed (see the log above); rerun the "
+                       "same command: finished cells are kept, the rest are redone")
     print(report.table())
     return 0
 
@@ -138,39 +305,73 @@ def _add_quantize(sub) -> None:
                        "official layout; others: packed, read by dllmq.quant.load_quantized)")
     p.add_argument("--model", required=True)
     p.add_argument("--recipe", required=True)
-    p.add_argument("--out", required=True, help="output checkpoint directory")
-    p.add_argument("--calib", help="calibration source (wikitext2, pileval, embedded)")
-    p.add_argument("--calib-samples", type=int)
-    p.add_argument("--calib-seqlen", type=int)
+    p.add_argument("--out", required=True, help="output checkpoint directory (new or empty)")
+    p.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
     p.add_argument("--device")
+    _add_calibration(p)
+
+
+def _check_out_dir(path: str, force: bool) -> Path:
+    """Where a checkpoint may be written: never inside the installed package (its shipped
+    models), a non-empty directory only with --force."""
+    out = _writable(path, "--out", directory=True)
+    package = Path(__file__).resolve().parent
+    if out.resolve() == package or package in out.resolve().parents:
+        raise CLIError(f"--out {out} is inside the installed dllmq package ({package}); "
+                       "write the checkpoint somewhere else")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise CLIError(f"--out {out} is not empty; pass --force to replace it, or choose a new "
+                       "directory")
+    return out
 
 
 def _run_quantize(args) -> int:
     """Weight-only recipes: dequantized weights under the official names (`dllmq.load` and the
     official loaders read them). Recipes that quantize activations, rotate inputs online or
     quantize attention: compressed-tensors pack-quantized + the dllmq extension
-    (`dllmq.quant.load_quantized` reads it; see dllmq/quant/export.py)."""
-    from .harness import quantize_model
+    (`dllmq.quant.load_quantized` reads it; see dllmq/quant/export.py). The checkpoint is
+    written to a temporary directory next to --out and renamed into place when complete."""
+    from .harness import DEFAULTS_FILE, quantize_model
     from .models import load, load_tokenizer, save_pretrained
+    from .models.io import resolve
     from .quant.export import save_quantized
 
+    out = _check_out_dir(args.out, args.force)
+    _check_recipe(args.recipe)
+    calib = _calibration(args)
     model = load(args.model, device=args.device)
     tok = load_tokenizer(args.model)
-    summary = quantize_model(model, tok, args.recipe, args.calib, args.calib_samples,
-                             args.calib_seqlen, model_name=args.model)
-    if _weights_only(model):
-        _restore_linears(model)
-        save_pretrained(model, args.out)
-        how = "weights (dequantized, official layout; dllmq.load reads it)"
-    else:
-        try:
-            save_quantized(model, args.out)
-        except ValueError as e:
-            raise CLIError(str(e)) from None
-        how = "packed weights + activation quantizers (dllmq.quant.load_quantized reads it)"
-    tok.save_pretrained(args.out)
-    (Path(args.out) / "dllmq_quantization.txt").write_text(f"{summary}\n")
-    print(f"saved {args.recipe} {how} to {args.out}")
+    summary = quantize_model(model, tok, args.recipe, calib, model_name=args.model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        if _weights_only(model):
+            _restore_linears(model)
+            save_pretrained(model, tmp)
+            how = "weights (dequantized, official layout; dllmq.load reads it)"
+        else:
+            try:
+                save_quantized(model, tmp)
+            except ValueError as e:
+                raise CLIError(str(e)) from None
+            how = "packed weights + activation quantizers (dllmq.quant.load_quantized reads it)"
+        tok.save_pretrained(tmp)
+        defaults = resolve(args.model) / DEFAULTS_FILE  # the model's evaluation defaults travel
+        if defaults.is_file():
+            shutil.copy2(defaults, tmp / DEFAULTS_FILE)
+        (tmp / "dllmq_quantization.txt").write_text(f"{summary}\n")
+        tmp.chmod(0o755)
+        if out.exists():  # empty, or --force: replaced as a whole, no stale file survives
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(old / out.name)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    print(f"saved {args.recipe} {how} to {out}")
     return 0
 
 
@@ -230,16 +431,39 @@ def _run_bench(args, rest: list[str]) -> int:
     return subprocess.call([sys.executable, str(REPO_ROOT / "bench" / f"{args.name}.py"), *rest])
 
 
+def lm_eval_argv(argv: list[str]) -> list[str]:
+    """lm-eval's arguments with dllmq's defaults added where the user gave none: dllmq's task
+    folder as `--include_path` (paper and embedded tasks) and `--device cpu` on a machine
+    without CUDA (lm-eval's default is cuda:0)."""
+    import torch
+
+    from .tasks.lm_eval import TASK_DIR
+
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    extra = []
+    if "--include_path" not in given:
+        extra += ["--include_path", str(TASK_DIR)]
+    if "--device" not in given and not torch.cuda.is_available():
+        extra += ["--device", "cpu"]
+    return [*argv, *extra]
+
+
 def run_lm_eval(argv: list[str]) -> int:
-    """lm-eval's CLI after registering `dllmq` (importing dllmq.harness does that)."""
+    """lm-eval's CLI after registering `dllmq` (importing dllmq.harness does that), with
+    `lm_eval_argv`'s defaults."""
     from lm_eval.__main__ import cli_evaluate
 
     from . import harness as _registers_dllmq  # noqa: F401
 
     old = sys.argv
-    sys.argv = ["lm_eval", *argv]
+    sys.argv = ["lm_eval", *lm_eval_argv(argv)]
     try:
         cli_evaluate()
+    except ValueError as e:  # lm-eval names its Python keyword, not its flag
+        if "confirm_run_unsafe_code=True" in str(e):
+            raise CLIError(str(e).replace("Set confirm_run_unsafe_code=True",
+                                          "Pass --confirm_run_unsafe_code")) from None
+        raise
     finally:
         sys.argv = old
     return 0

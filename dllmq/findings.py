@@ -1,25 +1,31 @@
 """The paper's findings F0-F8 (shared/paper/README.md) judged from a run's own numbers.
 
 Each finding is a set of numeric sub-claims (`report.Check`): a relative drop against a
-threshold, or a difference between two methods against zero, each with its standard error.
-A sub-claim holds or fails only beyond NOISE_Z standard errors; otherwise it is within noise.
-Claims about "most" cases use a majority over their sub-claims. The verdict and the numbers
-that decide it are written to tables/findings.md.
+threshold, or a difference between two methods against zero, each with its *paired* standard
+error (`dllmq.stats`: both cells answered the same items with the same seeds, and the
+comparison is made item by item). A sub-claim holds or fails only when its interval
+(value ± 2 se) lies wholly on one side of the threshold; otherwise it is within noise. Claims
+about "most" cases use a majority over their sub-claims. No multiple-comparison correction is
+applied; `dllmq.stats` says why, and findings.md prints each finding's expected number of
+wrongly decided sub-claims. The verdict and the numbers that decide it are written to
+tables/findings.md.
 
+Sign convention: a drop is positive when the quantized model is worse.
 Thresholds: "near-lossless" = relative drop below 4 % (the paper calls 4-bit near-lossless
 with drops up to ~3.5 %, i.e. negligible or moderate); "significant" = drop above 4 %;
-"collapse" = accuracy below 10 % of full precision.
+"collapse" = accuracy below 10 % of full precision (a drop above 90 %).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 
-from .report import FP_RECIPE, Check, combine, fmt, mean_se, parse_recipe, rel_drop
+from . import stats
+from .report import Check, Numbers, combine, fmt, parse_recipe
 
 NEAR_LOSSLESS = 4.0
 SIGNIFICANT = 4.0
@@ -41,46 +47,15 @@ class Finding:
         return combine(self.checks, majority=self.majority) if self.checks else "not measured"
 
 
-class Numbers:
-    """Category averages (percent, with se) and relative drops, from the tidy results frame."""
-
-    def __init__(self, df: pd.DataFrame, categories: Mapping[str, str]):
-        self.df = df[df["task"].isin(categories)]
-        self.categories = categories
-        self._avg: dict[tuple[str, str, str], tuple[float, float]] = {}
-        for (model, recipe), g in self.df.groupby(["model", "recipe"]):
-            for cat in sorted(set(categories.values())):
-                sub = g[g["task"].map(categories) == cat]
-                n_tasks = sum(1 for c in categories.values() if c == cat)
-                if len(sub) == n_tasks and n_tasks:
-                    self._avg[(model, recipe, cat)] = mean_se(
-                        list(100 * sub["value"]), list(100 * sub["stderr"]))
-
-    def avg(self, model: str, recipe: str, cat: str) -> tuple[float, float] | None:
-        return self._avg.get((model, recipe, cat))
-
-    def drop(self, model: str, recipe: str, cat: str) -> tuple[float, float] | None:
-        q, fp = self.avg(model, recipe, cat), self.avg(model, FP_RECIPE, cat)
-        return rel_drop(*q, *fp) if q and fp else None
-
-    def recipes(self, model: str) -> list[str]:
-        return sorted({r for (m, r, _c) in self._avg if m == model and r != FP_RECIPE})
-
-    def cats(self) -> list[str]:
-        return sorted(set(self.categories.values()))
-
-
 def _drop_check(n: Numbers, model: str, recipe: str, cat: str, op: str, thr: float) -> Check | None:
     d = n.drop(model, recipe, cat)
     return None if d is None else Check(f"{model} {recipe} {cat} drop %", d[0], d[1], op, thr)
 
 
 def _diff_check(n: Numbers, model: str, r1: str, r2: str, cat: str) -> Check | None:
-    """accuracy(r1) - accuracy(r2) > 0 (points)."""
-    a, b = n.avg(model, r1, cat), n.avg(model, r2, cat)
-    if not a or not b:
-        return None
-    return Check(f"{model} {cat}: {r1} - {r2} (points)", a[0] - b[0], math.hypot(a[1], b[1]), ">", 0.0)
+    """accuracy(r1) - accuracy(r2) > 0 (points, paired)."""
+    d = n.diff(model, r1, r2, cat)
+    return None if d is None else Check(f"{model} {cat}: {r1} - {r2} (points)", d[0], d[1], ">", 0.0)
 
 
 def _keep(checks) -> list[Check]:
@@ -173,10 +148,10 @@ def judge(
                     f4.checks += _keep(_diff_check(n, m, rr[0], sq[0], c) for c in n.cats())
         sq4 = _with(n.recipes(m), method="SmoothQuant", wbits=4, abits=4)
         for c in ("math", "code"):
-            q, fp = (n.avg(m, sq4[0], c) if sq4 else None), n.avg(m, FP_RECIPE, c)
-            if q and fp and fp[0] > 0:
-                f4.checks.append(Check(f"{m} {sq4[0]} {c} accuracy as % of FP", 100 * q[0] / fp[0],
-                                       100 * q[1] / fp[0], "<", COLLAPSE_PCT_OF_FP))
+            d = n.drop(m, sq4[0], c) if sq4 else None
+            if d and not np.isnan(d[0]):
+                f4.checks.append(Check(f"{m} {sq4[0]} {c} accuracy as % of FP", 100 - d[0], d[1],
+                                       "<", COLLAPSE_PCT_OF_FP))
     found.append(f4)
 
     f5 = Finding("F5", "DuQuant beats QuaRot in most settings", majority=True)
@@ -193,8 +168,8 @@ def judge(
             dq = n.drop(m, r, "qa")
             for c in ("math", "code"):
                 dc = n.drop(m, r, c)
-                if dq and dc:
-                    f6.checks.append(Check(f"{m} {r}: drop {c} - drop qa", dc[0] - dq[0], math.hypot(dc[1], dq[1]), ">", 0.0))
+                if dq and dc:  # different items: independent, variances add
+                    f6.checks.append(Check(f"{m} {r}: drop {c} - drop qa", *stats.independent_diff(dc, dq), ">", 0.0))
     found.append(f6)
 
     f7 = Finding("F7", "The instruct model is more robust than the base model", majority=True)
@@ -202,9 +177,9 @@ def judge(
         b, i = roles["llada_base"], roles["llada_instruct"]
         for r in sorted(set(n.recipes(b)) & set(n.recipes(i))):
             for c in n.cats():
-                db, di = n.drop(b, r, c), n.drop(i, r, c)
-                if db and di:
-                    f7.checks.append(Check(f"{r} {c}: drop base - drop instruct", db[0] - di[0], math.hypot(db[1], di[1]), ">", 0.0))
+                d = n.drop_between_models(b, i, r, c)
+                if d:
+                    f7.checks.append(Check(f"{r} {c}: drop base - drop instruct", d[0], d[1], ">", 0.0))
     found.append(f7)
 
     f8 = Finding("F8", "Dream: W4 near-lossless, W3 significant even on QA; GPTQ beats AWQ")
@@ -222,9 +197,14 @@ def judge(
 
 def findings_markdown(found: Sequence[Finding]) -> str:
     lines = ["# Findings F0-F8, judged from this run's numbers", "",
-             "A sub-claim holds or fails only beyond 2 standard errors; otherwise it is within noise. "
-             "Claims about \"most\" cases use a majority of their sub-claims. Generated by "
-             "`dllmq.findings.judge`; thresholds in its docstring.", "",
+             "Every comparison is paired: the FP and quantized cells answered the same items with the "
+             "same seeds, and drops and differences carry the paired standard error (`dllmq.stats`). "
+             "A drop is positive when the quantized model is worse. A sub-claim holds or fails only "
+             "when its interval (value ± 2 se) lies wholly on one side of its threshold; otherwise it "
+             "is within noise. Claims about \"most\" cases use a majority of their sub-claims. No "
+             "multiple-comparison correction: a sub-claim on its threshold is wrongly decided with "
+             "probability about 2.3 %, so each finding below states how many such decisions to expect. "
+             "Generated by `dllmq.findings.judge`; thresholds in its docstring.", "",
              "| finding | claim | verdict | sub-claims (holds / fails / noise) |", "|---|---|---|---|"]
     for f in found:
         vs = [c.verdict for c in f.checks]
@@ -233,6 +213,9 @@ def findings_markdown(found: Sequence[Finding]) -> str:
     lines.append("")
     for f in found:
         lines += [f"## {f.key}: {f.verdict}", "", f.claim, ""]
+        if f.checks and f.key != "F0":
+            lines += [f"{len(f.checks)} sub-claims; about {stats.ONE_SIDED_ERROR * len(f.checks):.1f} "
+                      "would be wrongly decided if every true value sat on its threshold.", ""]
         lines += [f"- {c.line()}" for c in f.checks] or ["- not measured in this run"]
         lines.append("")
     return "\n".join(lines)

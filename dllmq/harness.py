@@ -19,12 +19,16 @@
 - `generate_until`: `dllmq.sampling.generate` (LLaDA's or Dream's sampler, chosen from the
   model's `model_type`), text cut at the first EOS/EoT token, then at the first stop sequence.
 
-Settings are model args (`EvalSettings`). Per request, in rising precedence: the defaults, the
-paper's per-task settings for the request's task (`dllmq.tasks.lm_eval.paper_task_settings`:
-mc_num 128 / MMLU 1, GSM8K 256/256/32, ...; off with task_settings=False), the task's
-`generation_kwargs` (and lm-eval's `--gen_kwargs`), and last the model args the user gave
-explicitly. `max_gen_toks` is `gen_length`; steps and block_length default to gen_length (the
-paper's general-task setting). The chat template is applied only when lm-eval is told to
+Settings are model args (`EvalSettings`). Per request, in rising precedence (`task_defaults`
+is the one place this merge happens): the defaults, the task's `generation_kwargs` (and
+lm-eval's `--gen_kwargs`), the defaults a shipped model brings for the task (its
+`dllmq_defaults.yaml`, `model_defaults`), the paper's per-task settings for the request's task
+(`dllmq.tasks.lm_eval.paper_task_settings`: mc_num 128 / MMLU 1, GSM8K 256/256/32, ...; for a
+Dream model every generation task gets the paper's Dream settings, 128 new tokens and top-p
+0.95; off with task_settings=False), and last the model args the user gave explicitly.
+`max_gen_toks` is `gen_length`; steps and block_length default to gen_length (the paper's
+general-task setting). A context longer than max_length is an error naming the task, unless
+`truncate=True` (then left-truncated, as lm-eval's HF model does). The chat template is applied only when lm-eval is told to
 (`--apply_chat_template` / `simple_evaluate(apply_chat_template=True)`), never inferred from a
 task name (the authors' wrapper did that). Unknown model args raise with the valid ones.
 
@@ -37,6 +41,7 @@ temperature > 0, depends on the batch a prompt lands in; greedy decoding does no
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -50,17 +55,30 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm.auto import tqdm
 
+from . import load
 from .likelihood import draw_masks, evaluate_masks, greedy_check
-from .models import load, load_tokenizer
+from .models import arch_spec, load_tokenizer
 from .sampling import DreamSamplerConfig, LLaDASamplerConfig, generate
 
 log = logging.getLogger(__name__)
 
 NO_QUANT = "fp16"  # the recipe name meaning "leave the model as loaded"
-SAMPLER_KEYS = ("gen_length", "steps", "block_length", "temperature", "remasking", "alg",
-                "alg_temp", "eps", "top_p", "top_k")
-LLADA_ONLY = ("block_length", "remasking")
-DREAM_ONLY = ("alg", "alg_temp", "eps", "top_p", "top_k")
+# The sampler settings each family takes besides the shared gen_length, steps and temperature:
+# the one statement of "Dream has no block_length / remasking" (and LLaDA no alg, top_p, ...).
+FAMILY_SAMPLER_KEYS = {"llada": ("block_length", "remasking", "cfg_scale"),
+                       "dream": ("alg", "alg_temp", "eps", "top_p", "top_k")}
+SAMPLER_KEYS = ("gen_length", "steps", "temperature",
+                *dict.fromkeys(k for keys in FAMILY_SAMPLER_KEYS.values() for k in keys))
+
+
+def foreign_settings(family: str) -> tuple[str, ...]:
+    """The sampler settings only other families' samplers take, which this family's refuses
+    (Dream: block_length, remasking, cfg_scale; cfg_scale stays valid for Dream's likelihood)."""
+    if family not in FAMILY_SAMPLER_KEYS:
+        raise KeyError(f"unknown sampler family {family!r}; known: {', '.join(FAMILY_SAMPLER_KEYS)}")
+    own = FAMILY_SAMPLER_KEYS[family]
+    return tuple(k for f, keys in FAMILY_SAMPLER_KEYS.items() if f != family
+                 for k in keys if k not in own)
 
 
 @dataclass(frozen=True)
@@ -74,8 +92,9 @@ class EvalSettings:
       prompts per generation batch).
     cfg_scale: unsupervised classifier-free guidance, likelihood and LLaDA sampling.
     greedy_check: run the official suffix-greedy check for `is_greedy` (slow; LAMBADA only).
-    max_length: context length (None: the model's max_position); longer contexts are
-      left-truncated with a warning, as lm-eval's HF model does.
+    max_length: context length (None: the model's max_position).
+    truncate: left-truncate contexts longer than max_length, as lm-eval's HF model does (with a
+      warning); False (default): such a request is an error naming the task and the lengths.
     seed: seeds the torch.Generator of every call.
     Sampler (gen_length 256 = lm-eval's max_gen_toks default; steps and block_length None =
     gen_length; the rest None = the sampler's default): LLaDA uses block_length, remasking;
@@ -88,6 +107,7 @@ class EvalSettings:
     cfg_scale: float = 0.0
     greedy_check: bool = False
     max_length: int | None = None
+    truncate: bool = False
     seed: int = 1234
     gen_length: int = 256
     steps: int | None = None
@@ -126,28 +146,28 @@ CONSTRUCTOR_ARGS = ("pretrained", "recipe", "calib", "calib_samples", "calib_seq
 
 
 def sampler_config(model_type: str, s: EvalSettings) -> LLaDASamplerConfig | DreamSamplerConfig:
-    """The sampler config for the model's architecture; settings of the other one must be unset."""
-    if model_type == "llada":
-        wrong = [k for k in DREAM_ONLY if getattr(s, k) is not None]
-        if wrong:
-            raise ValueError(f"{', '.join(wrong)} apply to Dream's sampler, not LLaDA's; "
-                             f"LLaDA takes gen_length, steps, block_length, temperature, "
-                             "cfg_scale, remasking")
-        kw: dict[str, Any] = dict(gen_length=s.gen_length, steps=s.steps or s.gen_length,
+    """The sampler config for a model of this config `model_type`; settings only another
+    family's sampler takes must be unset (`foreign_settings`)."""
+    family = arch_spec(model_type).family
+    wrong = [k for k in foreign_settings(family)
+             if (s.cfg_scale > 0 if k == "cfg_scale" else getattr(s, k) is not None)]
+    if family == "dream" and wrong == ["cfg_scale"]:
+        raise ValueError("Dream's sampler has no classifier-free guidance; cfg_scale > 0 applies "
+                         "to Dream's likelihood only: evaluate generation tasks with cfg_scale=0")
+    if wrong:
+        own = ("gen_length", "steps", "temperature", *FAMILY_SAMPLER_KEYS[family])
+        raise ValueError(f"{', '.join(wrong)} apply to another sampler, not the {family} "
+                         f"sampler of {model_type} models; it takes {', '.join(own)}")
+    steps = s.steps or s.gen_length
+    if family == "llada":
+        kw: dict[str, Any] = dict(gen_length=s.gen_length, steps=steps,
                                   block_length=s.block_length or s.gen_length,
                                   temperature=s.temperature, cfg_scale=s.cfg_scale)
         if s.remasking is not None:
             kw["remasking"] = s.remasking
         return LLaDASamplerConfig(**kw)
-    wrong = [k for k in LLADA_ONLY if getattr(s, k) is not None]
-    if wrong:
-        raise ValueError(f"{', '.join(wrong)} apply to LLaDA's sampler, not Dream's; Dream takes "
-                         "gen_length, steps, temperature, alg, alg_temp, eps, top_p, top_k")
-    if s.cfg_scale:
-        raise ValueError("Dream's sampler has no classifier-free guidance; cfg_scale > 0 applies "
-                         "to Dream's likelihood only: evaluate generation tasks with cfg_scale=0")
-    kw = dict(max_new_tokens=s.gen_length, steps=s.steps or s.gen_length,
-              temperature=s.temperature, alg_temp=s.alg_temp, top_p=s.top_p, top_k=s.top_k)
+    kw = dict(max_new_tokens=s.gen_length, steps=steps, temperature=s.temperature,
+              alg_temp=s.alg_temp, top_p=s.top_p, top_k=s.top_k)
     if s.alg is not None:
         kw["alg"] = s.alg
     if s.eps is not None:
@@ -155,10 +175,32 @@ def sampler_config(model_type: str, s: EvalSettings) -> LLaDASamplerConfig | Dre
     return DreamSamplerConfig(**kw)
 
 
+def task_defaults(model_type: str, task: str | None, paper: bool = True,
+                  defaults: ModelDefaults | None = None) -> dict[str, Any]:
+    """The settings a task's requests get from dllmq, above the task's own generation_kwargs
+    and below the settings given explicitly, in rising precedence: with `paper` for the Dream
+    family the paper's Dream generation settings (128 new tokens, top-p 0.95) for any task,
+    the model's own per-task defaults (`ModelDefaults.tasks`), then with `paper` the paper's
+    per-task settings of a paper task (`paper_task_settings(task).model_settings(model_type)`).
+    This is the one place these are merged (DLLMEvalLM.settings_for uses it)."""
+    from .tasks.lm_eval import UnknownTaskError, dream_generation_settings, paper_task_settings
+
+    family, paper_task = {}, {}
+    if paper and task:
+        if arch_spec(model_type).family == "dream":
+            family = dream_generation_settings()
+        with contextlib.suppress(UnknownTaskError):  # not a paper task: none
+            paper_task = paper_task_settings(task).model_settings(model_type)
+    own = {k: v for k, v in (defaults or ModelDefaults()).tasks.get(task or "", {}).items()
+           if k in SETTING_NAMES}
+    return {**family, **own, **paper_task}
+
+
 def request_settings(base: EvalSettings, gen_kwargs: dict[str, Any],
                      explicit: frozenset[str] = frozenset()) -> tuple[EvalSettings, list[str]]:
     """Per-request settings from a task's generation_kwargs: (settings, stop sequences).
-    Settings named in `explicit` (the model args the user gave) are kept as they are."""
+    Settings named in `explicit` (the model args the user gave, and what `task_defaults`
+    fixed for the task) are kept as they are."""
     kw = dict(gen_kwargs)
     until = kw.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
@@ -209,12 +251,68 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     return names[dtype]
 
 
-def default_calib_source(name_or_path: str | None) -> str | None:
-    """The shipped tiny models calibrate on the embedded corpus they were trained on (offline,
-    and the text their tokenizer knows); other models on the recipe's own source (None)."""
-    from .models.io import shipped_models
+CALIB_KEYS = ("source", "samples", "seqlen", "seed")
+DEFAULTS_FILE = "dllmq_defaults.yaml"  # next to a model's config.json: the model's own defaults
 
-    return "embedded" if name_or_path is not None and str(name_or_path) in shipped_models() else None
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a model brings besides its weights (its `dllmq_defaults.yaml`; the shipped models
+    have one): the calibration it gets unless told otherwise (CALIB_KEYS) and settings per task
+    name (EvalSettings names, and `apply_chat_template`, which `python -m dllmq eval` passes to
+    lm-eval). Explicit settings always win over these."""
+
+    calibration: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    tasks: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+def model_defaults(name_or_path: str | os.PathLike | None) -> ModelDefaults:
+    """The defaults of a shipped model or local checkpoint directory (none for a Hub id or a
+    directory without `dllmq_defaults.yaml`). A malformed file is an error naming it."""
+    from pathlib import Path
+
+    import yaml
+
+    from .models.io import resolve, shipped_models
+
+    if name_or_path is None or not (str(name_or_path) in shipped_models()
+                                    or Path(name_or_path).expanduser().is_dir()):
+        return ModelDefaults()
+    path = resolve(name_or_path) / DEFAULTS_FILE
+    if not path.is_file():
+        return ModelDefaults()
+    raw = yaml.safe_load(path.read_text()) or {}
+    fields = {f.name for f in dataclasses.fields(ModelDefaults)}
+    ok = (isinstance(raw, dict) and set(raw) <= fields
+          and isinstance(raw.get("calibration", {}), dict)
+          and set(raw.get("calibration", {})) <= set(CALIB_KEYS)
+          and isinstance(raw.get("tasks", {}), dict)
+          and all(isinstance(v, dict) and set(v) <= {*SETTING_NAMES, "apply_chat_template"}
+                  for v in raw.get("tasks", {}).values()))
+    if not ok:
+        raise ValueError(f"{path}: expected keys calibration ({', '.join(CALIB_KEYS)}) and tasks "
+                         "({task: {setting: value}}, settings as EvalSettings names them)")
+    return ModelDefaults(**raw)
+
+
+def check_calibration_override(override: Mapping[str, Any] | None, where: str = "calib") -> None:
+    """Raise ValueError (one line) unless `override` is a calibration override: keys of
+    CALIB_KEYS (for every recipe) and/or recipe names (`w4a16g128-awq`, or one variant
+    `w4a16g128-awq:code`) mapping to such keys (for that recipe only)."""
+    from .quant.recipes import RECIPES
+
+    if override is None:
+        return
+    if not isinstance(override, Mapping):
+        raise ValueError(f"{where}: must map {', '.join(CALIB_KEYS)} or recipe names to values")
+    for k, v in override.items():
+        if k in CALIB_KEYS:
+            continue
+        if str(k).partition(":")[0] not in RECIPES:
+            raise ValueError(f"{where}: {k!r} is neither a calibration key ({', '.join(CALIB_KEYS)}) "
+                             "nor a recipe name")
+        if not isinstance(v, Mapping) or not set(v) <= set(CALIB_KEYS):
+            raise ValueError(f"{where}: {k}: must map {', '.join(CALIB_KEYS)} to values, got {v!r}")
 
 
 def resolve_calibration(recipe: str, model_name: str | None = None,
@@ -224,42 +322,60 @@ def resolve_calibration(recipe: str, model_name: str | None = None,
     "seed"}`, or None when the recipe needs none (NO_QUANT, RTN). This dict is what quantizes
     the model, so it is also what a stored cell is keyed by.
 
-    The policy: the recipe's own (paper: 128 x 2048 WikiText-2, AWQ 128 x 512 Pile-val), the
-    embedded corpus for a shipped model (`model_name`), then `override` (keys source, samples,
-    seqlen, seed). Windows longer than the model's context (`max_position`) are cut to it."""
+    The policy, each layer overriding the keys it gives: the recipe's own (paper: 128 x 2048
+    WikiText-2, AWQ 128 x 512 Pile-val), the model's defaults (`model_defaults(model_name)`: the
+    shipped tiny models calibrate on the embedded corpus they were trained on), the override's
+    plain keys (source, samples, seqlen, seed: for every recipe, as `eval --calib` gives them),
+    then its entry for the recipe (`{w4a16g128-awq: {samples: 64}}`, the base name, then the
+    variant's full name `w4a16g128-awq:code`): a grid changes one recipe's calibration only on
+    purpose. None values in the override are unset. Windows longer than the model's context
+    (`max_position`) are cut to it."""
     if recipe == NO_QUANT:
         return None
     from .quant.api import needs_calibration, resolve_recipe
-    from .quant.recipes import RECIPES
+    from .quant.recipes import get_calibration
 
     _, configs = resolve_recipe(recipe)
     if not any(needs_calibration(c) for c in configs):
         return None
-    r = RECIPES[recipe.partition(":")[0]]
+    check_calibration_override(override)
+    base = recipe.partition(":")[0]
+    r = get_calibration(recipe)  # the variant's own (QuaRot ":code": 4096-token windows)
     o = dict(override or {})
-    source = (o.get("source") or default_calib_source(model_name)
-              or r.calib_dataset.replace("-", ""))  # recipes say pile-val, data.py pileval
-    seqlen = int(o.get("seqlen") or r.seqlen)
+    layers = [{"source": r.source, "samples": r.nsamples, "seqlen": r.seqlen, "seed": 0},
+              model_defaults(model_name).calibration,
+              {k: v for k, v in o.items() if k in CALIB_KEYS},
+              o.get(base) or {}, (o.get(recipe) or {}) if recipe != base else {}]
+    c: dict[str, Any] = {}
+    for layer in layers:
+        c.update({k: v for k, v in layer.items() if v is not None})
+    seqlen = int(c["seqlen"])
     if max_position is not None and seqlen > max_position:
         log.info("calibration windows cut from %d to the model's context %d", seqlen, max_position)
         seqlen = max_position
-    return {"source": source, "nsamples": int(o.get("samples") or r.nsamples), "seqlen": seqlen,
-            "seed": int(o.get("seed", 0))}
+    return {"source": str(c["source"]), "nsamples": int(c["samples"]), "seqlen": seqlen,
+            "seed": int(c["seed"])}
 
 
-def quantize_model(model, tokenizer, recipe: str, calib: str | None = None,
-                   nsamples: int | None = None, seqlen: int | None = None, seed: int = 0,
+def quantize_model(model, tokenizer, recipe: str, calib: str | Mapping[str, Any] | None = None,
+                   nsamples: int | None = None, seqlen: int | None = None, seed: int | None = None,
                    model_name: str | None = None):
     """Quantize in place with a named recipe (NO_QUANT: nothing), calibrated as
-    `resolve_calibration` says. Returns the summary."""
+    `resolve_calibration` says; `calib` is a source name (with nsamples, seqlen, seed) or a
+    whole override mapping as a grid's `calib` holds it. Returns the summary."""
     if recipe == NO_QUANT:
         return None
     from .data import calibration_set
     from .quant.api import quantize_
 
-    spec = resolve_calibration(recipe, model_name,
-                               {"source": calib, "samples": nsamples, "seqlen": seqlen,
-                                "seed": seed}, model.config.max_position)
+    if isinstance(calib, Mapping):
+        if (nsamples, seqlen, seed) != (None, None, None):
+            raise ValueError("give the calibration as one mapping or as source, nsamples, seqlen "
+                             "and seed, not both")
+        override = calib
+    else:
+        override = {"source": calib, "samples": nsamples, "seqlen": seqlen, "seed": seed}
+    spec = resolve_calibration(recipe, model_name, override, model.config.max_position)
     data = None
     if spec is not None:
         data = calibration_set(tokenizer, spec["source"], spec["nsamples"], spec["seqlen"],
@@ -287,7 +403,7 @@ class DLLMEvalLM(LM):
         calib: str | None = None,
         calib_samples: int | None = None,
         calib_seqlen: int | None = None,
-        calib_seed: int = 0,
+        calib_seed: int | None = None,
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         max_batch_size: int | None = None,
@@ -310,7 +426,8 @@ class DLLMEvalLM(LM):
         self.settings = EvalSettings(**settings)
         self.explicit = frozenset(settings)  # given by the user: no task setting overrides these
         self.task_settings = task_settings
-        self._per_task: dict[str | None, EvalSettings] = {}
+        self._per_task: dict[str | None, tuple[EvalSettings, frozenset[str]]] = {}
+        self.defaults = model_defaults(pretrained) if model is None else ModelDefaults()
         self.accelerator = self._distributed()
         if self.accelerator is not None:  # its CPU device prints as cpu:0, which safetensors rejects
             d = self.accelerator.device
@@ -445,38 +562,48 @@ class DLLMEvalLM(LM):
         room = self.max_length - len(cont)
         return ctx[-room:] if len(ctx) > room else ctx
 
-    def settings_for(self, task_name: str | None) -> EvalSettings:
-        """The settings for one task's requests: the paper's per-task settings (Appendix A,
-        `dllmq.tasks.lm_eval.paper_task_settings`: mc_num, or gen_length/steps/block_length)
-        where the task has them and `task_settings` is on, except for settings given
-        explicitly as model args, which always win."""
-        if task_name not in self._per_task:
-            s = self.settings
-            if self.task_settings and task_name:
-                from .tasks.lm_eval import UnknownTaskError, paper_task_settings
+    def _too_long(self, n: int, total: int, longest: int, tasks: Sequence[str | None],
+                  what: str) -> None:
+        """Raise unless `truncate` is set: n of total requests do not fit max_length."""
+        if self.settings.truncate:
+            return
+        names = ", ".join(sorted({t for t in tasks if t})) or "the task"
+        raise ValueError(f"{n} of {total} {what} of {names} exceed max_length {self.max_length} "
+                         f"(longest {longest} tokens): lower num_fewshot or the generation length, "
+                         "raise max_length, or set truncate=true to left-truncate them (scores "
+                         "then differ from the untruncated task)")
 
-                try:
-                    fixed = paper_task_settings(task_name).model_settings(
-                        self.model.config.model_type)
-                except UnknownTaskError:
-                    fixed = {}  # not a paper task: the model's settings as given
-                fixed = {k: v for k, v in fixed.items() if k not in self.explicit}
-                if fixed:
-                    log.info("task %s: paper settings %s", task_name, fixed)
-                    s = s.replace(**fixed)
-            self._per_task[task_name] = s
-        return self._per_task[task_name]
+    def settings_for(self, task_name: str | None) -> EvalSettings:
+        """The settings for one task's requests: `task_defaults` (the model's own per-task
+        defaults, and with `task_settings` on the paper's per-task settings, Appendix A) over
+        the model args' defaults, except for settings given explicitly, which always win. The
+        settings fixed here also win over the task's generation_kwargs (`request_settings`)."""
+        if task_name not in self._per_task:
+            fixed = task_defaults(self.model.config.model_type, task_name, self.task_settings,
+                                  self.defaults)
+            fixed = {k: v for k, v in fixed.items() if k not in self.explicit}
+            if fixed:
+                log.debug("task %s: settings %s", task_name, fixed)
+            self._per_task[task_name] = (self.settings.replace(**fixed),
+                                         self.explicit | frozenset(fixed))
+        return self._per_task[task_name][0]
+
+    def _kept(self, task_name: str | None) -> frozenset[str]:
+        """The settings a task's generation_kwargs may not change (explicit or fixed)."""
+        self.settings_for(task_name)
+        return self._per_task[task_name][1]
 
     # ---- the three request types ----------------------------------------------------
     def _mc_loglikelihood(self, pairs: list[tuple[list[int], list[int]]], desc: str,
                           disable_tqdm: bool = False,
-                          settings: list[EvalSettings] | None = None) -> list[float]:
+                          settings: list[EvalSettings] | None = None,
+                          tasks: Sequence[str | None] = ()) -> list[float]:
         """`dllmq.likelihood`'s estimator (draws per request from `request_seed` with that
         request's mc_num, then all samples packed into batches of batch_size rows); contexts
         left-truncated to fit."""
         s = self.settings
         per = settings or [s] * len(pairs)
-        estimator = "dream" if self.model.config.model_type == "Dream" else "llada"
+        estimator = self.model.spec.family  # the likelihood's mask draw: "llada" | "dream"
         if estimator == "dream":
             # QDLM's dream_base.py `_encode_pair` appends EOS to every continuation; its forward
             # process never masks a sequence's last position, so EOS is what goes unscored.
@@ -485,9 +612,11 @@ class DLLMEvalLM(LM):
             eos = self.model.config.eos_token_id
             pairs = [(ctx, [*cont, eos]) for ctx, cont in pairs]
         fitted = [(self._fit(ctx, cont), cont) for ctx, cont in pairs]
-        truncated = sum(len(f) < len(c) for (f, _), (c, _) in zip(fitted, pairs, strict=True))
-        if truncated:
-            log.warning("%d of %d contexts left-truncated to fit max_length %d", truncated,
+        long = [len(c) + len(t) for (f, _), (c, t) in zip(fitted, pairs, strict=True)
+                if len(f) < len(c)]
+        if long:
+            self._too_long(len(long), len(pairs), max(long), tasks, "contexts")
+            log.warning("%d of %d contexts left-truncated to fit max_length %d", len(long),
                         len(pairs), self.max_length)
         out: list[float] = []
         chunk = 64  # requests per progress-bar step; each chunk's samples fill whole batches
@@ -505,7 +634,8 @@ class DLLMEvalLM(LM):
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         pairs = [self.encode_pair(*r.args) for r in requests]
         lls = self._mc_loglikelihood(pairs, "dllmq loglikelihood", disable_tqdm,
-                                     [self.settings_for(_task(r)) for r in requests])
+                                     [self.settings_for(_task(r)) for r in requests],
+                                     [_task(r) for r in requests])
         if not self.settings.greedy_check:
             return [(ll, False) for ll in lls]
         greedy = greedy_check(self.model, [(self._fit(c, t), t) for c, t in pairs],
@@ -540,18 +670,22 @@ class DLLMEvalLM(LM):
         prepared = []
         for i, r in enumerate(requests):
             context, gen_kwargs = r.args
-            s, until = request_settings(self.settings_for(_task(r)), gen_kwargs, self.explicit)
+            s, until = request_settings(self.settings_for(_task(r)), gen_kwargs,
+                                        self._kept(_task(r)))
             cfg = sampler_config(c.model_type, s)
             room = min(self.max_length, c.max_position) - cfg.new_tokens
             if room < 1:
                 raise ValueError(f"generation of {cfg.new_tokens} tokens leaves no room for a "
                                  f"prompt in the context of {min(self.max_length, c.max_position)}")
             ids = self.tok_encode(context)
-            if len(ids) > room:
-                log.warning("prompt of %d tokens left-truncated to %d", len(ids), room)
-                ids = ids[-room:]
-            prepared.append((ids, until))
+            prepared.append((ids, until, room))
             groups.setdefault((cfg,), []).append(i)
+        long = [len(ids) for ids, _, room in prepared if len(ids) > room]
+        if long:
+            self._too_long(len(long), len(requests), max(long), [_task(r) for r in requests],
+                           "prompts (with the tokens to generate)")
+            log.warning("%d prompts left-truncated to fit max_length", len(long))
+        prepared = [(ids[-room:] if len(ids) > room else ids, until) for ids, until, room in prepared]
         out: list[str | None] = [None] * len(requests)
         gen = torch.Generator(self.device).manual_seed(self.settings.seed)
         bar = tqdm(total=len(requests), desc="dllmq generate_until",
@@ -574,10 +708,13 @@ class DLLMEvalLM(LM):
 
 
 def check_sampler(model_type: str, s: EvalSettings) -> None:
-    """Sampler settings valid for the architecture. Dream's likelihood may use cfg_scale (the
-    paper's Dream setting, CFG 1.0) while its sampler has none: that raises only when a
-    generation request meets it, in `sampler_config`."""
-    sampler_config(model_type, s.replace(cfg_scale=0.0) if model_type == "Dream" else s)
+    """Sampler settings valid for the architecture. cfg_scale is dllmq's guidance strength in
+    LLaDA's formula, `un + (cfg_scale + 1) * (cond - un)`: 0 is no guidance, 1.0 weighs the
+    conditional direction twice (not "guidance off" as a Hugging Face guidance_scale of 1
+    would be). Dream's likelihood takes it while Dream's sampler has no guidance, so for Dream
+    a cfg_scale > 0 raises only when a generation request meets it, in `sampler_config`."""
+    dream = arch_spec(model_type).family == "dream"
+    sampler_config(model_type, s.replace(cfg_scale=0.0) if dream else s)
 
 
 def _task(request) -> str | None:

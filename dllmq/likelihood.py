@@ -14,7 +14,8 @@ by 1 / p_mask, average over Monte Carlo samples. Two mask draws, as the evaluati
   wrapper appends EOS to the continuation: that token is never scored); weight 1 / p_i. The
   upstream scores with the shifted logits (position i predicts token i + 1), which is what
   `denoise_logits` returns aligned. Its CFG branch crashes upstream (`self.cfg` is never set);
-  here cfg_scale uses LLaDA's formula for both.
+  here cfg_scale uses LLaDA's formula for both: `un + (cfg_scale + 1) * (cond - un)`, so 0 is
+  no guidance and 1.0 twice the conditional direction (sampling.LLaDASamplerConfig).
 Both average mc_num // batch_size groups (Dream: at least one group).
 
 `draw_masks` draws exactly the official random numbers, in the official order, from the given
@@ -35,8 +36,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import get_module
-from .models.layers import key_padding_mask, rope_cos_sin
+from .sampling import cfg_logits, guide, unconditional_pair
 
 log = logging.getLogger(__name__)
 
@@ -104,52 +104,26 @@ def draw_masks(ctx_len: int, cont_len: int, mc_num: int, batch_size: int,
 
 
 # ---- batched evaluation ---------------------------------------------------------------------
-def hidden_states(model, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    """Final-norm hidden states (B, L, C): the model's forward without its LM head, through the
-    block API the quantizers use (embed, block(x, rope, bias), final norm; see ArchSpec)."""
-    spec, c = model.spec, model.config
-    h = get_module(model, spec.embed)(x)
-    rope = rope_cos_sin(torch.arange(x.shape[1], device=x.device), c.head_dim, c.rope_theta)
-    bias = key_padding_mask(attention_mask, h.dtype)
-    for blk in model.blocks:
-        h = blk(h, rope, bias)
-    return get_module(model, spec.final_norm)(h)
-
-
-def head(model, h: torch.Tensor) -> torch.Tensor:
-    """The LM head on hidden states (..., C) -> logits (..., V), as the model's forward applies it."""
-    if model.config.model_type == "llada" and model.config.tie_word_embeddings:
-        return F.linear(h, get_module(model, model.spec.embed).weight)
-    return get_module(model, model.spec.lm_head)(h)
-
-
 def logits_at(model, x: torch.Tensor, attention_mask: torch.Tensor | None, select: torch.Tensor,
               prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """`masked_logits(...)[select]` (N, V), with the LM head applied to the N selected positions
-    only: for the likelihood, a tenth of the positions (saves ~7% of an 8B forward and the full
-    (B, L, V) logits). Dream's one-position shift is undone by reading the hidden state one to
-    the left (position 0 reads itself, as denoise_logits)."""
+    only (`DLLM.logits_at`): for the likelihood, a tenth of the positions (saves ~7% of an 8B
+    forward and the full (B, L, V) logits). The model undoes its own logit shift."""
     rows, cols = select.nonzero(as_tuple=True)  # row-major, the order of logits[select]
-    if model.config.model_type == "Dream":
-        cols = (cols - 1).clamp(min=0)
     if cfg_scale == 0:
-        return head(model, hidden_states(model, x, attention_mask)[rows, cols])
-    un_x = x.masked_fill(prompt_index, model.config.mask_token_id)
-    am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-    h = hidden_states(model, torch.cat([x, un_x]), am)
-    cond, un = head(model, h[rows, cols]), head(model, h[rows + x.shape[0], cols])
-    return un + (cfg_scale + 1) * (cond - un)
+        return model.logits_at(x, attention_mask, rows, cols)
+    both_x, both_am = unconditional_pair(x, attention_mask, prompt_index, model.config.mask_token_id)
+    h = model.hidden_states(both_x, both_am)
+    src = model.source_positions(cols)
+    cond, un = model.head_logits(h[rows, src]), model.head_logits(h[rows + x.shape[0], src])
+    return guide(cond, un, cfg_scale)
 
 
 def masked_logits(model, x: torch.Tensor, attention_mask: torch.Tensor | None,
                   prompt_index: torch.Tensor, cfg_scale: float) -> torch.Tensor:
     """denoise_logits, with LLaDA's unsupervised CFG when cfg_scale > 0 (prompt masked)."""
-    if cfg_scale == 0:
-        return model.denoise_logits(x, attention_mask)
-    un_x = x.masked_fill(prompt_index, model.config.mask_token_id)
-    am = None if attention_mask is None else torch.cat([attention_mask, attention_mask])
-    cond, un = model.denoise_logits(torch.cat([x, un_x]), am).chunk(2, dim=0)
-    return un + (cfg_scale + 1) * (cond - un)
+    return cfg_logits(model, x, attention_mask, None, prompt_index, cfg_scale,
+                      model.config.mask_token_id)
 
 
 def plan_batches(lengths: list[int], rows_per_forward: int | None,
@@ -233,7 +207,7 @@ def loglikelihood(model, requests: list[Request], mc_num: int, batch_size: int,
         raise ValueError("mc_num and batch_size must be >= 1")
     if not requests:
         return []
-    estimator = estimator or ("dream" if model.config.model_type == "Dream" else "llada")
+    estimator = estimator or model.spec.family  # the ArchSpec's: "llada" | "dream"
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     if generator.device.type != "cpu":
         raise ValueError("mask draws use a CPU generator (as the official randperm); pass "

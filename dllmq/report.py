@@ -1,12 +1,15 @@
 """Tables, figures and the findings check: from a tidy results frame to tables/ and figures/.
 
 The input everywhere is a pandas DataFrame with one row per (model, recipe, task):
-columns `model, recipe, task, value, stderr` (value and stderr as fractions, as lm-eval
-reports accuracy), produced by the results store. Tables print percentages, each number with
-its standard error; averages and drops are recomputed here, never copied.
+columns `model, recipe, task, value, stderr, scores` (value and stderr as fractions, as lm-eval
+reports accuracy; `scores` the cell's per-item scores {(doc_id, seed): score}), produced by
+`study.run_study` from the results store. Tables print percentages, each accuracy with its
+standard error and each drop against FP with its *paired* standard error (`dllmq.stats`);
+averages and drops are recomputed here from the per-item scores, never copied.
 
-Degradation levels follow the paper (relative to full precision): negligible < 1 %,
-moderate 1-4 %, significant > 4 %.
+Sign convention everywhere: a drop is positive when the quantized model is worse. The word
+beside a drop follows the verdict rule of `dllmq.stats`: "near-lossless" when its interval
+(drop ± 2 se) lies below 4 %, "significant" when above, "undecided" otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+
+from . import stats
 
 FP_RECIPE = "fp16"  # the store's name for "not quantized" (dllmq.harness.NO_QUANT)
 LEVELS = ((1.0, "negligible"), (4.0, "moderate"), (math.inf, "significant"))
-NOISE_Z = 2.0  # a difference counts only beyond 2 standard errors
+NOISE_Z = stats.Z  # a difference counts only when its interval ± 2 se excludes the threshold
 
 _RECIPE_RE = re.compile(r"^w(?P<w>\d+)a(?P<a>\d+)(?:g(?P<g>\d+))?-(?P<method>[a-z0-9_]+)$")
 METHOD_NAMES = {"rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ", "smoothquant": "SmoothQuant",
@@ -67,20 +73,172 @@ def degradation_level(drop_pct: float) -> str:
     return LEVELS[-1][1]
 
 
-# ---- numbers with standard errors ---------------------------------------------------------
-def mean_se(values: Sequence[float], ses: Sequence[float]) -> tuple[float, float]:
-    """Mean of independent estimates and its standard error."""
-    n = len(values)
-    return sum(values) / n, math.sqrt(sum(s * s for s in ses)) / n
+# ---- paired numbers from per-item scores -----------------------------------------------------
+def aligned(a: Mapping, b: Mapping, what: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Two cells' per-item scores {(doc_id, seed): score} as aligned arrays, one entry per
+    document (its seeds averaged: the document is the unit that is resampled). The cells must
+    have been scored on exactly the same items and seeds: pairs are joined by key, never guessed."""
+    if set(a) != set(b):
+        only_a, only_b = len(set(a) - set(b)), len(set(b) - set(a))
+        raise ValueError(f"{what}: the two cells were not scored on the same items and seeds "
+                         f"({only_a} only in the first, {only_b} only in the second); evaluate "
+                         "both with the same limit and seeds")
+    docs: dict = {}
+    for k in sorted(a):
+        docs.setdefault(k[0], []).append(k)
+    xa = np.array([np.mean([a[k] for k in ks]) for ks in docs.values()])
+    xb = np.array([np.mean([b[k] for k in ks]) for ks in docs.values()])
+    return xa, xb
 
 
-def rel_drop(q: float, q_se: float, fp: float, fp_se: float) -> tuple[float, float]:
-    """Relative drop 100 * (fp - q) / fp (positive = worse) and its delta-method se."""
-    if fp <= 0:
-        return math.nan, math.nan
-    d = 100.0 * (fp - q) / fp
-    se = 100.0 * math.sqrt((q_se / fp) ** 2 + (q * fp_se / fp**2) ** 2)
-    return d, se
+def per_doc(scores: Mapping) -> np.ndarray:
+    """One cell's per-item scores, one entry per document (seeds averaged)."""
+    return aligned(scores, scores)[0]
+
+
+class Numbers:
+    """Accuracies, paired drops and paired differences (percent) by task group, from the tidy
+    frame of `study.run_study` (one row per model, recipe, task, with its per-item `scores`).
+    `groups` maps task -> group (a category: qa, math, code); a group's number is the mean over
+    its tasks with equal weights, as the paper averages."""
+
+    def __init__(self, df: pd.DataFrame, groups: Mapping[str, str]):
+        if "scores" not in df.columns:
+            raise ValueError("the results frame has no per-item `scores` column; comparisons are "
+                             "paired and need each cell's per-item samples (study.run_study)")
+        self.df = df[df["task"].isin(groups)]
+        self.groups = dict(groups)
+        self._scores = {(r.model, r.recipe, r.task): r.scores for r in self.df.itertuples()}
+        self._tasks: dict[str, list[str]] = {}
+        for t, g in self.groups.items():
+            self._tasks.setdefault(g, []).append(t)
+
+    def _have(self, model: str, recipe: str, cat: str) -> bool:
+        return bool(self._tasks.get(cat)) and all((model, recipe, t) in self._scores for t in self._tasks[cat])
+
+    def _pairs(self, m1, r1, m2, r2, cat) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        if not (self._have(m1, r1, cat) and self._have(m2, r2, cat)):
+            return None
+        return [aligned(self._scores[(m1, r1, t)], self._scores[(m2, r2, t)],
+                        f"{m1} {r1} vs {m2} {r2} on {t}") for t in self._tasks[cat]]
+
+    def avg(self, model: str, recipe: str, cat: str) -> tuple[float, float] | None:
+        if not self._have(model, recipe, cat):
+            return None
+        m, se = stats.category_mean([per_doc(self._scores[(model, recipe, t)]) for t in self._tasks[cat]])
+        return 100 * m, 100 * se
+
+    def task_acc(self, model: str, recipe: str, task: str) -> tuple[float, float] | None:
+        """One task's accuracy (percent) with its se over items."""
+        sc = self._scores.get((model, recipe, task))
+        if sc is None:
+            return None
+        m, se = stats.mean_se(per_doc(sc))
+        return 100 * m, 100 * se
+
+    def drop(self, model: str, recipe: str, cat: str) -> tuple[float, float] | None:
+        """Relative drop of `recipe` against the model's FP in percent, positive = worse, paired."""
+        p = self._pairs(model, recipe, model, FP_RECIPE, cat)
+        return None if p is None else stats.category_drop(p)
+
+    def diff(self, model: str, r1: str, r2: str, cat: str) -> tuple[float, float] | None:
+        """accuracy(r1) - accuracy(r2) in points, paired on the same items."""
+        p = self._pairs(model, r1, model, r2, cat)
+        if p is None:
+            return None
+        d, se = stats.category_diff(p)
+        return 100 * d, 100 * se
+
+    def drop_between_models(self, m1: str, m2: str, recipe: str, cat: str) -> tuple[float, float] | None:
+        """drop(m1) - drop(m2) under one recipe. Both models answered the same items, so the four
+        cells are paired: by the linearised drops for one task, a joint bootstrap for several."""
+        q = self._pairs(m1, recipe, m2, recipe, cat)
+        f = self._pairs(m1, FP_RECIPE, m2, FP_RECIPE, cat)
+        if q is None or f is None or self._pairs(m1, recipe, m1, FP_RECIPE, cat) is None:
+            return None  # (the last check also proves all four cells share their items)
+        tasks = [(qa, fa, qb, fb) for (qa, qb), (fa, fb) in zip(q, f, strict=True)]
+        if len(tasks) == 1:
+            return stats.drop_diff(*tasks[0])
+
+        def stat(mm):
+            qa, fa, qb, fb = (mm[:, i].mean(axis=0) for i in range(4))
+            return 100 * (fa - qa) / fa - 100 * (fb - qb) / fb
+        est, se, _lo, _hi = stats.paired_bootstrap(tasks, stat)
+        return est, se
+
+    def mean_drop(self, cells: Sequence[tuple[str, str, str]]) -> tuple[float, float]:
+        """Mean of the relative drops of several (model, recipe, group) cells, with a paired
+        bootstrap se that resamples each task's items once for every cell on it (cells of two
+        models or recipes on one task are correlated; cells on different tasks are not)."""
+        terms = [(t, model, recipe) for model, recipe, cat in cells for t in self._tasks[cat]]
+        arrays: dict[str, list[np.ndarray]] = {t: [] for t, _m, _r in terms}
+        index: dict[tuple, int] = {}
+        for t, model, recipe in terms:
+            for r in (recipe, FP_RECIPE):
+                if (t, model, r) not in index:
+                    x, _ = aligned(self._scores[(model, r, t)], self._scores[(model, FP_RECIPE, t)],
+                                   f"{model} {r} vs FP on {t}")
+                    index[(t, model, r)] = len(arrays[t])
+                    arrays[t].append(x)
+        tasks = list(arrays)
+
+        def stat(means):  # means (T, k, B); tasks with fewer than k arrays are padded below
+            out = 0.0
+            for model, recipe, cat in cells:
+                q = sum(means[tasks.index(t), index[(t, model, recipe)]] for t in self._tasks[cat])
+                f = sum(means[tasks.index(t), index[(t, model, FP_RECIPE)]] for t in self._tasks[cat])
+                out = out + 100 * (f - q) / f
+            return out / len(cells)
+        k = max(len(a) for a in arrays.values())
+        padded = [a + [a[0]] * (k - len(a)) for a in (arrays[t] for t in tasks)]
+        est, se, _lo, _hi = stats.paired_bootstrap(padded, stat)
+        return est, se
+
+    def recipes(self, model: str) -> list[str]:
+        return sorted({r for (m, r, _t) in self._scores if m == model and r != FP_RECIPE})
+
+    def cats(self) -> list[str]:
+        return sorted(self._tasks)
+
+
+def relative_drops(df: pd.DataFrame, by: str = "task") -> pd.DataFrame:
+    """One row per quantized (model, recipe, task) of a tidy frame, or per (model, recipe,
+    category) with by="category": its relative drop against the same model's FP in percent
+    (positive = worse) with the paired se. Columns: model, category, task, recipe, label,
+    setting (bits, no group), method, drop, se, lo, hi (the ± 2 se interval)."""
+    groups = dict(zip(df["task"], df[by] if by != "task" else df["task"], strict=True))
+    cat_of = dict(zip(df["task"], df["category"], strict=True))
+    n = Numbers(df, groups)
+    rows = []
+    for (model, recipe, key) in dict.fromkeys(zip(df["model"], df["recipe"], df[by], strict=True)):
+        if recipe == FP_RECIPE:
+            continue
+        d = n.drop(model, recipe, key)
+        if d is None:
+            continue
+        i = parse_recipe(recipe)
+        lo, hi = stats.interval(*d)
+        rows.append({"model": model, "category": key if by == "category" else cat_of[key],
+                     "task": key if by == "task" else "", "recipe": recipe,
+                     "label": recipe_label(recipe), "setting": i.setting.split("g")[0],
+                     "method": i.method, "drop": d[0], "se": d[1], "lo": lo, "hi": hi})
+    return pd.DataFrame(rows)
+
+
+def rank_drops(df: pd.DataFrame, by: Sequence[str], label: str = "LLaDA pair") -> pd.DataFrame:
+    """Mean relative drop (percent, positive = worse) over every model and category of each
+    group of `by` (e.g. ("setting", "method") for the method ranking), with a paired bootstrap
+    se, sorted best (smallest drop) first within each setting. Columns: model (= label), *by,
+    mean_drop_pct, mean_drop_pct_se, level (the verdict rule's word)."""
+    drops = relative_drops(df, by="category")
+    n = Numbers(df, dict(zip(df["task"], df["category"], strict=True)))
+    rows = []
+    for key, g in drops.groupby(list(by), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        m, se = n.mean_drop(list(zip(g["model"], g["recipe"], g["category"], strict=True)))
+        rows.append({"model": label, **dict(zip(by, key, strict=True)), "mean_drop_pct": m,
+                     "mean_drop_pct_se": se, "level": stats.drop_level(m, se)})
+    return pd.DataFrame(rows)
 
 
 def fmt(v: float, se: float | None = None, digits: int = 1) -> str:
@@ -99,66 +257,72 @@ def paper_table(
 ) -> pd.DataFrame:
     """Rows (model, setting, method) in the given recipe order; for each task a column
     `task` and `task_se` (percent); per group of tasks an average `<group>_avg` (+ se) and
-    relative drop `<group>_drop_pct` (+ se) against the model's FP row."""
+    relative drop `<group>_drop_pct` (+ paired se; positive = worse) against the model's FP row."""
     labels = dict(labels or {})
-    idx = df.set_index(["model", "recipe", "task"])
+    n = Numbers(df, {t: g for g, ts in groups.items() for t in ts})
     rows = []
     for model in models:
-        fp_avgs: dict[str, tuple[float, float]] = {}
         for recipe in [FP_RECIPE, *[r for r in recipes if r != FP_RECIPE]]:
             info = parse_recipe(recipe)
             row: dict = {"model": labels.get(model, model), "setting": info.setting,
                          "method": info.method, "recipe": recipe}
             complete = True
             for group, tasks in groups.items():
-                vals, ses = [], []
                 for t in tasks:
-                    if (model, recipe, t) not in idx.index:
+                    a = n.task_acc(model, recipe, t)
+                    if a is None:
                         complete = False
-                        row[t], row[f"{t}_se"] = math.nan, math.nan
-                        continue
-                    r = idx.loc[(model, recipe, t)]
-                    v, s = 100 * float(r["value"]), 100 * float(r["stderr"])
-                    row[t], row[f"{t}_se"] = v, s
-                    vals.append(v)
-                    ses.append(s)
-                if len(vals) == len(tasks) and vals:
-                    avg, avg_se = mean_se(vals, ses)
-                    row[f"{group}_avg"], row[f"{group}_avg_se"] = avg, avg_se
-                    if recipe == FP_RECIPE:
-                        fp_avgs[group] = (avg, avg_se)
-                        row[f"{group}_drop_pct"] = row[f"{group}_drop_pct_se"] = math.nan
-                    elif group in fp_avgs:
-                        d, dse = rel_drop(avg, avg_se, *fp_avgs[group])
-                        row[f"{group}_drop_pct"], row[f"{group}_drop_pct_se"] = d, dse
+                        row[t] = row[f"{t}_se"] = math.nan
+                    else:
+                        row[t], row[f"{t}_se"] = a
+                if n._have(model, recipe, group):
+                    row[f"{group}_avg"], row[f"{group}_avg_se"] = n.avg(model, recipe, group)
+                    d = None if recipe == FP_RECIPE else n.drop(model, recipe, group)
+                    row[f"{group}_drop_pct"], row[f"{group}_drop_pct_se"] = d or (math.nan, math.nan)
             if complete or recipe == FP_RECIPE:
                 rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _header(col: str) -> str:
+    if col.endswith("_drop_pct"):
+        return f"{col.removesuffix('_drop_pct')} drop % (+ = worse)"
+    if col.endswith("_avg"):
+        return f"{col.removesuffix('_avg')} avg"
+    return col
+
+
 def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = "") -> str:
-    """Markdown with `value ± se` cells; drops printed as negative percentages like the paper."""
-    header = ["Model", "Setting", "Method", *value_cols]
+    """Markdown with `value ± se` cells. Drops are printed as they are computed, positive =
+    worse, with the verdict rule's word (near-lossless / significant / undecided at 4 %)."""
+    key_cols = [c for c in ("model", "setting", "method") if c in table.columns]
+    header = [c.capitalize() for c in key_cols] + [_header(c) for c in value_cols]
     lines = ([f"**{title}**", ""] if title else []) + [
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, r in table.iterrows():
-        cells = [str(r["model"]), str(r["setting"]), str(r["method"])]
+        cells = [str(r[c]) for c in key_cols]
         for c in value_cols:
             v, se = r.get(c, math.nan), r.get(f"{c}_se", math.nan)
-            if c.endswith("_drop_pct") and not (isinstance(v, float) and math.isnan(v)):
-                cells.append(fmt(-v, se) + f" ({degradation_level(v)})")
+            if "drop_pct" in c and not (isinstance(v, float) and math.isnan(v)):
+                cells.append(fmt(v, se) + f" ({stats.drop_level(v, se)})")
             else:
                 cells.append(fmt(v, se))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: pd.DataFrame, value_cols: Sequence[str], out: Path, title: str,
-                paper: pd.DataFrame | None = None) -> None:
-    """tables/<name>.csv + .md; with `paper`, the paper's printed rows follow ours in the .md."""
+def write_table(table: pd.DataFrame, value_cols: Sequence[str] | None, out: Path, title: str,
+                paper: pd.DataFrame | None = None, index: bool = False) -> None:
+    """tables/<name>.csv + .md, each written atomically (a temporary file renamed into place).
+    With value_cols, the Markdown shows `value ± se` cells (table_markdown); with None, the
+    frame as it is (3 significant digits), under `title`. With `paper`, the paper's printed
+    rows follow ours in the .md."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out.with_suffix(".csv"), table.round(4).to_csv(index=False))
-    md = table_markdown(table, value_cols, title)
+    _atomic_write(out.with_suffix(".csv"), table.round(4).to_csv(index=index))
+    if value_cols is None:
+        md = (f"{title}\n\n" if title else "") + table.to_markdown(index=index, floatfmt=".3g") + "\n"
+    else:
+        md = table_markdown(table, value_cols, title)
     if paper is not None:
         md += "\nThe paper's printed numbers (Lin, Xu et al. 2025), for comparison:\n\n"
         md += paper.to_markdown(index=False) + "\n"
@@ -202,7 +366,7 @@ def save_figure(fig, out: Path) -> list[Path]:
 
 
 # ---- findings ----------------------------------------------------------------------------
-HOLDS, FAILS, NOISE, MIXED = "holds", "does not hold", "within noise", "mixed"
+HOLDS, FAILS, NOISE, MIXED = stats.HOLDS, stats.FAILS, stats.NOISE, "mixed"
 
 
 @dataclass(frozen=True)
@@ -216,12 +380,7 @@ class Check:
 
     @property
     def verdict(self) -> str:
-        if math.isnan(self.value):
-            return NOISE
-        lo, hi = self.value - NOISE_Z * self.se, self.value + NOISE_Z * self.se
-        if self.op == "<":
-            return HOLDS if hi < self.threshold else FAILS if lo > self.threshold else NOISE
-        return HOLDS if lo > self.threshold else FAILS if hi < self.threshold else NOISE
+        return stats.verdict(self.value, self.se, self.op, self.threshold)
 
     def line(self) -> str:
         return f"{self.what}: {fmt(self.value, self.se, 2)} {self.op} {self.threshold:g} -> {self.verdict}"

@@ -53,7 +53,13 @@ DREAM_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 # ---- configs --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LLaDASamplerConfig:
-    """LLaDA's `generate()` arguments (generate.py); defaults are the paper's 128/128/128."""
+    """LLaDA's `generate()` arguments (generate.py); defaults are the paper's 128/128/128.
+
+    cfg_scale: LLaDA's unsupervised classifier-free guidance, `un + (cfg_scale + 1) * (cond -
+    un)` with `un` the logits when every prompt token is masked (generate.py; `cfg_logits`).
+    0 means no guidance (cond alone: the paper's setting for LLaDA and Dream); 1.0 is not "no
+    guidance" but one extra step along (cond - un), twice the conditional direction. Dream's
+    official sampler has no guidance; dllmq applies this same formula to either model."""
 
     gen_length: int = 128
     steps: int = 128
@@ -217,6 +223,23 @@ def sample_tokens(logits: torch.Tensor, cfg: DreamSamplerConfig, generator: torc
     return confidence, x0
 
 
+def _twice(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else torch.cat([t, t])
+
+
+def unconditional_pair(x: torch.Tensor, attention_mask: torch.Tensor | None,
+                       prompt_index: torch.Tensor, mask_id: int
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(2B, L) ids: x, then x with every prompt position masked (the unconditional half of
+    LLaDA's unsupervised CFG), and the attention mask for both halves."""
+    return torch.cat([x, x.masked_fill(prompt_index, mask_id)]), _twice(attention_mask)
+
+
+def guide(cond: torch.Tensor, un: torch.Tensor, scale: float) -> torch.Tensor:
+    """LLaDA's guidance formula: un + (scale + 1)(cond - un) (scale 0: cond)."""
+    return un + (scale + 1) * (cond - un)
+
+
 def cfg_logits(model, x: torch.Tensor, attention_mask, position_ids, prompt_index: torch.Tensor,
                scale: float, mask_id: int, window: slice | None = None) -> torch.Tensor:
     """Logits (B, L, V), or (B, hi - lo, V) for a window; with scale > 0 LLaDA's unsupervised
@@ -224,12 +247,10 @@ def cfg_logits(model, x: torch.Tensor, attention_mask, position_ids, prompt_inde
     prompt position masked."""
     if scale == 0:
         return model.denoise_logits(x, attention_mask, position_ids, window=window)
-    un_x = x.masked_fill(prompt_index, mask_id)
-    both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
-    logits = model.denoise_logits(torch.cat([x, un_x]), both(attention_mask), both(position_ids),
-                                  window=window)
+    both_x, both_am = unconditional_pair(x, attention_mask, prompt_index, mask_id)
+    logits = model.denoise_logits(both_x, both_am, _twice(position_ids), window=window)
     cond, un = logits.chunk(2, dim=0)
-    return un + (scale + 1) * (cond - un)
+    return guide(cond, un, scale)
 
 
 # ---- prompts --------------------------------------------------------------------------------

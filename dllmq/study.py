@@ -112,24 +112,80 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             "axes": dict(axes or {}),
         }, f"{params['preset']} preset, {role}")
         report = run_sweep(grid, store, progress=progress)
-        for r in report.done:
-            want = metric_of[r.cell.task]
-            picked = [k for k in r.metrics if k == want or k.startswith(want + ",")]
-            if len(picked) != 1:
-                raise KeyError(f"task {r.cell.task} has metrics {sorted(r.metrics)}; params "
-                               f"'metrics' names {want!r}, which matches {len(picked)} of them")
-            m = r.metrics[picked[0]]
-            rows.append({"model": name, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
-                         "category": cat_of[r.cell.task], "metric": picked[0], "seed": r.cell.seed,
-                         **{k: r.cell.settings.get(k) for k in (axes or {})},
-                         "value": m["value"], "stderr": m["stderr"] or 0.0})
+        rows += result_rows(store, report.done, role, cat_of, metric_of, axes)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    keys = ["model", "role", "recipe", "task", "category", "metric", *(axes or {})]
-    g = df.groupby(keys, as_index=False, sort=False)
-    # mean over seeds; its se: the per-seed item-sampling se shrinks with the number of seeds
-    return g.agg(value=("value", "mean"), stderr=("stderr", lambda s: (s.pow(2).sum()) ** 0.5 / len(s)))
+    return average_seeds(df, ["model", "role", "recipe", "task", "category", "metric", *(axes or {})])
+
+
+def result_rows(store, results, role: str, cat_of: dict[str, str], metric_of: dict[str, str],
+                axes=None) -> list[dict[str, Any]]:
+    """One row per stored result with the params' metric and the cell's per-item scores (read
+    from the store's per-sample records; an error if a cell has none)."""
+    rows = []
+    for r in results:
+        picked = metric_key(r.metrics, metric_of[r.cell.task], r.cell.task)
+        m = r.metrics[picked]
+        rows.append({"model": r.cell.model, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
+                     "category": cat_of[r.cell.task], "metric": picked, "seed": r.cell.seed,
+                     **{k: r.cell.settings.get(k) for k in (axes or {})},
+                     "value": m["value"], "stderr": m["stderr"] or 0.0,
+                     "scores": item_scores(store.samples(r.cell), picked, r.cell)})
+    return rows
+
+
+def metric_key(metrics, want: str, task: str) -> str:
+    """The one stored metric name that params' `metrics` entry `want` names ("acc" matches
+    "acc,none"); a KeyError naming the task otherwise."""
+    picked = [k for k in metrics if k == want or k.startswith(want + ",")]
+    if len(picked) != 1:
+        raise KeyError(f"task {task} has metrics {sorted(metrics)}; params 'metrics' names "
+                       f"{want!r}, which matches {len(picked)} of them")
+    return picked[0]
+
+
+def item_scores(samples, metric: str, cell=None) -> dict[tuple[int, int], float]:
+    """Per-item scores of one cell from its stored per-sample records: {(doc_id, seed): score}
+    for the metric ("acc,none" = metric acc under filter none). A cell with no per-item record
+    of that metric is an error: comparisons are paired and never fall back to unpaired."""
+    name, _, filt = metric.partition(",")
+    filt = filt or "none"
+    seed = getattr(cell, "seed", 0)
+    out: dict[tuple[int, int], float] = {}
+    for s in samples:
+        if s.get("filter", "none") != filt or name not in s:
+            continue
+        key = (int(s["doc_id"]), seed)
+        if key in out:
+            raise ValueError(f"cell {cell}: two per-item records of {metric} for document {key[0]}")
+        out[key] = float(s[name])
+    if not out:
+        raise ValueError(f"cell {cell} has no per-item samples of {metric} in the store; paired "
+                         "statistics need them: delete the cell and evaluate it again")
+    return out
+
+
+def average_seeds(df, keys):
+    """One row per `keys` group: the per-item scores of every seed together ({(doc, seed):
+    score}), value = their mean and stderr = the sample standard error over items (seeds of one
+    document averaged first, so a document counts once)."""
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for k, g in df.groupby(keys, sort=False, dropna=False):
+        scores: dict = {}
+        for s in g["scores"]:
+            scores.update(s)
+        by_doc: dict[int, list[float]] = {}
+        for (doc, _seed), v in scores.items():
+            by_doc.setdefault(doc, []).append(v)
+        x = np.array([sum(v) / len(v) for v in by_doc.values()])
+        se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+        rows.append({**dict(zip(keys, k, strict=True)), "value": float(x.mean()), "stderr": se,
+                     "n": len(x), "scores": scores})
+    return pd.DataFrame(rows)
 
 
 # ---- the paper's tables as data ---------------------------------------------------------------
@@ -154,9 +210,14 @@ PAPER_TABLES: dict[str, dict[str, Any]] = {
                                     "roles": ("dream_base",), "recipes": "recipes_weight_act",
                                     "groups": ("qa", "math", "code")},
 }
-# the paper's printed tables as CSVs (the project's shared folder beside the checkout, or
-# wherever DLLMQ_PAPER_TABLES points)
-PAPER_TABLE_DIR = Path(os.environ.get("DLLMQ_PAPER_TABLES") or REPO_ROOT.parent / "shared" / "paper" / "tables")
+PAPER_TABLES_ENV = "DLLMQ_PAPER_TABLES"  # the folder of the paper's printed tables (CSVs)
+
+
+def paper_table_dir(params: dict[str, Any]) -> Path | None:
+    """Where the paper's printed tables are: params `paper_tables`, else $DLLMQ_PAPER_TABLES;
+    None when neither is set (no default outside the package)."""
+    where = params.get("paper_tables") or os.environ.get(PAPER_TABLES_ENV)
+    return repo_path(where) if where else None
 PAPER_PRINTED = ("table1_weight_only_general", "table2_weight_act_general",  # table6 is ours
                  "table3_weight_only_math_code", "table4_weight_act_math_code",
                  "table5_dream_weight_only_general")
@@ -179,40 +240,27 @@ def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with
         cols += [f"{g}_avg", f"{g}_drop_pct"]
     paper = None
     if with_paper if with_paper is not None else params.get("paper_numbers", params["preset"] == "paper"):
-        src = PAPER_TABLE_DIR / f"{name}.csv"
-        paper = pd.read_csv(src) if src.is_file() else None
+        where = paper_table_dir(params)
+        src = where / f"{name}.csv" if where else None
+        paper = pd.read_csv(src) if src is not None and src.is_file() else None
         if paper is None and name in PAPER_PRINTED:
-            log.warning("%s not found: %s is written without the paper's numbers (set "
-                        "DLLMQ_PAPER_TABLES to the folder of the paper's table CSVs)", src, name)
+            log.warning("%s is written without the paper's numbers: %s (set %s or params "
+                        "`paper_tables` to the folder of the paper's table CSVs)", name,
+                        f"{src} not found" if src else "no folder set", PAPER_TABLES_ENV)
     write_table(table, cols, tab_dir / name, spec["title"], paper=paper)
     return table
 
 
-def relative_drops(df):
-    """One row per quantized cell of a tidy frame: its relative drop against the same model's
-    FP cell on the same task, in percent (positive = worse), with the delta-method se.
-    Columns: model, category, task, recipe, setting (bits, no group), method, drop, se."""
+def write_pivot(df, columns: str, out: Path, caption: str):
+    """Accuracy (%) with recipe labels as rows and `columns` as columns, each value ± its
+    standard error, to out.csv and out.md (report.write_table); returns the pivot."""
     import pandas as pd
 
-    from .report import FP_RECIPE, parse_recipe, recipe_label, rel_drop
+    from .report import fmt, write_table
 
-    fp = df[df.recipe == FP_RECIPE].set_index(["model", "task"])
-    rows = []
-    for _, r in df[df.recipe != FP_RECIPE].iterrows():
-        f = fp.loc[(r.model, r.task)]
-        d, se = rel_drop(100 * r.value, 100 * r.stderr, 100 * f.value, 100 * f.stderr)
-        i = parse_recipe(r.recipe)
-        rows.append({"model": r.model, "category": r.category, "task": r.task, "recipe": r.recipe,
-                     "label": recipe_label(r.recipe), "setting": i.setting.split("g")[0],
-                     "method": i.method, "drop": d, "se": se})
-    return pd.DataFrame(rows)
-
-
-def write_pivot(df, columns: str, out: Path, caption: str):
-    """Accuracy (%) with recipe labels as rows and `columns` as columns, to out.csv and out.md
-    (the caption says what and the mean standard error); returns the pivot."""
     pivot = df.pivot_table(index="label", columns=columns, values="value", sort=False).round(1)
-    pivot.to_csv(out.with_suffix(".csv"))
-    out.with_suffix(".md").write_text(
-        f"{caption} (se ≈ {df['se'].mean():.1f} points)\n\n" + pivot.to_markdown() + "\n")
+    se = df.pivot_table(index="label", columns=columns, values="se", sort=False)
+    shown = pd.DataFrame({c: [fmt(v, e) for v, e in zip(pivot[c], se[c], strict=True)] for c in pivot.columns},
+                         index=pivot.index)
+    write_table(shown, None, out, caption + " (± standard error over items)", index=True)
     return pivot

@@ -5,7 +5,7 @@
     models: [tiny-llada-instruct]
     recipes: [fp16, w4a16g128-gptq]     # fp16 = not quantized
     tasks:                              # names, or {task: name, settings: {...}} per task
-      - embedded_qa
+      - dllmq_qa
       - {task: gsm8k, settings: {num_fewshot: 4, gen_length: 256, steps: 256, block_length: 32}}
     seeds: [0, 1]
     settings: {limit: 100, mc_num: 32}  # every cell
@@ -14,7 +14,8 @@
     include_defaults: true              # all of lm-eval's tasks (dllmq's own always)
     data_dir: /data/benchmarks          # optional: local benchmark files (else $DLLMQ_DATA_DIR)
     confirm_run_unsafe_code: false      # code tasks execute generated programs: say so here
-    calib: {source: embedded, samples: 16, seqlen: 128}   # optional; default: the recipe's
+    calib: {samples: 16, w4a16g128-awq: {seqlen: 256}}   # optional; default: each recipe's own
+                                        # (plain keys: every recipe; a recipe's entry: that one)
     device: cpu                         # optional
 
 `load_grid` checks the file's shape, `validate` checks it against the world (tasks exist,
@@ -33,10 +34,16 @@ so prompts are the same for every seed. A cell's model settings are explicit mod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
+import os
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +53,14 @@ from typing import Any
 import yaml
 from tqdm.auto import tqdm
 
-from .harness import NO_QUANT, SETTING_NAMES, EvalSettings, check_sampler, sampler_config
+from .harness import (
+    NO_QUANT,
+    SETTING_NAMES,
+    EvalSettings,
+    check_calibration_override,
+    check_sampler,
+    sampler_config,
+)
 from .store import Cell, Result, Store
 
 log = logging.getLogger(__name__)
@@ -154,8 +168,10 @@ def parse_grid(raw: Any, where: str = "grid", base: Path | None = None) -> Grid:
         _need(isinstance(v, list) and v and len(set(map(json.dumps, v))) == len(v),
               f"{where}: axis {k} must be a non-empty list of distinct values")
     calib = raw.get("calib") or {}
-    _need(isinstance(calib, dict) and set(calib) <= set(CALIB_KEYS),
-          f"{where}: `calib` takes {', '.join(CALIB_KEYS)}")
+    try:
+        check_calibration_override(calib, f"{where}: calib")
+    except ValueError as e:
+        raise GridError(str(e)) from None
     inc = raw.get("include_path") or []
     inc = [inc] if isinstance(inc, str) else inc
     _need(isinstance(inc, list) and all(isinstance(p, str) for p in inc),
@@ -260,8 +276,18 @@ def _gen_length(cfg: Mapping[str, Any], settings: Mapping[str, Any]) -> int | No
     return int(n) if n is not None else EvalSettings().gen_length
 
 
-def validate(grid: Grid, tm=None) -> None:
-    """Check the grid against tasks, recipes, models and data; raise GridError (one line)."""
+@dataclass
+class Checked:
+    """What `validate` read, so nothing is read twice: each model's config, each task as
+    `TaskManager.load` built it."""
+
+    configs: dict[str, Any] = field(default_factory=dict)
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+
+def validate(grid: Grid, tm=None) -> Checked:
+    """Check the grid against tasks, recipes, models and data; raise GridError (one line).
+    Returns the model configs and loaded tasks it read."""
     from .models.io import LoadError, read_config, resolve, shipped_models
 
     for r in grid.recipes:
@@ -297,9 +323,10 @@ def validate(grid: Grid, tm=None) -> None:
         for f in _data_files(_task_config(tm, cell.task)):
             _need(f.exists(), f"task {cell.task}: data file {f} is missing (set DLLMQ_DATA_DIR "
                               "or the grid's data_dir to the folder holding it)")
+    loaded = {}
     for name in dict.fromkeys(t.name for t in grid.tasks):  # build each task once: its data loads
         try:
-            tm.load([name])
+            loaded[name] = tm.load([name])
         except Exception as e:  # missing local file, offline Hub, broken YAML: one line each
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise GridError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
@@ -326,6 +353,35 @@ def validate(grid: Grid, tm=None) -> None:
                 sampler_config(mc.model_type, es.replace(gen_length=n))
         except ValueError as e:
             raise GridError(f"task {cell.task} on {cell.model}: {e}") from None
+    return Checked(configs, loaded)
+
+
+def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
+    """The grid's cells with their full key: the calibration each recipe is applied with
+    (`harness.resolve_calibration`, the same dict `build_model` quantizes with), the
+    checkpoint's content fingerprint, the task's config + documents fingerprint and the
+    versions (`dllmq.fingerprint`). `cache` keeps file digests (the store does)."""
+    from .fingerprint import checkpoint_fingerprint, task_fingerprint, versions
+    from .harness import resolve_calibration
+    from .models.io import read_config, resolve
+
+    vers = versions()
+    tfp = {name: task_fingerprint(loaded) for name, loaded in checked.tasks.items()}
+    mfp: dict[str, str] = {}
+    calib: dict[tuple[str, str], Any] = {}
+    out = []
+    for c in grid.cells():
+        if c.model not in mfp:
+            mfp[c.model] = checkpoint_fingerprint(c.model, cache)
+            if c.model not in checked.configs:
+                checked.configs[c.model] = read_config(resolve(c.model))
+        if (c.model, c.recipe) not in calib:
+            calib[c.model, c.recipe] = resolve_calibration(
+                c.recipe, c.model, grid.calib, checked.configs[c.model].max_position)
+        key = {"calib": calib[c.model, c.recipe], "checkpoint": mfp[c.model],
+               "task": tfp[c.task], "versions": vers}
+        out.append(dataclasses.replace(c, key=key))
+    return out
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -420,51 +476,181 @@ def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False
     return metrics_of(res, cell.task), samples, wall
 
 
-def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: bool = True,
-              tm=None) -> SweepReport:
-    """Validate, then run every missing cell; returns what the store now holds for the grid.
-    A store given as a path is opened (created) only after the grid passed validation."""
-    from . import harness
-    from .models import load, load_tokenizer
+LEASE_S = 120.0  # a claim's lease; the owner renews it every LEASE_S / 4 while it works
+POLL_S = 1.0  # how often a worker looks at cells other workers hold
 
-    tm = tm or task_manager(grid)
-    validate(grid, tm)
-    if store is not None and not isinstance(store, Store):
-        store = Store(store)
-    cells = grid.cells()
+
+def quantized_cache_dir(store_path: Path) -> Path:
+    """Where quantized models are cached next to a store (`<store>.models/`)."""
+    return store_path.with_name(store_path.name + ".models")
+
+
+def model_key(cell: Cell) -> str:
+    """A quantized model's cache name: checkpoint content + recipe + calibration + version."""
+    from .store import canonical_json
+
+    k = cell.key
+    text = canonical_json({"checkpoint": k.get("checkpoint"), "recipe": cell.recipe,
+                           "calib": k.get("calib"), "dllmq": cell.version})
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def build_model(grid: Grid, cell: Cell, cache_dir: Path | None = None):
+    """(model, tokenizer) of a cell: loaded, then quantized with exactly the calibration in the
+    cell's key. With `cache_dir`, the quantized model is saved there in the export format
+    (`dllmq.quant.export.save_quantized`, under `model_key`) and every worker, the one that
+    quantized it included, evaluates the copy loaded back, so a result never depends on which
+    worker quantized. The save is a temporary directory renamed into place."""
+    from . import load
+    from .data import calibration_set
+    from .models import load_tokenizer
+    from .quant.api import quantize_
+    from .quant.export import save_quantized
+
+    dtype = None if grid.dtype is None else _dtype(grid.dtype)
+    tok = load_tokenizer(cell.model)
+    if cell.recipe == NO_QUANT:
+        return load(cell.model, device=grid.device, dtype=dtype), tok
+    target = None if cache_dir is None else cache_dir / model_key(cell)
+    if target is not None and (target / "config.json").is_file():
+        log.info("%s %s: loading the quantized model from %s", cell.model, cell.recipe, target)
+        return load(target, device=grid.device, dtype=dtype), tok
+    model = load(cell.model, device=grid.device, dtype=dtype)
+    calib = cell.key.get("calib")
+    data = None if calib is None else calibration_set(tok, **calib)
+    quantize_(model, cell.recipe, data)
+    if target is None:
+        return model, tok
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=cache_dir))
+    try:
+        save_quantized(model, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another worker saved it first: same key, same model
+            log.info("%s: saved by another worker meanwhile", target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    del model
+    return load(target, device=grid.device, dtype=dtype), tok
+
+
+class _Heartbeat:
+    """Renews the owner's leases every lease_s / 4 in a background thread."""
+
+    def __init__(self, store: Store, owner: str, lease_s: float):
+        self.store, self.owner, self.lease_s = store, owner, lease_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="dllmq-lease", daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.lease_s / 4):
+            self.store.renew(self.owner, self.lease_s)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.store.release(self.owner)
+
+
+def _owner(new_owner) -> str:
+    """This process's claim owner. Under `accelerate launch` every rank evaluates the same
+    cell together, so all ranks share one owner (the launcher's pid: dead when they are)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        host = new_owner().split(":")[0]
+        return f"{host}:{os.getppid()}:dp{os.environ.get('MASTER_PORT', '')}"
+    return new_owner()
+
+
+def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: bool = True,
+              tm=None, lease_s: float = LEASE_S, start: int = 0,
+              cache_models: bool | None = None) -> SweepReport:
+    """Validate, then run every cell missing from the store; returns what the store holds
+    for the grid. A store given as a path is checked for writability first and opened
+    (created) only after the grid passed validation.
+
+    With a store, each cell is claimed before it is computed (`Store.claim`), so any number
+    of run_sweep calls (processes, hosts sharing the store's file system) split the grid;
+    a worker then waits for the cells others hold and takes over those whose owner died.
+    `start` rotates the order of model x recipe groups (the local executor gives each
+    worker its own, so workers begin on different models). Quantized models are cached next
+    to the store (`quantized_cache_dir`) unless `cache_models=False`."""
+    from . import harness
+    from .store import StoreError, check_writable, new_owner
+
+    try:
+        if store is not None and not isinstance(store, Store):
+            check_writable(store)
+        tm = tm or task_manager(grid)
+        checked = validate(grid, tm)
+        if store is not None and not isinstance(store, Store):
+            store = Store(store)
+        cells = keyed_cells(grid, checked, cache=store)
+    except StoreError as e:
+        raise GridError(str(e)) from None
     report = SweepReport()
     t0 = time.perf_counter()
-    have = {c: store.get(c) for c in cells} if store is not None else {}
-    todo = [c for c in cells if have.get(c) is None]
+    stored = store.stored_ids() if store is not None else set()
+    todo = [c for c in cells if c.cell_id not in stored]
     report.skipped = len(cells) - len(todo)
     log.info("sweep: %d cells, %d already stored, %d to run", len(cells), report.skipped, len(todo))
-    results: dict[Cell, Result] = {c: r for c, r in have.items() if r is not None}
+    groups = [list(g) for _, g in itertools.groupby(todo, key=lambda c: (c.model, c.recipe))]
+    if groups:
+        k = start % len(groups)
+        groups = groups[k:] + groups[:k]
+    cache_dir = None
+    if store is not None and cache_models is not False:
+        cache_dir = quantized_cache_dir(store.path)
+        cache_dir.mkdir(exist_ok=True)
+    results: dict[Cell, Result] = {}
+    owner = _owner(new_owner)
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
-    for (model_name, recipe), group in itertools.groupby(todo, key=lambda c: (c.model, c.recipe)):
-        group = list(group)
-        bar.set_postfix_str(f"{model_name} {recipe}: loading")
-        model = load(model_name, device=grid.device,
-                     dtype=None if grid.dtype is None else _dtype(grid.dtype))
-        tok = load_tokenizer(model_name)
-        c = grid.calib
-        harness.quantize_model(model, tok, recipe, c.get("source"), c.get("samples"),
-                                  c.get("seqlen"), seed=c.get("seed", 0), model_name=model_name)
-        lm = harness.DLLMEvalLM(model=model, tokenizer=tok)
-        for cell in group:
-            bar.set_postfix_str(f"{model_name} {recipe} {cell.task} seed {cell.seed}")
-            metrics, samples, wall = evaluate_cell(lm, cell, tm, grid.confirm_run_unsafe_code)
-            if lm.rank == 0:
-                if store is not None:
-                    store.put(cell, metrics, samples, wall_s=wall)
-                    results[cell] = store.get(cell)
-                else:
-                    results[cell] = Result(cell, {k: {"value": v, "stderr": e}
-                                                  for k, (v, e) in metrics.items()},
-                                           len(samples), wall, "")
-            report.ran += 1
-            bar.update()
-        del lm, model
+    beat = _Heartbeat(store, owner, lease_s) if store is not None else contextlib.nullcontext()
+    with beat:
+        pending = [c for g in groups for c in g]
+        while pending:
+            waiting: list[Cell] = []
+            lm, lm_of = None, None
+            for cell in pending:
+                state = "mine" if store is None else store.claim(cell, owner, lease_s)
+                if state == "taken":
+                    waiting.append(cell)
+                    continue
+                if state == "mine":
+                    if lm_of != (cell.model, cell.recipe):
+                        lm = None  # free the previous model first
+                        bar.set_postfix_str(f"{cell.model} {cell.recipe}: loading")
+                        model, tok = build_model(grid, cell, cache_dir)
+                        lm, lm_of = harness.DLLMEvalLM(model=model, tokenizer=tok), (cell.model,
+                                                                                     cell.recipe)
+                    bar.set_postfix_str(cell.label())
+                    try:
+                        metrics, samples, wall = evaluate_cell(lm, cell, tm,
+                                                               grid.confirm_run_unsafe_code)
+                    except BaseException:
+                        if store is not None:
+                            store.release(owner, cell)
+                        raise
+                    if lm.rank == 0:
+                        if store is not None:
+                            store.put(cell, metrics, samples, wall_s=wall, worker=owner)
+                        else:
+                            results[cell] = Result(cell, {k: {"value": v, "stderr": e}
+                                                          for k, (v, e) in metrics.items()},
+                                                   len(samples), wall, "")
+                    report.ran += 1
+                bar.update()
+            pending = [c for c in waiting if not store.has(c)]
+            if pending:
+                bar.set_postfix_str(f"waiting for {len(pending)} cell(s) other workers hold")
+                time.sleep(POLL_S)
     bar.close()
+    if store is not None:
+        wanted = {c.cell_id for c in cells}
+        results.update({r.cell: r for r in store.results() if r.cell.cell_id in wanted})
     report.done = [results[c] for c in cells if c in results]
     report.seconds = time.perf_counter() - t0
     return report
@@ -496,3 +682,23 @@ def grid_for_eval(models: Sequence[str], recipes: Sequence[str], tasks: Sequence
     if device is not None:
         raw["device"] = device
     return parse_grid(raw, "eval")
+
+
+def grid_to_raw(grid: Grid) -> dict[str, Any]:
+    """The grid as a plain mapping `parse_grid` reads back to an equal Grid (absolute paths):
+    how executors hand a grid to worker processes."""
+    raw: dict[str, Any] = {
+        "models": list(grid.models), "recipes": list(grid.recipes),
+        "tasks": [{"task": t.name, "settings": dict(t.settings)} for t in grid.tasks],
+        "seeds": list(grid.seeds), "settings": dict(grid.settings),
+        "axes": {k: list(v) for k, v in grid.axes.items()},
+        "include_path": [str(Path(p).resolve()) for p in grid.include_path],
+        "include_defaults": grid.include_defaults,
+        "confirm_run_unsafe_code": grid.confirm_run_unsafe_code, "calib": dict(grid.calib)}
+    for name in ("store", "data_dir"):
+        if getattr(grid, name) is not None:
+            raw[name] = str(Path(getattr(grid, name)).resolve())
+    for name in ("device", "dtype"):
+        if getattr(grid, name) is not None:
+            raw[name] = getattr(grid, name)
+    return raw

@@ -1,6 +1,8 @@
 """`python -m dllmq` commands that need no lm-eval run: quantize (saved weights load back and
 compute what the in-memory quantized model computes), bench listing, argument errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from dllmq.cli import main
@@ -44,10 +46,120 @@ def test_missing_calibration_file_is_one_line_and_writes_nothing(tmp_path, monke
     assert not (tmp_path / "q").exists()
 
 
-def test_shipped_models_calibrate_on_the_embedded_corpus_by_default(tmp_path):
-    from dllmq.harness import default_calib_source
-    from dllmq.models.io import shipped_models
+def _one_line(e) -> str:
+    msg = str(e.value)
+    assert msg.startswith("dllmq: error:") and "\n" not in msg, msg
+    return msg
 
-    assert [default_calib_source(m) for m in shipped_models()] == ["embedded"] * len(shipped_models())
-    assert default_calib_source(str(make_model_dir(tmp_path / "m"))) is None
-    assert default_calib_source(None) is None
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a command gets as far as loading a model or evaluating."""
+    import dllmq.models
+    import dllmq.sweep
+
+    def boom(*a, **k):
+        raise AssertionError("reached the model load / evaluation")
+
+    monkeypatch.setattr(dllmq.models, "load", boom)
+    monkeypatch.setattr(dllmq.sweep, "run_sweep", boom)
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--limit", "0"], "--limit 0: give a positive number"),
+    (["--limit", "-3"], "--limit -3: give a positive number"),
+    (["--num-fewshot", "-1"], "--num-fewshot -1: give 0 or more"),
+    (["--recipe", "w4a16g128-gtpq"], "--recipe w4a16g128-gtpq: unknown recipe"),
+    (["--calib", "wiki"], "--calib wiki: unknown source"),
+    (["--calib-samples", "0"], "--calib-samples must be >= 1"),
+    (["--tasks", "paper_arc_easy", "--num-fewshot", "200"],
+     "paper_arc_easy uses the paper's 0 shots"),
+])
+def test_eval_bad_arguments_are_one_line_before_the_model_loads(argv, expect, no_model_load):
+    base = ["eval", "--model", "tiny-llada-instruct", "--tasks", "dllmq_qa", "--no-default-tasks"]
+    with pytest.raises(SystemExit) as e:
+        main(base + argv)
+    assert expect in _one_line(e)
+
+
+def test_eval_tasks_checked_before_the_model_loads(no_model_load):
+    base = ["eval", "--model", "tiny-llada-instruct", "--no-default-tasks"]
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--tasks", "dllmq_code", "--limit", "1"])
+    assert "dllmq_code executes model-written programs; pass --confirm-run-unsafe-code" in _one_line(e)
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--tasks", "dllmq_qa", "--num-fewshot", "200"])
+    assert "--num-fewshot 200: task dllmq_qa has" in _one_line(e)
+
+
+def test_unwritable_outputs_are_refused_before_any_work(tmp_path, no_model_load):
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    base = ["eval", "--model", "tiny-llada-instruct", "--tasks", "dllmq_qa", "--no-default-tasks"]
+    for flag in ("--json", "--store"):
+        with pytest.raises(SystemExit) as e:
+            main([*base, flag, str(a_file / "out")])
+        assert f"{flag} {a_file / 'out'}: cannot write there" in _one_line(e)
+    with pytest.raises(SystemExit) as e:
+        main([*base, "--json", str(tmp_path)])
+    assert "is a directory" in _one_line(e)
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--model", "tiny-llada-base", "--recipe", "w4a16g128-rtn",
+              "--out", str(a_file / "q")])
+    assert "cannot write there" in _one_line(e)
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--model", "tiny-llada-base", "--recipe", "w4a16g128-rnt",
+              "--out", str(tmp_path / "q")])
+    assert "--recipe w4a16g128-rnt: unknown recipe" in _one_line(e)
+
+
+def test_quantize_never_writes_into_the_package_or_a_full_directory(tmp_path, no_model_load):
+    import dllmq
+
+    shipped = Path(dllmq.__file__).parent / "assets" / "models" / "tiny-llada-base"
+    for out in (shipped, shipped.parent / "new-model"):
+        with pytest.raises(SystemExit) as e:
+            main(["quantize", "--model", "tiny-llada-base", "--recipe", "w4a16g128-rtn",
+                  "--out", str(out)])
+        assert "is inside the installed dllmq package" in _one_line(e)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", "--model", "tiny-llada-base", "--recipe", "w4a16g128-rtn",
+              "--out", str(full)])
+    assert "is not empty; pass --force" in _one_line(e)
+
+
+def test_quantize_force_replaces_the_whole_directory(tmp_path):
+    """A stale shard index in --out used to survive, so the 'quantized' model loaded as FP."""
+    src = make_model_dir(tmp_path / "m")
+    out = tmp_path / "q"
+    out.mkdir()
+    (out / "model.safetensors.index.json").write_text('{"weight_map": {}}')
+    assert main(["quantize", "--model", str(src), "--recipe", "w4a16g128-rtn", "--out", str(out),
+                 "--device", "cpu", "--force"]) == 0
+    assert not (out / "model.safetensors.index.json").exists()
+    assert (out / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    x = torch.randint(0, 59, (1, 8))
+    assert not torch.equal(load(out, device="cpu").denoise_logits(x),
+                           load(src, device="cpu").denoise_logits(x))
+
+
+def test_lm_eval_passthrough_adds_dllmqs_tasks_and_a_cpu_device(monkeypatch):
+    from dllmq.cli import lm_eval_argv
+    from dllmq.tasks.lm_eval import TASK_DIR
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert lm_eval_argv(["--model", "dllmq"]) == ["--model", "dllmq", "--include_path",
+                                                  str(TASK_DIR), "--device", "cpu"]
+    given = ["--include_path=x", "--device", "cuda:1"]
+    assert lm_eval_argv(given) == given
+
+
+def test_pyproject_declares_the_lm_eval_entry_point():
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    assert meta["project"]["entry-points"]["lm_eval.models"] == {"dllmq": "dllmq.harness:DLLMEvalLM"}

@@ -158,3 +158,15 @@ def test_prompts_are_the_training_corpus_format(tm):
     code = tasks["dllmq_code"]
     for doc in code.eval_docs:
         assert code.doc_to_text(doc) + doc["canonical_solution"] == corpus.code_text(doc)
+
+
+def test_building_a_task_logs_no_custom_kwargs_warning(tm, caplog):
+    """lm-eval's `custom_dataset` hook warned "Custom kwargs can be passed ..." every time a task
+    was built (twice per evaluated cell); the embedded tasks read their data without it."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        tasks = tm.load(["dllmq_qa", "dllmq_math", "dllmq_code"])["tasks"]
+    assert {type(t).__name__ for t in tasks.values()} == {"EmbeddedTask"}
+    assert len(tasks["dllmq_qa"].test_docs()) == len(QA["test"])
+    assert not [r for r in caplog.records if "Custom kwargs" in r.getMessage()]

@@ -46,7 +46,7 @@ def test_bad_settings_fail_at_construction(env, lm):
     model, tok = lm.model, lm.tokenizer
     with pytest.raises(ValueError, match="integer batch size"):
         DLLMEvalLM(model=model, tokenizer=tok, batch_size="auto")
-    with pytest.raises(ValueError, match="Dream's sampler"):
+    with pytest.raises(ValueError, match="alg apply to another sampler, not the llada"):
         DLLMEvalLM(model=model, tokenizer=tok, alg="entropy")
     with pytest.raises(ValueError, match="multiple of block_length"):
         DLLMEvalLM(model=model, tokenizer=tok, gen_length=10, block_length=4)
@@ -294,3 +294,98 @@ def test_dream_scores_every_continuation_token_as_upstream_with_eos_appended(lm)
                       "dream")
     assert not draw.is_mask[:, -1].any()  # EOS is never scored
     assert ll == pytest.approx(evaluate_masks(model, [(ctx, target)], [draw], 0.0, 4)[0], rel=1e-6)
+
+
+def test_dream_generation_gets_the_papers_128_tokens_and_top_p(lm, monkeypatch):
+    """Appendix A: Dream generates 128 new tokens with top-p 0.95 on every generation task, also
+    where the task's generation_kwargs carry LLaDA's length (paper tasks set max_gen_toks 256);
+    explicit model args still win. (Before: 256 tokens, top_p None.)"""
+    import dllmq.harness as harness
+
+    from evalkit import make_model
+
+    seen = []
+
+    def fake_generate(model, prompts, cfg, generator=None):
+        seen.append(cfg)
+        return type("Out", (), {"tokens": torch.zeros(len(prompts), cfg.new_tokens, dtype=torch.long)})
+
+    monkeypatch.setattr(harness, "generate", fake_generate)
+    dream = DLLMEvalLM(model=make_model("Dream", max_position=512), tokenizer=lm.tokenizer)
+    for task in ("gsm8k", "tiny_gen"):
+        r = _req("generate_until", "say", {"max_gen_toks": 256, "until": ["\n"]})
+        r.task_name = task
+        dream.generate_until([r])
+    assert [(c.new_tokens, c.steps, c.top_p) for c in seen] == [(128, 128, 0.95)] * 2
+    seen.clear()
+    r = _req("generate_until", "say", {"max_gen_toks": 256})
+    r.task_name = "gsm8k"
+    dream.with_settings(gen_length=32, top_p=0.5).generate_until([r])
+    assert (seen[0].new_tokens, seen[0].steps, seen[0].top_p) == (32, 32, 0.5)
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_unless_truncate(lm):
+    """Left-truncating silently changes the task; it must be asked for (truncate=True)."""
+    short = lm.with_settings(max_length=16)
+    r = _req("loglikelihood", "q: " + "what is 2 plus 1? " * 4, " 3")
+    r.task_name = "tiny_mc"
+    with pytest.raises(ValueError, match="1 of 1 contexts of tiny_mc exceed max_length 16 .*"
+                                         "truncate=true"):
+        short.loglikelihood([r])
+    g = _req("generate_until", "say " * 20, {"max_gen_toks": 4})
+    g.task_name = "tiny_gen"
+    with pytest.raises(ValueError, match="prompts .* of tiny_gen exceed max_length 16"):
+        short.with_settings(gen_length=4, block_length=4).generate_until([g])
+    ok = short.with_settings(truncate=True).loglikelihood([r])
+    assert len(ok) == 1 and ok[0][0] < 0
+
+
+def test_check_sampler_docstring_states_dllmqs_cfg_convention():
+    from dllmq.harness import check_sampler
+
+    assert "the paper's Dream setting" not in check_sampler.__doc__
+    assert "(cfg_scale + 1)" in check_sampler.__doc__
+
+
+def test_each_recipe_keeps_its_own_calibration_under_the_paper_preset():
+    """AWQ calibrates on Pile-val 128 x 512 and GPTQ on WikiText-2 128 x 2048 as the paper preset
+    runs them (its `calib` used to force WikiText-2 128 x 2048 on AWQ); a grid changes one
+    recipe's calibration only through that recipe's entry."""
+    import yaml
+    from dllmq.harness import resolve_calibration
+
+    calib = yaml.safe_load((REPO / "params" / "paper.yaml").read_text())["calib"]
+    hub = "GSAI-ML/LLaDA-8B-Base"
+    assert resolve_calibration("w4a16g128-awq", hub, calib, 4096) == {
+        "source": "pileval", "nsamples": 128, "seqlen": 512, "seed": 0}
+    assert resolve_calibration("w4a16g128-gptq", hub, calib, 4096) == {
+        "source": "wikitext2", "nsamples": 128, "seqlen": 2048, "seed": 0}
+    per = {"samples": 16, "w4a16g128-awq": {"seqlen": 256}, "w4a16g128-gptq:code": {"seed": 3}}
+    assert resolve_calibration("w4a16g128-awq", hub, per) == {
+        "source": "pileval", "nsamples": 16, "seqlen": 256, "seed": 0}
+    assert resolve_calibration("w4a16g128-gptq", hub, per)["seed"] == 0
+    assert resolve_calibration("w4a16g128-gptq:code", hub, per)["seed"] == 3
+    assert resolve_calibration("w4a16g128-rtn", hub, per) is None
+    with pytest.raises(ValueError, match="'w4a16g128-awk' is neither a calibration key"):
+        resolve_calibration("w4a16g128-awq", hub, {"w4a16g128-awk": {"samples": 1}})
+
+
+def test_shipped_models_bring_their_own_calibration_and_task_defaults(tmp_path):
+    from dllmq.harness import model_defaults, resolve_calibration
+    from dllmq.models.io import shipped_models
+
+    for m in shipped_models():
+        assert resolve_calibration("w4a16g128-awq", m, None, 1024) == {
+            "source": "embedded", "nsamples": 32, "seqlen": 128, "seed": 0}
+    dlms = [m for m in shipped_models() if m != "tiny-ar"]  # tiny-ar: an AR model, no tasks
+    for m in dlms:
+        tasks = model_defaults(m).tasks
+        assert set(tasks) == {"dllmq_qa", "dllmq_math", "dllmq_code"}
+        assert tasks["dllmq_math"].get("apply_chat_template", False) == (m == "tiny-llada-instruct")
+    # a flat override wins over the model's defaults; a checkpoint without the file has none
+    assert resolve_calibration("w4a16g128-gptq", dlms[0], {"samples": 4})["nsamples"] == 4
+    plain = make_model_dir(tmp_path / "m")
+    assert resolve_calibration("w4a16g128-gptq", str(plain))["source"] == "wikitext2"
+    (plain / "dllmq_defaults.yaml").write_text("calibration: {sauce: embedded}\n")
+    with pytest.raises(ValueError, match="dllmq_defaults.yaml: expected keys calibration"):
+        model_defaults(str(plain))

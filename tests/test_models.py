@@ -252,3 +252,57 @@ def test_error_unsupported_official_option(ckpt, name, key, value):
     with pytest.raises(ConfigError) as e:
         load(d)
     assert f"{key}=" in _one_line(e)
+
+
+# ---- issue 16: tied checkpoints, NaN weights, truncated files, file modes ------------------
+@pytest.mark.parametrize("arch", ["llada", "Dream"])
+def test_tied_checkpoint_round_trips(arch, tmp_path):
+    """A tied checkpoint has no head weight (the official save_pretrained drops it); it loads,
+    the head is the embedding again, and the logits are the saved model's."""
+    import dllmq
+    from dllmq.models import random_model, tiny_config
+
+    model = random_model(tiny_config(arch, tie_word_embeddings=True), seed=3)
+    save_pretrained(model, tmp_path)
+    assert model.spec.lm_head + ".weight" not in load_file(str(tmp_path / "model.safetensors"))
+    back = dllmq.load(tmp_path, device="cpu", dtype=torch.float32)
+    x = torch.randint(0, 60, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    if arch == "Dream":
+        assert back.lm_head.weight is back.model.embed_tokens.weight
+
+
+def test_nan_weight_warns_naming_the_tensor(ckpt, caplog):
+    d = ckpt("dream")
+    state = load_file(str(d / "model.safetensors"))
+    state["model.layers.0.mlp.up_proj.weight"][0, 0] = float("nan")
+    save_file(state, str(d / "model.safetensors"))
+    with caplog.at_level("WARNING", logger="dllmq.models.io"):
+        load(d, device="cpu")
+    assert any("model.layers.0.mlp.up_proj.weight" in r.getMessage() and "NaN" in r.getMessage()
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.001])
+def test_truncated_safetensors_one_line_naming_the_file(ckpt, keep):
+    d = ckpt("llada")
+    f = d / "model.safetensors"
+    data = f.read_bytes()
+    f.write_bytes(data[: max(int(len(data) * keep), 4)])
+    with pytest.raises(LoadError) as e:
+        load(d, device="cpu")
+    msg = _one_line(e)
+    assert str(f) in msg and "truncated" in msg
+
+
+def test_saved_files_have_normal_modes(arch, tmp_path):
+    import os
+    import stat
+
+    _, model = arch
+    save_pretrained(model, tmp_path, max_shard_bytes=40_000)
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in tmp_path.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name

@@ -299,8 +299,9 @@ def test_every_paper_task_has_a_task_file_and_settings():
     assert paper_task_settings("mbpp").model_settings() == {"gen_length": 512, "steps": 512,
                                                             "block_length": 32}
     assert paper_task_settings("piqa").model_settings() == {"mc_num": 128}
-    # Dream's sampler has no blocks: the paper settings it gets leave block_length out
-    assert paper_task_settings("mbpp").model_settings("Dream") == {"gen_length": 512, "steps": 512}
+    # Dream: the paper's 128 new tokens and top-p 0.95 for every generation task, no blocks
+    assert paper_task_settings("mbpp").model_settings("Dream") == {"gen_length": 128,
+                                                                   "top_p": 0.95}
     assert paper_task_settings("piqa").model_settings("Dream") == {"mc_num": 128}
 
 

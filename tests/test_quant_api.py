@@ -205,3 +205,79 @@ def test_save_refuses_what_the_format_cannot_express(tmp_path):
     set_module(model, path, QLinear.from_linear(get_module(model, path), input_transform=nn.Identity()))
     with pytest.raises(ValueError, match="input transform .* cannot express"):
         save_quantized(model, tmp_path)
+
+
+# ---- issue 16: validate everything before changing the model ---------------------------------
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _modules(model) -> list[tuple[str, str]]:
+    return [(n, type(m).__name__) for n, m in model.named_modules()]
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES)[:3] + ["w8a8-rtn"])
+def test_tied_llada_quantizes_with_weight_recipes(recipe):
+    """A weight-tied LLaDA has no LM-head module; summarize() and every weight recipe cope."""
+    model = random_model(tiny_config("llada", tie_word_embeddings=True), seed=0)
+    summary = quantize_(model, recipe, _calib(), progress=False)
+    assert summary.weight_counts == dict.fromkeys(LINEAR_KINDS, 2)
+    assert not summary.lm_head_quantized
+
+
+def _bad_recipes():
+    from dllmq.quant import AWQConfig, DuQuantConfig, QuaRotConfig, SmoothQuantConfig
+
+    g64 = QuantSpec(4, granularity="group", group_size=64)  # fits q (32 -> per channel), not down (96)
+    return {
+        "rtn": (RTNConfig(weight=g64),),
+        "gptq": (GPTQConfig(weight=g64),),
+        "awq": (AWQConfig(weight=g64),),
+        "smoothquant-then-rtn": (SmoothQuantConfig(), RTNConfig(weight=g64)),
+        "duquant": (DuQuantConfig(block_size=64),),
+        "rtn-head-tied": (RTNConfig(weight=QuantSpec(8, granularity="channel"), lm_head=True),),
+        "quarot-tied": (QuaRotConfig(), RTNConfig(weight=QuantSpec(8, granularity="channel"))),
+        "awq-after-rtn": (RTNConfig(weight=QuantSpec(8, granularity="channel")), AWQConfig()),
+    }
+
+
+@pytest.mark.parametrize("name", list(_bad_recipes()))
+def test_bad_setting_fails_before_any_change(name):
+    tied = name.endswith("tied")
+    model = random_model(tiny_config("llada", tie_word_embeddings=tied), seed=0)
+    before, mods = _state(model), _modules(model)
+    with pytest.raises((ValueError, TypeError)) as e:
+        quantize_(model, _bad_recipes()[name], _calib(), progress=False)
+    assert "\n" not in str(e.value)
+    assert _modules(model) == mods
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_transform_after_an_earlier_quantization_is_refused_before_any_change():
+    from dllmq.quant import QuaRotConfig
+
+    model = random_model(tiny_config("llada"), seed=0)
+    quantize_(model, "w4a16g128-rtn", None, progress=False)
+    before = _state(model)
+    with pytest.raises(ValueError, match="put QuaRot first"):
+        quantize_(model, (QuaRotConfig(),), None, progress=False)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_each_variant_carries_its_calibration():
+    from dllmq.quant import CalibSpec, get_calibration
+
+    assert get_calibration("w4a4-quarot:code") == CalibSpec("wikitext2", 128, 4096)
+    assert get_calibration("w4a4-quarot") == CalibSpec("wikitext2", 128, 2048)
+    assert get_calibration("w4a16g128-awq:code") == CalibSpec("pileval", 128, 512)
+    r = RECIPES["w4a4-quarot"]
+    assert (r.calib_dataset, r.nsamples, r.seqlen) == ("wikitext2", 128, 2048)
+
+
+def test_resolve_calibration_reads_the_variant():
+    from dllmq.harness import resolve_calibration
+
+    assert resolve_calibration("w4a4-quarot:code")["seqlen"] == 4096
+    assert resolve_calibration("w4a4-quarot:code", max_position=2048)["seqlen"] == 2048
+    assert resolve_calibration("w4a16g128-awq")["source"] == "pileval"

@@ -113,3 +113,27 @@ def test_dllmq_load_reads_a_packed_checkpoint(tmp_path):
     save_quantized(model, tmp_path / "q")
     x = torch.randint(0, 50, (2, 9))
     assert torch.equal(dllmq.load(tmp_path / "q", device="cpu").denoise_logits(x), model.denoise_logits(x))
+
+
+def test_weight_only_export_keeps_the_source_dtype_and_file_modes(tmp_path):
+    """A bf16 checkpoint quantized on the CPU (fp32 there) is saved with bf16 float tensors,
+    normal file modes; the packed weights still load back exactly."""
+    import os
+    import stat
+
+    from safetensors import safe_open
+
+    cfg = tiny_config("Dream", hidden_size=128, intermediate_size=256)
+    model = random_model(cfg.replace(extra={"torch_dtype": "bfloat16"}), seed=0)
+    quantize_(model, "w4a16g128-rtn", None, progress=False)
+    out = save_quantized(model, tmp_path / "q")
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert f.get_tensor("model.layers.0.self_attn.q_proj.bias").dtype == torch.bfloat16
+        assert f.get_tensor("model.layers.0.mlp.up_proj.weight_scale").dtype == torch.float32
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
+    back = load_quantized(out)
+    assert torch.equal(back.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)

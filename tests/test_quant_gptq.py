@@ -187,3 +187,33 @@ def test_mse_clip_config_validation():
         GPTQConfig(weight=QuantSpec(4, granularity="channel", clip_ratio=0.8), mse_clip=MSEClip())
     with pytest.raises(TypeError, match="MSEClip"):
         GPTQConfig(mse_clip=True)
+
+
+# ---- the documented differences from IST-DASLab's quantizer (gptq.py, primitives.py) ----------
+def test_symmetric_group_without_negative_values_keeps_its_maximum():
+    """dllmq: range [-absmax, absmax]; IST-DASLab's find_params keeps xmin = 0 for such a row, so
+    scale = absmax / maxq with zero at the midpoint and values above ~absmax / 2 clip."""
+    row = torch.tensor([[0.1, 0.5, 1.0, 2.0]])
+    spec = QuantSpec(4, sym=True, granularity="channel")
+    scale, zero = quant_params(row, spec)
+    assert torch.allclose(scale, torch.tensor([[2 * 2.0 / 15]])) and zero.item() == 8
+    ours = quantize_with(row, scale, zero, spec)
+    assert (ours - row).abs().max() <= scale.item() / 2 + 1e-6
+    ref_scale = torch.tensor([[2.0 / 15]])  # the reference grid (xmin stays 0)
+    ref = quantize_with(row, ref_scale, zero, spec)
+    assert ref[0, -1] < 1.1  # the reference clips 2.0 to (15 - 8) * 2 / 15
+    assert (ours - row).pow(2).sum() < (ref - row).pow(2).sum()
+
+
+def test_per_channel_params_ignore_dead_columns():
+    """Per-channel scales are computed after dead inputs are zeroed (upstream: before)."""
+    w, x = _layer(6)
+    x[:, 3] = 0  # dead input
+    w[:, 3] = 50.0  # would dominate every row's range if it were counted
+    spec = QuantSpec(4, granularity="channel")
+    res = gptq_quantize(w, hessian(x), spec, blocksize=16)
+    live = w.clone()
+    live[:, 3] = 0
+    expected, _ = quant_params(live, spec)
+    torch.testing.assert_close(res.scale, expected)
+    assert (res.weight[:, 3] == 0).all()

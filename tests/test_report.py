@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 from dllmq.report import (
@@ -10,13 +11,14 @@ from dllmq.report import (
     Check,
     combine,
     degradation_level,
-    mean_se,
     paper_table,
     parse_recipe,
+    rank_drops,
     recipe_label,
-    rel_drop,
+    relative_drops,
     save_figure,
     table_markdown,
+    write_table,
 )
 
 
@@ -39,36 +41,64 @@ def test_degradation_levels(drop, level):
     assert degradation_level(drop) == level
 
 
-def test_paper_numbers_reproduce_printed_drop():
-    # Table 1, LLaDA-8B-Base: FP avg 65.5, W4 AWQ avg 63.2 printed drop -3.5 %
-    d, _ = rel_drop(63.2, 0.0, 65.5, 0.0)
-    assert round(-d, 1) == -3.5
+def _scores(acc: float, n: int, lose: int = 0, gain: int = 0) -> dict:
+    """n items with round(acc * n) correct; `lose` correct items turned wrong and `gain` wrong
+    items turned right (so two such cells are paired on the same items)."""
+    k = round(acc * n)
+    x = np.array([1.0] * k + [0.0] * (n - k))
+    x[:lose] = 0.0
+    x[k:k + gain] = 1.0
+    return {(i, 0): float(v) for i, v in enumerate(x)}
 
 
-def test_mean_se_and_drop_se():
-    m, s = mean_se([50.0, 70.0], [3.0, 4.0])
-    assert m == 60.0 and math.isclose(s, 2.5)
-    d, dse = rel_drop(45.0, 1.0, 50.0, 0.0)
-    assert math.isclose(d, 10.0) and math.isclose(dse, 2.0)
-
-
-def _df():
+def _df(n=200):
     rows = []
     for model, fp in (("a", 0.8), ("b", 0.6)):
-        for recipe, f in (("fp16", 1.0), ("w4a16g128-gptq", 0.99), ("w3a16g128-gptq", 0.8)):
+        for recipe, lose in (("fp16", 0), ("w4a16g128-gptq", 0), ("w3a16g128-gptq", round(0.2 * fp * n))):
             for task in ("qa", "math"):
-                rows.append(dict(model=model, recipe=recipe, task=task, value=fp * f, stderr=0.01))
+                sc = _scores(fp, n, lose=lose)
+                v = np.mean(list(sc.values()))
+                rows.append(dict(model=model, recipe=recipe, task=task, category=task, value=v,
+                                 stderr=float(np.std(list(sc.values()), ddof=1) / np.sqrt(n)), scores=sc))
     return pd.DataFrame(rows)
 
 
-def test_paper_table_layout_and_recomputed_drop():
+def test_paper_table_layout_and_recomputed_paired_drop():
     t = paper_table(_df(), ["a", "b"], ["w4a16g128-gptq", "w3a16g128-gptq"], {"all": ["qa", "math"]})
     assert list(t["setting"]) == ["FP", "W4A16g128", "W3A16g128"] * 2
     row = t[(t.model == "a") & (t.setting == "W3A16g128")].iloc[0]
-    assert math.isclose(row["all_avg"], 64.0) and math.isclose(row["all_drop_pct"], 20.0)
-    assert math.isclose(row["all_avg_se"], math.sqrt(2) / 2)
+    assert math.isclose(row["all_avg"], 64.0) and math.isclose(row["all_drop_pct"], 20.0, abs_tol=1e-9)
+    # the average's se: two tasks of 200 items at p = 0.64, independent
+    assert math.isclose(row["all_avg_se"], 100 * math.sqrt(2 * 0.64 * 0.36 / 199) / 2, rel_tol=1e-6)
+    # paired: far below the unpaired delta-method se of the old tables (about 3.4 %)
+    assert 0 < row["all_drop_pct_se"] < 2.5
+    w4 = t[(t.model == "a") & (t.setting == "W4A16g128")].iloc[0]
+    assert w4["all_drop_pct"] == 0 and w4["all_drop_pct_se"] == 0
     md = table_markdown(t, ["qa", "math", "all_avg", "all_drop_pct"])
-    assert "-20.0 ±" in md and "(significant)" in md
+    assert "| 20.0 ±" in md and "(significant)" in md and "(near-lossless)" in md
+    assert "drop % (+ = worse)" in md and "-20.0" not in md
+
+
+def test_relative_drops_sign_and_rank():
+    df = _df()
+    rel = relative_drops(df)
+    assert set(rel["recipe"]) == {"w4a16g128-gptq", "w3a16g128-gptq"}
+    assert (rel[rel.recipe == "w3a16g128-gptq"]["drop"] > 19).all()
+    rank = rank_drops(df, ("setting", "method"))
+    best = rank.sort_values("mean_drop_pct").iloc[0]
+    assert best["setting"] == "W4A16" and best["mean_drop_pct"] == 0  # lower drop = better, positive = worse
+    w3 = rank[rank.setting == "W3A16"].iloc[0]
+    assert math.isclose(w3["mean_drop_pct"], 20.0, abs_tol=1e-9) and w3["level"] == "significant"
+
+
+def test_unpaired_cells_are_an_error():
+    df = _df()
+    i = df.index[(df.model == "a") & (df.recipe == "w3a16g128-gptq") & (df.task == "qa")][0]
+    df.at[i, "scores"] = {k: v for k, v in df.at[i, "scores"].items() if k[0] < 150}
+    with pytest.raises(ValueError, match="not scored on the same items"):
+        paper_table(df, ["a"], ["w3a16g128-gptq"], {"all": ["qa", "math"]})
+    with pytest.raises(ValueError, match="per-item"):
+        paper_table(df.drop(columns="scores"), ["a"], ["w3a16g128-gptq"], {"all": ["qa"]})
 
 
 def test_incomplete_rows_are_left_out():
@@ -76,6 +106,13 @@ def test_incomplete_rows_are_left_out():
     df = df[~((df.recipe == "w3a16g128-gptq") & (df.task == "math"))]
     t = paper_table(df, ["a"], ["w4a16g128-gptq", "w3a16g128-gptq"], {"all": ["qa", "math"]})
     assert list(t["setting"]) == ["FP", "W4A16g128"]
+
+
+def test_write_table_is_atomic_and_plain_frames_pass(tmp_path):
+    t = pd.DataFrame({"recipe": ["fp16", "w4"], "MB": [20.0, 5.0]})
+    write_table(t, None, tmp_path / "x", "Sizes")
+    assert (tmp_path / "x.md").read_text().startswith("Sizes\n\n| recipe")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.csv", "x.md"]
 
 
 def test_check_verdicts_respect_noise():

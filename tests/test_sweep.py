@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dllmq import harness
+from dllmq import sweep
 from dllmq.store import Store
 from dllmq.sweep import GridError, load_grid, run_sweep, validate
 from lm_eval.tasks import TaskManager
@@ -96,10 +96,9 @@ def test_cells_are_the_product_of_the_axes(env, tmp_path):
 
 def test_sweep_runs_missing_cells_once_and_quantizes_once_per_recipe(env, tmp_path, monkeypatch):
     calls = []
-    real = harness.quantize_model
-    monkeypatch.setattr(harness, "quantize_model",
-                        lambda model, tok, recipe, *a, **k: calls.append(recipe) or
-                        real(model, tok, recipe, *a, **k))
+    real = sweep.build_model
+    monkeypatch.setattr(sweep, "build_model",
+                        lambda grid, cell, *a: calls.append(cell.recipe) or real(grid, cell, *a))
     grid = load_grid(_grid(env, tmp_path, recipes=["fp16", "w4a16g128-rtn"], seeds=[0, 1]))
     report = run_sweep(grid, grid.store, progress=False, tm=env["tm"])
     store = Store(grid.store)
@@ -185,3 +184,127 @@ def test_metrics_of_groups_and_single_task_wrappers():
                                       "g_b/acc,none": (0.1, None)}
     with pytest.raises(RuntimeError, match="no metrics"):
         metrics_of({"results": {"t": {"alias": "t"}, "a": {}, "b": {}}}, "t")
+
+
+def _run(grid_path, tm):
+    grid = load_grid(grid_path)
+    return run_sweep(grid, grid.store, progress=False, tm=tm)
+
+
+def test_calibration_change_runs_the_cell_again(env, tmp_path, monkeypatch):
+    """Issue 16: a GPTQ grid rerun with calib samples 32 instead of 2 answered "0 run now"."""
+    built = []
+    real = sweep.build_model
+    monkeypatch.setattr(sweep, "build_model",
+                        lambda grid, cell, *a: built.append(cell.key["calib"]) or real(grid, cell, *a))
+    calib = {"source": "embedded", "samples": 2, "seqlen": 32}
+    first = _run(_grid(env, tmp_path, recipes=["w4a16g128-gptq"], calib=calib), env["tm"])
+    assert first.ran == 1
+    assert built == [{"source": "embedded", "nsamples": 2, "seqlen": 32, "seed": 0}]
+    assert _run(_grid(env, tmp_path, recipes=["w4a16g128-gptq"], calib=calib), env["tm"]).ran == 0
+    again = _run(_grid(env, tmp_path, recipes=["w4a16g128-gptq"], calib={**calib, "samples": 32}),
+                 env["tm"])
+    assert (again.ran, again.skipped) == (1, 0)
+    # the model was quantized with exactly the calibration in the cell's key
+    assert built[-1] == {"source": "embedded", "nsamples": 32, "seqlen": 32, "seed": 0}
+    assert again.done[0].cell.key["calib"] == built[-1]
+    assert len(Store(tmp_path / "r.sqlite").results()) == 2
+
+
+def test_changed_weights_at_the_same_path_never_serve_the_old_result(env, tmp_path):
+    """Issue 16: eval on corrupted weights, then on good weights restored at the same path,
+    served the corrupted result. The checkpoint is keyed by content, not path."""
+    model = make_model_dir(tmp_path / "ckpt")
+    good = _run(_grid(env, tmp_path, models=[str(model)]), env["tm"])
+    make_model_dir(model, seed=7)  # "corrupted": other weights, same path
+    bad = _run(_grid(env, tmp_path, models=[str(model)]), env["tm"])
+    assert bad.ran == 1
+    assert bad.done[0].cell.key["checkpoint"] != good.done[0].cell.key["checkpoint"]
+    make_model_dir(model, seed=0)  # restored
+    back = _run(_grid(env, tmp_path, models=[str(model)]), env["tm"])
+    assert (back.ran, back.skipped) == (0, 1)
+    assert back.done[0].metrics == good.done[0].metrics
+    assert back.done[0].created_at == good.done[0].created_at
+
+
+def test_unwritable_store_fails_before_any_work(env, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "validate", lambda *a: pytest.fail("validated before the check"))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(GridError, match="not a writable directory"):
+        run_sweep(load_grid(_grid(env, tmp_path)), tmp_path / "f" / "r.sqlite", tm=env["tm"])
+
+
+def _metrics_and_outputs(store: Store) -> dict:
+    """{(recipe, task, seed): (metrics, per-sample outputs)} of every result in a store."""
+    return {(r.cell.recipe, r.cell.task, r.cell.seed):
+            (r.metrics, [s.get("filtered_resps") for s in store.samples(r.cell)])
+            for r in store.results()}
+
+
+SCALE_GRID = {"recipes": ["fp16", "w4a16g128-rtn"],
+              "tasks": ["tiny_mc", {"task": "tiny_gen", "settings": {"gen_length": 4}}],
+              "seeds": [0, 1, 2]}
+
+
+@pytest.mark.slow
+def test_kill_one_of_three_local_workers_then_rerun(env, tmp_path):
+    """Issue 13's kill test: 3 local workers, one SIGKILLed mid-run, the grid rerun: every cell
+    stored exactly once, metrics and outputs bit-identical to one worker's run."""
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "run"
+    ref_dir.mkdir()
+    run_dir.mkdir()
+    ref = load_grid(_grid(env, ref_dir, **SCALE_GRID))
+    run_sweep(ref, ref.store, progress=False, tm=env["tm"])
+    path = _grid(env, run_dir, **SCALE_GRID)
+    store_path = run_dir / "r.sqlite"
+    cmd = [sys.executable, "-m", "dllmq", "sweep", str(path), "--executor", "local",
+           "--workers", "3"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    killed = None
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and killed is None:
+            assert proc.poll() is None, "the sweep ended before a worker could be killed"
+            if store_path.exists():
+                store = Store(store_path)
+                live = [c for c in store.claims() if not c.stale()]
+                if store.results() and live:
+                    killed = live[0]
+                    os.kill(killed.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None
+    assert proc.returncode != 0 and "1 of 3 workers failed" in err, err[-2000:]
+    assert "Traceback" not in err
+    rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    store = Store(store_path)
+    store.check()
+    results = store.results()
+    assert len(results) == len({r.cell.cell_id for r in results}) == 12  # exactly once
+    assert not store.claims()
+    assert len({r.cell.cell_id for r in results} & {c.cell_id for c in Store(ref.store).cells()}) == 12
+    assert _metrics_and_outputs(store) == _metrics_and_outputs(Store(ref.store))
+    assert len({r.worker for r in results}) >= 3  # split between the workers (and the rerun)
+
+
+@pytest.mark.slow
+def test_two_sweeps_at_once_compute_each_cell_once(env, tmp_path):
+    path = _grid(env, tmp_path, **SCALE_GRID)
+    cmd = [sys.executable, "-m", "dllmq", "sweep", str(path)]
+    procs = [subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-1500:] for _, e in outs]
+    import re
+
+    ran = [int(re.search(r"(\d+) run now", o).group(1)) for o, _ in outs]
+    assert sum(ran) == 12 and min(ran) > 0, ran  # split, and nothing computed twice
+    store = Store(tmp_path / "r.sqlite")
+    store.check()
+    assert len(store.results()) == 12 and not store.claims()
+    assert len({r.worker for r in store.results()}) == 2

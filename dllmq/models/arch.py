@@ -12,6 +12,34 @@ LINEAR_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclass(frozen=True)
+class InputGroup:
+    """Linears that read one and the same input, and what writes that input.
+
+    source: an ArchSpec norm attribute ("attn_norm", "mlp_norm": the input is norm(x)) or a
+    linear kind ("v": o reads attention's mix of v, head by head, each v head serving
+    num_heads / num_kv_heads query heads; "up": down reads silu(gate) * up, linear in up).
+    Scaling the input by 1/s is folded into the source (its weight, or its rows and bias);
+    quantizers sample the input of `linears[0]`, which every member shares."""
+
+    name: str
+    source: str
+    linears: tuple[str, ...]
+
+    @property
+    def source_is_norm(self) -> bool:
+        return self.source.endswith("norm")
+
+
+# in forward order; identical for LLaDA and Dream (only the paths differ)
+INPUT_GROUPS = (
+    InputGroup("qkv", "attn_norm", ("q", "k", "v")),
+    InputGroup("o", "v", ("o",)),
+    InputGroup("gate_up", "mlp_norm", ("gate", "up")),
+    InputGroup("down", "up", ("down",)),
+)
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     # model-level paths
     blocks: str
@@ -34,16 +62,31 @@ class ArchSpec:
     # what the rest of dllmq needs to know instead of branching on model_type
     family: str = "llada"  # sampler and likelihood family: "llada" | "dream"
     logit_shift: int = 0  # Dream predicts token i from position i-1 (shift 1); LLaDA at i (0)
+    input_groups: tuple[InputGroup, ...] = INPUT_GROUPS
 
     def linear_name(self, kind: str) -> str:
         if kind not in LINEAR_KINDS:
             raise KeyError(f"unknown linear kind {kind!r}; expected one of {LINEAR_KINDS}")
         return getattr(self, kind)
 
+    def group(self, name: str) -> InputGroup:
+        for g in self.input_groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"unknown input group {name!r}; valid: {self.group_names}")
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.input_groups)
+
+    def source_path(self, group: InputGroup) -> str:
+        """Block-relative path of the module that writes the group's input."""
+        return getattr(self, group.source) if group.source_is_norm else self.linear_name(group.source)
+
     @property
     def norm_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
         """(norm, linear kinds it feeds): where smoothing scales and rotations are folded."""
-        return (("attn_norm", ("q", "k", "v")), ("mlp_norm", ("gate", "up")))
+        return tuple((g.source, g.linears) for g in self.input_groups if g.source_is_norm)
 
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
@@ -53,6 +96,16 @@ def get_module(root: nn.Module, path: str) -> nn.Module:
             raise AttributeError(f"{type(root).__name__} has no module at {path!r} (stuck at {part!r})")
         mod = getattr(mod, part)
     return mod
+
+
+def has_module(root: nn.Module, path: str) -> bool:
+    """Whether `path` names a module inside root (a tied LLaDA has no LM-head module)."""
+    mod = root
+    for part in path.split("."):
+        if not hasattr(mod, part):
+            return False
+        mod = getattr(mod, part)
+    return isinstance(mod, nn.Module)
 
 
 def set_module(root: nn.Module, path: str, new: nn.Module) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -61,8 +62,7 @@ def resolve(name_or_path: str | Path) -> Path:
 
 
 def read_config(path: Path) -> DLLMConfig:
-    with open(path / "config.json") as f:
-        return DLLMConfig.from_hf(json.load(f))
+    return DLLMConfig.from_hf(read_raw_config(path))
 
 
 def _shard_files(path: Path) -> list[Path]:
@@ -88,50 +88,99 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def read_raw_config(path: Path) -> dict:
+    """config.json of a resolved checkpoint directory, as the dict it holds."""
+    try:
+        with open(path / "config.json") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise LoadError(f"{path / 'config.json'} is not valid JSON ({e}); download it again") from e
+
+
+def is_packed(raw: dict) -> bool:
+    """Whether a config.json describes a packed low-bit checkpoint (`dllmq.quant.save_quantized`),
+    which `dllmq.load` rebuilds through `dllmq.quant.load_quantized`."""
+    return "quantization_config" in raw
+
+
+def resolve_device(device: str | torch.device | None, what: object) -> torch.device:
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LoadError(f"device {device} was asked for {what} but CUDA is not available; "
+                        "pass device='cpu' (a preset's `device:` key)")
+    return device
+
+
+def open_safetensors(file: Path, device: torch.device | str = "cpu"):
+    """safe_open with a one-line LoadError naming the file when it is truncated or not
+    safetensors (safetensors' own message names neither the file nor the fix)."""
+    try:
+        return safe_open(str(file), framework="pt", device=str(device))
+    except Exception as e:  # SafetensorError (header), OSError: any unreadable file, one line
+        raise LoadError(f"{file} is not a readable safetensors file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''}); it is truncated or "
+                        "corrupt: download or save it again") from e
+
+
+def warn_nonfinite(name: str, t: torch.Tensor, file: Path) -> None:
+    """A warning naming a floating-point tensor that holds NaN or inf. Loading goes on (an
+    analysis may want to look at such weights), but every output of the model is suspect."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        n = int((~torch.isfinite(t)).sum())
+        log.warning("weight %r in %s holds %d NaN/inf value(s) of %d; the model's outputs will "
+                    "not be finite: re-download or re-save the checkpoint", name, file.name, n,
+                    t.numel())
+
+
 def load(
     name_or_path: str | Path,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> DLLM:
     """Load a LLaDA or Dream checkpoint (bf16 on GPU, fp32 on CPU by default), in eval mode.
-    A directory written by `dllmq.quant.save_quantized` (packed low-bit weights) is rebuilt by
-    `dllmq.quant.load_quantized`."""
-    path = resolve(name_or_path)
-    with open(path / "config.json") as f:
-        raw = json.load(f)
-    cfg = DLLMConfig.from_hf(raw)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise LoadError(f"device {device} was asked for {name_or_path} but CUDA is not available; "
-                        "pass device='cpu' (a preset's `device:` key)")
-    dtype = dtype or default_dtype(device)
-    if "quantization_config" in raw:
-        from dllmq.quant.export import load_quantized
 
-        return load_quantized(path, device=device, dtype=dtype).eval()
+    A weight holding NaN/inf gives a warning naming it; a truncated or corrupt weight file, a
+    missing, unexpected or misshapen weight a one-line LoadError. A packed low-bit directory
+    (`dllmq.quant.save_quantized`) is refused here: `dllmq.load` dispatches it to
+    `dllmq.quant.load_quantized` (models/ knows nothing of quantization)."""
+    path = resolve(name_or_path)
+    raw = read_raw_config(path)
+    if is_packed(raw):
+        raise LoadError(f"{path} holds a packed quantized checkpoint; load it with dllmq.load "
+                        "(or dllmq.quant.load_quantized)")
+    cfg = DLLMConfig.from_hf(raw)
+    device = resolve_device(device, name_or_path)
+    dtype = dtype or default_dtype(device)
     with torch.device("meta"):
         model = MODEL_CLASSES[cfg.model_type](cfg)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+    tied = set(model.tied_keys)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k not in tied}
     state: dict[str, torch.Tensor] = {}
     for file in _shard_files(path):
-        with safe_open(str(file), framework="pt", device=str(device)) as f:
+        with open_safetensors(file, device) as f:
             for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if key in tied:  # a tied head stored anyway: it is the embedding
+                    continue
                 if key not in expected:
                     raise LoadError(f"{file.name} holds unexpected weight {key!r} for a "
                                     f"{cfg.model_type} model; is config.json from the same checkpoint?")
-                t = f.get_tensor(key)
+                try:
+                    t = f.get_tensor(key)
+                except Exception as e:  # a header that promises more bytes than the file has
+                    raise LoadError(f"{file} is truncated or corrupt (reading {key!r}: "
+                                    f"{type(e).__name__}); download or save it again") from e
                 if tuple(t.shape) != tuple(expected[key]):
                     raise LoadError(f"weight {key!r} in {file.name} has shape {tuple(t.shape)}, "
                                     f"config.json implies {tuple(expected[key])}; config and weights "
                                     "do not belong together")
+                warn_nonfinite(key, t, file)
                 state[key] = t.to(dtype)
     missing = sorted(set(expected) - set(state))
     if missing:
         raise LoadError(f"{path} lacks {len(missing)} weight(s), e.g. {missing[0]!r}; a shard is "
                         "missing or the checkpoint is incomplete")
-    model.load_state_dict(state, assign=True)
-    if cfg.model_type == "Dream" and cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
     log.info("loaded %s (%s, %.1fM parameters) on %s as %s", path, cfg.model_type,
              sum(p.numel() for p in model.parameters()) / 1e6, device, dtype)
     return model.eval()
@@ -141,10 +190,8 @@ def save_pretrained(model: DLLM, path: str | Path, max_shard_bytes: int = 5 * 2*
     """Write config.json + safetensors shards in the official layout, atomically per file."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
-        state.pop("model.transformer.ff_out.weight", None)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if k not in model.tied_keys}
     shards: list[dict[str, torch.Tensor]] = [{}]
     size = 0
     for k, v in state.items():
@@ -157,9 +204,7 @@ def save_pretrained(model: DLLM, path: str | Path, max_shard_bytes: int = 5 * 2*
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
     for name, shard in zip(names, shards, strict=True):
-        tmp = path / (name + ".tmp")
-        save_file(shard, str(tmp), metadata={"format": "pt"})
-        tmp.replace(path / name)
+        write_safetensors(shard, path / name)
     if len(shards) > 1:
         weight_map = {k: n for n, s in zip(names, shards, strict=True) for k in s}
         _write_json(path / "model.safetensors.index.json",
@@ -174,6 +219,22 @@ def save_pretrained(model: DLLM, path: str | Path, max_shard_bytes: int = 5 * 2*
         _write_json(path / "generation_config.json",
                     {k: v for k, v in ids.items() if v is not None})
     return path
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under the process umask (0644 under the usual 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """save_file atomically (a temporary file renamed into place), with a normal file mode:
+    safetensors creates its files 0600, which other users of a shared checkpoint cannot read."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, _file_mode())
+    tmp.replace(path)
 
 
 def _write_json(path: Path, obj) -> None:

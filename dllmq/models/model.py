@@ -17,11 +17,13 @@ tests/fixtures/models/README.md records the check.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import DREAM_SPEC, LLADA_SPEC, ArchSpec
+from .arch import DREAM_SPEC, LLADA_SPEC, ArchSpec, get_module, has_module
 from .config import DLLMConfig
 from .layers import ActHook, RMSNorm, apply_rope, attention, key_padding_mask, rope_cos_sin
 
@@ -119,9 +121,26 @@ class DLLM(nn.Module):
 
     @property
     def blocks(self) -> nn.ModuleList:
-        from .arch import get_module
-
         return get_module(self, self.spec.blocks)
+
+    @property
+    def head_linear(self) -> nn.Module | None:
+        """The LM head module, or None when the head is the embedding matrix itself (a tied
+        LLaDA has no `ff_out` module; a tied Dream keeps `lm_head`, sharing the weight)."""
+        if self.config.tie_word_embeddings and not has_module(self, self.spec.lm_head):
+            return None
+        return get_module(self, self.spec.lm_head)
+
+    @property
+    def tied_keys(self) -> tuple[str, ...]:
+        """state_dict keys a tied checkpoint does not store (the head's copy of the embedding)."""
+        return (self.spec.lm_head + ".weight",) if self.config.tie_word_embeddings else ()
+
+    def tie_weights(self) -> None:
+        """Point a tied head at the embedding again (after a load or a module swap)."""
+        head = self.head_linear if self.config.tie_word_embeddings else None
+        if head is not None:
+            head.weight = get_module(self, self.spec.embed).weight
 
     @property
     def device(self) -> torch.device:
@@ -131,13 +150,19 @@ class DLLM(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
-    def _run(self, input_ids, attention_mask, position_ids, wte, blocks, norm, head, window=None):
+    def parts(self) -> tuple[nn.Module, nn.ModuleList, nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+        """(embedding, blocks, final norm, LM head as a function of hidden states)."""
+        raise NotImplementedError
+
+    def _body(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """Hidden states (B, L, C) after the last block, before the final norm."""
         B, L = input_ids.shape
         if self.config.max_position < L:
             raise ValueError(
                 f"sequence of {L} tokens exceeds the model's context of {self.config.max_position}; "
                 "shorten the prompt or the generation length"
             )
+        wte, blocks, _, _ = self.parts()
         x = wte(input_ids)
         if position_ids is None:
             position_ids = torch.arange(L, device=input_ids.device)
@@ -145,16 +170,46 @@ class DLLM(nn.Module):
         bias = key_padding_mask(attention_mask, x.dtype)
         for blk in blocks:
             x = blk(x, rope, bias)
-        if window is not None:  # the final norm and LM head only where logits are wanted
+        return x
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, window=None) -> torch.Tensor:
+        """The official logits (LLaDA: position i predicts token i; Dream: token i + 1);
+        `window` (dllmq): the final norm and LM head only at those positions."""
+        x = self._body(input_ids, attention_mask, position_ids)
+        _, _, norm, head = self.parts()
+        if window is not None:
             x = x[:, window]
         return head(norm(x))
+
+    # ---- the forward API the likelihood needs (logits at chosen positions, shift applied) ----
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None) -> torch.Tensor:
+        """Final-norm hidden states (B, L, C): the forward without its LM head."""
+        _, _, norm, _ = self.parts()
+        return norm(self._body(input_ids, attention_mask, position_ids))
+
+    def head_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The LM head on final-norm hidden states (..., C) -> logits (..., V)."""
+        return self.parts()[3](h)
+
+    def source_positions(self, cols: torch.Tensor) -> torch.Tensor:
+        """The hidden-state positions whose logits predict the tokens at `cols`: cols minus the
+        ArchSpec's logit shift (Dream: 1), position 0 reading itself (as denoise_logits)."""
+        shift = self.spec.logit_shift
+        return cols if shift == 0 else (cols - shift).clamp(min=0)
+
+    def logits_at(self, input_ids, attention_mask, rows: torch.Tensor, cols: torch.Tensor,
+                  position_ids=None) -> torch.Tensor:
+        """`denoise_logits(...)[rows, cols]` (N, V) with the LM head applied to those N
+        positions only (the likelihood scores a tenth of the positions)."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        return self.head_logits(h[rows, self.source_positions(cols)])
 
     def denoise_logits(self, input_ids, attention_mask=None, position_ids=None,
                        window: slice | None = None) -> torch.Tensor:
         """Logits aligned so that position i predicts token i (Dream's shift undone).
         window: only positions [lo, hi) (a step-1 slice) -> (B, hi - lo, V), computing the LM
         head there only (a sampler needs the current block's logits, not the prompt's)."""
-        dream = self.config.model_type == "Dream"
+        dream = self.spec.logit_shift == 1  # the one shift either official model has
         if window is None:
             logits = self(input_ids, attention_mask=attention_mask, position_ids=position_ids)
             return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if dream else logits
@@ -195,13 +250,11 @@ class LLaDAModel(DLLM):
         self.config = cfg
         self.model = _LLaDAInner(cfg)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, window=None) -> torch.Tensor:
-        """Official semantics; `window` (dllmq): logits of those positions only."""
+    def parts(self):
         t = self.model.transformer
         head = t.ff_out if not self.config.tie_word_embeddings else (
             lambda h: F.linear(h, t.wte.weight))
-        return self._run(input_ids, attention_mask, position_ids, t.wte, t.blocks, t.ln_f, head,
-                         window)
+        return t.wte, t.blocks, t.ln_f, head
 
 
 class _DreamInner(nn.Module):
@@ -223,12 +276,9 @@ class DreamModel(DLLM):
         self.model = _DreamInner(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, window=None) -> torch.Tensor:
-        """Official semantics (position i predicts token i + 1); `window` (dllmq): logits of
-        those positions only."""
+    def parts(self):
         m = self.model
-        return self._run(input_ids, attention_mask, position_ids, m.embed_tokens, m.layers,
-                         m.norm, self.lm_head, window)
+        return m.embed_tokens, m.layers, m.norm, self.lm_head
 
 
 MODEL_CLASSES: dict[str, type[DLLM]] = {"llada": LLaDAModel, "Dream": DreamModel}
@@ -244,6 +294,5 @@ def build_model(cfg: DLLMConfig) -> DLLM:
                 nn.init.zeros_(mod.bias)
         elif isinstance(mod, nn.Embedding):
             nn.init.normal_(mod.weight, std=0.02)
-    if cfg.model_type == "Dream" and cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_weights()
     return model

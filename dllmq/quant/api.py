@@ -17,9 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from torch import nn
 
@@ -27,42 +25,20 @@ from dllmq.models import LINEAR_KINDS, get_module
 
 from .calib import Calibration
 from .qlinear import QLinear
+from .recipes import get_recipe
+from .registry import (  # noqa: F401 (re-exported: the old home of the table and its helpers)
+    CHECKS,
+    METHODS,
+    DeferredStep,
+    block_linears,
+    check_kinds,
+    check_order,
+    label,
+    needs_calibration,
+    register,
+)
 
 log = logging.getLogger(__name__)
-
-DeferredStep = Callable[[], None]
-ApplyFn = Callable[[nn.Module, Any, "Calibration | None"], "DeferredStep | None"]
-
-METHODS: dict[type, ApplyFn] = {}
-
-
-def register(config_type: type) -> Callable[[ApplyFn], ApplyFn]:
-    """Decorator: `@register(GPTQConfig) def apply(model, cfg, calib): ...`."""
-
-    def deco(fn: ApplyFn) -> ApplyFn:
-        if config_type in METHODS and METHODS[config_type] is not fn:
-            raise ValueError(f"{config_type.__name__} is already registered to "
-                             f"{METHODS[config_type].__module__}")
-        METHODS[config_type] = fn
-        return fn
-
-    return deco
-
-
-def check_kinds(kinds: Iterable[str]) -> tuple[str, ...]:
-    """Validate a tuple of linear kinds (a config's `kinds` field); unknown names raise."""
-    kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in LINEAR_KINDS]
-    if bad:
-        raise ValueError(f"linear kind(s) {bad} match nothing; valid kinds are {LINEAR_KINDS}")
-    if not kinds:
-        raise ValueError(f"kinds is empty; name at least one of {LINEAR_KINDS}")
-    return kinds
-
-
-def needs_calibration(cfg: Any) -> bool:
-    return bool(getattr(cfg, "needs_calibration", True))
-
 
 @dataclass
 class QuantSummary:
@@ -121,7 +97,7 @@ def summarize(model: nn.Module, recipe: str, seconds: dict[str, float]) -> Quant
     s.weight_specs = {k: sorted(v) for k, v in w_specs.items()}
     s.act_specs = {k: sorted(v) for k, v in a_specs.items()}
     s.errors = {k: sum(v) / len(v) for k, v in errs.items()}
-    head = get_module(model, model.spec.lm_head) if hasattr(model.spec, "lm_head") else None
+    head = model.head_linear
     s.lm_head_quantized = isinstance(head, QLinear) and head.weight_spec is not None
     return s
 
@@ -129,8 +105,6 @@ def summarize(model: nn.Module, recipe: str, seconds: dict[str, float]) -> Quant
 def resolve_recipe(recipe: str | tuple | list) -> tuple[str, tuple]:
     """(name, configs) for a recipe name or a sequence of configs; unknown names list the valid."""
     if isinstance(recipe, str):
-        from .recipes import get_recipe
-
         return recipe, get_recipe(recipe)
     configs = tuple(recipe) if isinstance(recipe, tuple | list) else (recipe,)
     if not configs:
@@ -153,31 +127,27 @@ def quantize_(model: nn.Module, recipe: str | tuple | list, calib: Calibration |
     name, configs = resolve_recipe(recipe)
     if calib is None and any(needs_calibration(c) for c in configs):
         raise ValueError(f"recipe {name!r} needs calibration data; pass calib=Calibration(...)")
+    check_order(configs)
+    for cfg in configs:  # every check before the first change: never a half-quantized model
+        if type(cfg) in CHECKS:
+            CHECKS[type(cfg)](model, cfg)
     if calib is not None:
         calib = calib.with_(progress=progress)
     seconds: dict[str, float] = {}
     deferred: list[tuple[str, DeferredStep]] = []
     for cfg in configs:
-        label = type(cfg).__name__.removesuffix("Config")
-        log.info("quantize_: %s %s", label, cfg)
+        name_ = label(cfg)
+        log.info("quantize_: %s %s", name_, cfg)
         t0 = time.perf_counter()
         step = METHODS[type(cfg)](model, cfg, calib)
         if step is not None:
-            deferred.append((label, step))
-        seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t0
-    for label, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
-        log.info("quantize_: %s deferred step", label)
+            deferred.append((name_, step))
+        seconds[name_] = seconds.get(name_, 0.0) + time.perf_counter() - t0
+    for name_, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
+        log.info("quantize_: %s deferred step", name_)
         t0 = time.perf_counter()
         step()
-        seconds[label] += time.perf_counter() - t0
+        seconds[name_] += time.perf_counter() - t0
     summary = summarize(model, name, seconds)
     log.info("%s", summary)
     return summary
-
-
-def block_linears(model: nn.Module, kinds: Iterable[str]):
-    """Yield (block index, block, kind, block-relative path) for every block and kind."""
-    kinds = check_kinds(kinds)
-    for i, block in enumerate(model.blocks):
-        for kind in kinds:
-            yield i, block, kind, model.spec.linear_name(kind)

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dllmq.models import LINEAR_KINDS, get_module
+from dllmq.models import LINEAR_KINDS, ArchSpec, get_module
 
-from .api import check_kinds, register
 from .calib import BlockInputs, Calibration, walk_blocks
 from .primitives import QuantSpec, fake_quant, quantize_weight
 from .qlinear import as_qlinear
+from .registry import check_kinds, check_weight_spec, register, require_float
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ class AWQConfig:
     sequential: bool = False
     kinds: tuple[str, ...] = LINEAR_KINDS
     needs_calibration: ClassVar[bool] = True
+    needs_float_linears: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         check_kinds(self.kinds)
@@ -231,17 +232,14 @@ def _fold_into_linear(prev: nn.Module, mods: list[nn.Module], s: torch.Tensor) -
 
 
 @torch.no_grad()
-def awq_block(block: nn.Module, inputs: BlockInputs, arch, cfg: AWQConfig) -> dict[str, float]:
-    """Scale search + folding, clipping search, then RTN of every selected linear of one block.
-    Returns the best/scale-1 loss ratio per scale group (for logging and tests)."""
+def awq_block(block: nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: AWQConfig) -> dict[str, float]:
+    """Scale search + folding for every input group of the ArchSpec (forward order), clipping
+    search, then RTN of every selected linear of one block. Returns the best/scale-1 loss ratio
+    per scale group (for logging and tests)."""
     name = arch.linear_name
     lin = {k: get_module(block, name(k)) for k in LINEAR_KINDS}
-    for k, m in lin.items():
-        if getattr(m, "input_transform", None) is not None or getattr(m, "weight_spec", None):
-            raise ValueError(f"AWQ needs plain float linears; {name(k)!r} already carries a "
-                             "transform or quantized weights (put AWQ first in the recipe)")
-    feats = inputs.collect(block, [name("q"), name("o"), name("gate"), name("down")])
-    x_attn, x_o, x_mlp, x_down = (feats[name(k)] for k in ("q", "o", "gate", "down"))
+    feats = inputs.collect(block, [name(g.linears[0]) for g in arch.input_groups])
+    x_in = {g.name: feats[name(g.linears[0])] for g in arch.input_groups}
     spec = cfg.weight
     report: dict[str, float] = {}
 
@@ -251,42 +249,38 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch, cfg: AWQConfig) -> di
         report[key] = min(losses) / losses[0] if losses[0] > 0 else 1.0
         return s.to(x.device)
 
-    # attn_norm -> q, k, v ; objective: attention output given the block input
-    qkv = [k for k in ("q", "k", "v") if k in cfg.kinds]
-    if qkv:
-        mods = [lin[k] for k in qkv]
-        ref = _probe(block, inputs, name("o"))
-        s = search("qkv", mods, x_attn,
-                   lambda ws: _with_weights(mods, ws, lambda: _mse(_probe(block, inputs, name("o")), ref)))
-        # the norm feeds q, k and v: all three take the scale, quantized by AWQ or not
-        _fold_into_norm(get_module(block, arch.attn_norm), [lin[k] for k in ("q", "k", "v")], s)
-        x_attn = x_attn / s.to(x_attn.dtype)
-    # v -> o, only when v's output is o's input one to one (no grouped-query attention)
-    if "o" in cfg.kinds and lin["v"].weight.shape == lin["o"].weight.shape:
-        o = lin["o"]
-        ref = o(x_o)
-        s = search("o", [o], x_o, lambda ws: _mse(F.linear(x_o, ws[0], o.bias), ref))
-        _fold_into_linear(lin["v"], [o], s)
-        x_o = x_o / s.to(x_o.dtype)
-    # mlp_norm -> gate, up ; objective: MLP output
-    gu = [k for k in ("gate", "up") if k in cfg.kinds]
-    if gu:
-        mods = [lin[k] for k in gu]
-        ref = _swiglu(block, arch, x_mlp)
-        s = search("gate_up", mods, x_mlp,
-                   lambda ws: _with_weights(mods, ws, lambda: _mse(_swiglu(block, arch, x_mlp), ref)))
-        _fold_into_norm(get_module(block, arch.mlp_norm), [lin["gate"], lin["up"]], s)
-        x_mlp = x_mlp / s.to(x_mlp.dtype)
-    # up -> down
-    if "down" in cfg.kinds:
-        d = lin["down"]
-        ref = d(x_down)
-        s = search("down", [d], x_down, lambda ws: _mse(F.linear(x_down, ws[0], d.bias), ref))
-        _fold_into_linear(lin["up"], [d], s)
-        x_down = x_down / s.to(x_down.dtype)
+    def attention_loss(mods: list[nn.Module], _x: torch.Tensor):
+        ref = _probe(block, inputs, name("o"))  # attention output given the block input
+        return lambda ws: _with_weights(mods, ws, lambda: _mse(_probe(block, inputs, name("o")), ref))
 
-    x_of = {"q": x_attn, "k": x_attn, "v": x_attn, "o": x_o, "gate": x_mlp, "up": x_mlp,
-            "down": x_down}
+    def mlp_loss(mods: list[nn.Module], x: torch.Tensor):
+        ref = _swiglu(block, arch, x)  # MLP output
+        return lambda ws: _with_weights(mods, ws, lambda: _mse(_swiglu(block, arch, x), ref))
+
+    def own_loss(mods: list[nn.Module], x: torch.Tensor):
+        (m,) = mods
+        ref = m(x)
+        return lambda ws: _mse(F.linear(x, ws[0], m.bias), ref)
+
+    # llm-awq's objective per group: the sub-layer output for a norm-fed group, else the
+    # linear's own output
+    objective = {"qkv": attention_loss, "gate_up": mlp_loss}
+    for g in arch.input_groups:
+        chosen = [k for k in g.linears if k in cfg.kinds]
+        source = get_module(block, arch.source_path(g))
+        if not chosen:
+            continue
+        if not g.source_is_norm and source.weight.shape[0] != lin[g.linears[0]].weight.shape[1]:
+            continue  # v -> o under grouped-query attention: no one-to-one fold (llm-awq PR #67)
+        mods = [lin[k] for k in chosen]
+        x = x_in[g.name]
+        s = search(g.name, mods, x, objective.get(g.name, own_loss)(mods, x))
+        # the source feeds every linear of the group: all take the scale, quantized or not
+        fold = _fold_into_norm if g.source_is_norm else _fold_into_linear
+        fold(source, [lin[k] for k in g.linears], s)
+        x_in[g.name] = x / s.to(x.dtype)
+
+    x_of = {k: x_in[g.name] for g in arch.input_groups for k in g.linears}
     for k in cfg.kinds:
         w = lin[k].weight.data
         if cfg.clip and k not in ("q", "k"):  # llm-awq skips q/k: their error hits the scores
@@ -297,7 +291,12 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch, cfg: AWQConfig) -> di
     return report
 
 
-@register(AWQConfig)
+def check_awq(model: nn.Module, cfg: AWQConfig) -> None:
+    require_float(model, "AWQ")
+    check_weight_spec(model, cfg.weight, cfg.kinds, "AWQ")
+
+
+@register(AWQConfig, check=check_awq)
 def apply_awq(model: nn.Module, cfg: AWQConfig, calib: Calibration | None) -> None:
     if calib is None:
         raise ValueError("AWQ needs calibration data; pass calib=Calibration(...)")

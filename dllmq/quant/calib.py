@@ -24,6 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from dllmq.models import get_module
+
+from .qlinear import QLinear
+
 log = logging.getLogger(__name__)
 
 
@@ -185,10 +189,6 @@ class BlockInputs:
     def run(self, block: nn.Module, hooks: Mapping[str, InputHook]) -> None:
         """Forward every batch through `block`, calling hooks[path](path, x) on the inputs of the
         modules at those block-relative paths. A path matching no module raises."""
-        from dllmq.models import get_module
-
-        from .qlinear import QLinear
-
         handles = []
         batch = [0]
         for path, fn in hooks.items():
@@ -215,6 +215,28 @@ class BlockInputs:
         got: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
         self.run(block, {p: lambda path, x: got[path].append(x) for p in paths})
         return {p: torch.cat(v) for p, v in got.items()}
+
+    @torch.no_grad()
+    def absmax(self, block: nn.Module, paths: Sequence[str], sample_tokens: int = 0
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """One pass: per-channel max |x| (float32, (in,)) over all calibration tokens at the
+        inputs of the modules at `paths`, and the first `sample_tokens` of those tokens
+        (float32, (<= sample_tokens, in); empty dict when 0). SmoothQuant's and DuQuant's
+        statistics."""
+        stats: dict[str, torch.Tensor] = {}
+        kept: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+        count = dict.fromkeys(paths, 0)
+
+        def hook(path: str, x: torch.Tensor) -> None:
+            m = x.abs().amax(dim=0).float()
+            stats[path] = m if path not in stats else torch.maximum(stats[path], m)
+            if count[path] < sample_tokens:
+                take = x[: sample_tokens - count[path]].float()
+                kept[path].append(take)
+                count[path] += take.shape[0]
+
+        self.run(block, dict.fromkeys(paths, hook))
+        return stats, ({p: torch.cat(v) for p, v in kept.items()} if sample_tokens else {})
 
     @torch.no_grad()
     def outputs(self, block: nn.Module) -> list[torch.Tensor]:

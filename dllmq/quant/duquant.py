@@ -46,22 +46,18 @@ from torch import nn
 
 from dllmq.models import get_module
 
-from .api import register
 from .calib import BlockInputs, Calibration, walk_blocks
 from .primitives import QuantSpec
-from .qlinear import QLinear, as_qlinear
-from .smoothquant import (
-    SMOOTH_GROUPS,
-    install_act_quant,
-    install_attn_quant,
-    smooth_block,
-)
+from .qlinear import as_qlinear, set_act_specs
+from .registry import register, require_float
+from .smoothquant import SMOOTH_ORDER, install_attn_quant, smooth_block
+from .transforms import DuQuantTransform, apply_block_rotation  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-# groups of linears reading one input: (kind whose input is sampled, kinds sharing the transform)
-TRANSFORM_GROUPS = (("q", ("q", "k", "v")), ("gate", ("gate", "up")), ("o", ("o",)),
-                    ("down", ("down",)))
+# the ArchSpec input groups, in the order their transforms are fitted (one generator: the
+# order fixes which random rotation each group gets)
+FIT_ORDER = ("qkv", "gate_up", "o", "down")
 
 
 @dataclass(frozen=True)
@@ -85,6 +81,7 @@ class DuQuantConfig:
     rot_tokens: int = 2048
     shared_rotation: bool = False
     needs_calibration: ClassVar[bool] = True
+    needs_float_linears: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if self.alpha is not None and not 0.0 <= self.alpha <= 1.0:
@@ -93,9 +90,9 @@ class DuQuantConfig:
             raise ValueError(f"block_size={self.block_size} must be a power of two >= 2 (paper: 128)")
         if self.rotation_steps < 0 or self.permutation_times < 0 or self.rot_tokens < 1:
             raise ValueError("rotation_steps and permutation_times must be >= 0, rot_tokens >= 1")
-        for name, spec in (("act", self.act), ("attn", self.attn)):
-            if spec is not None and spec.granularity != "token":
-                raise ValueError(f"DuQuant {name} granularity {spec.granularity!r}: use 'token'")
+        for name, qspec in (("act", self.act), ("attn", self.attn)):
+            if qspec is not None and qspec.granularity != "token":
+                raise ValueError(f"DuQuant {name} granularity {qspec.granularity!r}: use 'token'")
 
 
 # ---- math: the rotation and the permutation ------------------------------------------------
@@ -160,35 +157,6 @@ def zigzag_permutation(channel_max: torch.Tensor, block_size: int) -> torch.Tens
     return torch.cat(members).to(channel_max.device)
 
 
-def apply_block_rotation(x: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    """x (..., nb*b) -> every block of b channels times its own R (nb, b, b)."""
-    nb, b, _ = R.shape
-    lead = x.shape[:-1]
-    y = torch.einsum("...nb,nbc->...nc", x.reshape(*lead, nb, b), R.to(x.dtype))
-    return y.reshape(*lead, nb * b)
-
-
-class DuQuantTransform(nn.Module):
-    """x -> x R_1 P_1 R_2 ... P_k R_{k+1}: block rotations `rots` (k+1, nb, b, b) interleaved
-    with permutations `perms` (k, C); orthogonal, so W <- forward(W) keeps x W^T."""
-
-    def __init__(self, rots: torch.Tensor, perms: torch.Tensor):
-        super().__init__()
-        self.register_buffer("rots", rots)
-        self.register_buffer("perms", perms)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        y = x.to(torch.promote_types(dtype, torch.float32))
-        for i in range(self.perms.shape[0]):
-            y = apply_block_rotation(y, self.rots[i])[..., self.perms[i]]
-        return apply_block_rotation(y, self.rots[-1]).to(dtype)
-
-    def extra_repr(self) -> str:
-        k, nb, b, _ = self.rots.shape
-        return f"blocks={nb}x{b}, rotations={k}"
-
-
 def fit_transform(x: torch.Tensor, block_size: int, steps: int, permutation_times: int,
                   generator: torch.Generator, shared: bool = False) -> DuQuantTransform:
     """The DuQuant transform for sample activations x (T, C), float32 buffers on x's device
@@ -232,47 +200,36 @@ def _block_size(cfg: DuQuantConfig, features: int) -> int:
 @torch.no_grad()
 def duquant_block(model: nn.Module, block: nn.Module, inputs: BlockInputs, cfg: DuQuantConfig,
                   generator: torch.Generator) -> None:
-    """Smooth, then fit and install the transform of every linear group of one block."""
-    spec = model.spec
-    paths = {k: spec.linear_name(k) for k, _ in TRANSFORM_GROUPS}
-    paths["up"] = spec.linear_name("up")
-    absmax: dict[str, torch.Tensor] = {}
-    sample: dict[str, list[torch.Tensor]] = {p: [] for p in paths.values()}
-    kept = dict.fromkeys(paths.values(), 0)
-
-    def hook(path: str, x: torch.Tensor) -> None:
-        m = x.abs().amax(dim=0).float()
-        absmax[path] = m if path not in absmax else torch.maximum(absmax[path], m)
-        if kept[path] < cfg.rot_tokens:
-            take = x[: cfg.rot_tokens - kept[path]].float()
-            sample[path].append(take)
-            kept[path] += take.shape[0]
-
-    inputs.run(block, {p: hook for p in paths.values()})
-    xs = {p: torch.cat(v) for p, v in sample.items()}
+    """Smooth, then fit and install the transform of every input group of one block."""
+    arch = model.spec
+    groups = [arch.group(name) for name in FIT_ORDER]
+    paths = {g.name: arch.linear_name(g.linears[0]) for g in groups}
+    absmax, sample = inputs.absmax(block, list(paths.values()), cfg.rot_tokens)
+    xs = {g.name: sample[paths[g.name]] for g in groups}
 
     if cfg.alpha is not None:
-        groups = tuple(SMOOTH_GROUPS)
-        scales = smooth_block(model, block, absmax, groups, cfg.alpha)
-        # the sampled inputs as the smoothed block now sees them: x / s
-        xs[paths["q"]] = xs[paths["q"]] / scales["qkv"]
-        xs[paths["gate"]] = xs[paths["gate"]] / scales["gate_up"]
-        xs[paths["o"]] = xs[paths["o"]] / scales["o"]  # GQA: already per o channel
-        xs[paths["down"]] = xs[paths["down"]] / scales["down"]
+        scales = smooth_block(model, block, absmax, SMOOTH_ORDER, cfg.alpha)
+        for g in groups:  # the sampled inputs as the smoothed block now sees them: x / s
+            xs[g.name] = xs[g.name] / scales[g.name]  # GQA o: already per o channel
 
-    for sample_kind, kinds in TRANSFORM_GROUPS:
-        x = xs[paths[sample_kind]]
+    for g in groups:
+        x = xs[g.name]
         t = fit_transform(x, _block_size(cfg, x.shape[1]), cfg.rotation_steps,
                           cfg.permutation_times, generator, cfg.shared_rotation)
-        for k in kinds:
-            lin = get_module(block, spec.linear_name(k))
-            if isinstance(lin, QLinear) and (lin.input_transform is not None or lin.is_weight_quantized):
-                raise ValueError(f"{k} is already transformed or quantized; put DuQuant first")
+        for k in g.linears:
+            lin = get_module(block, arch.linear_name(k))
             lin.weight.data = t(lin.weight.data.to(torch.float64)).to(lin.weight.dtype)
-            as_qlinear(block, spec.linear_name(k)).input_transform = DuQuantTransform(t.rots, t.perms)
+            as_qlinear(block, arch.linear_name(k)).input_transform = DuQuantTransform(t.rots, t.perms)
 
 
-@register(DuQuantConfig)
+def check_duquant(model: nn.Module, cfg: DuQuantConfig) -> None:
+    require_float(model, "DuQuant")
+    arch = model.spec
+    for g in arch.input_groups:
+        _block_size(cfg, get_module(model.blocks[0], arch.linear_name(g.linears[0])).in_features)
+
+
+@register(DuQuantConfig, check=check_duquant)
 def apply_duquant(model: nn.Module, cfg: DuQuantConfig, calib: Calibration | None) -> None:
     if calib is None:
         raise ValueError("DuQuant needs calibration data for its smoothing and rotations")
@@ -280,24 +237,8 @@ def apply_duquant(model: nn.Module, cfg: DuQuantConfig, calib: Calibration | Non
     walk_blocks(model, calib, lambda _i, blk, inp: duquant_block(model, blk, inp, cfg, generator),
                 desc="DuQuant")
     if cfg.act is not None:
-        install_act_quant(model, cfg.act)
+        set_act_specs(model, cfg.act)
     if cfg.attn is not None:
         qk = QuantSpec(cfg.attn.bits, cfg.attn.sym, "token",
                        clip_ratio=cfg.act.clip_ratio if cfg.act is not None else 1.0)
         install_attn_quant(model, cfg.attn, qk_hadamard=True, qk_spec=qk)
-
-
-def recipe(wbits: int, abits: int, variant: str) -> tuple:
-    """Appendix A: alpha 0.5, activation clip 0.9, weight clip 0.8, rotation step 256, block 128,
-    per-channel weights, per-token activations; the authors' code (`--quant_method duquant
-    --alpha 0.5 --smooth --lac 0.9 --swc 0.8 --block_size 128 --max_rotation_step 256`): weights
-    asymmetric RTN, activations dynamic asymmetric. "code" also quantizes q/k/v at the attention
-    matmuls (q/k Hadamard-rotated over the head dim and clipped 0.9; v unclipped) and shares
-    one block rotation across all blocks."""
-    from .rtn import RTNConfig
-
-    act = QuantSpec(abits, sym=False, granularity="token", clip_ratio=0.9)
-    attn = QuantSpec(abits, sym=False, granularity="token") if variant == "code" else None
-    return (DuQuantConfig(alpha=0.5, block_size=128, rotation_steps=256, permutation_times=1,
-                          act=act, attn=attn, shared_rotation=variant == "code"),
-            RTNConfig(weight=QuantSpec(wbits, sym=False, granularity="channel", clip_ratio=0.8)))

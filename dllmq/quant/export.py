@@ -47,18 +47,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from dllmq.models import DLLMConfig, build_model, get_module, set_module
+from dllmq.models.io import open_safetensors, warn_nonfinite, write_safetensors
 from dllmq.models.layers import ActHook
 
-from .duquant import DuQuantTransform
 from .hadamard import factor_order
 from .primitives import QuantResult, QuantSpec, dequantize
 from .qlinear import QLinear
-from .quarot import HeadActQuant, HeadMixHadamard, OnlineHadamard
+from .transforms import DuQuantTransform, HeadActQuant, HeadMixHadamard, OnlineHadamard
 
 log = logging.getLogger(__name__)
 
@@ -270,11 +268,27 @@ def _config_groups(qlins: dict[str, QLinear]) -> dict:
     return {f"group_{i}": g for i, g in enumerate(groups.values())}
 
 
+def source_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the checkpoint was published in (config.json's `torch_dtype`, or `dtype` as
+    transformers 5 writes it), else the model's own: a bf16 checkpoint quantized on a CPU (fp32
+    there) is saved in bf16 again, not at twice its size."""
+    name = model.config.extra.get("torch_dtype") or model.config.extra.get("dtype")
+    dtype = getattr(torch, name, None) if isinstance(name, str) else None
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else model.dtype
+
+
 @torch.no_grad()
-def save_quantized(model: nn.Module, path: str | Path) -> Path:
+def save_quantized(model: nn.Module, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write config.json + model.safetensors: compressed-tensors' pack-quantized layout plus the
-    dllmq extension (transforms, attention quantizers, clip ratios) where the model has them."""
+    dllmq extension (transforms, attention quantizers, clip ratios) where the model has them.
+
+    dtype: of the float tensors that stay float (embeddings, norms, LM head, biases, weights of
+    act-only linears); default `source_dtype(model)`. Scales are float32 and transform tensors
+    keep their dtype whatever it is (module docstring). A load then reproduces the quantized
+    model bit for bit when the model is in that dtype already; a model upcast from bf16 comes
+    back with its float tensors rounded to bf16 (the packed weights are exact either way)."""
     path = Path(path)
+    dtype = dtype or source_dtype(model)
     qlins = _qlinears(model)
     state: dict[str, torch.Tensor] = {}
     modules: dict[str, dict] = {}
@@ -290,12 +304,16 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
     for k, v in model.state_dict().items():
         if k not in skip and k not in state:
             state[k] = v.detach().cpu().contiguous()
-    if model.config.tie_word_embeddings:
-        state.pop(model.spec.lm_head + ".weight", None)
+    for k in model.tied_keys:
+        state.pop(k, None)
+    float_keys = {k for k in state if not k.endswith(".weight_scale")
+                  and ".input_transform." not in k and k not in hook_tensors}
+    state = {k: v.to(dtype) if k in float_keys and v.is_floating_point() else v
+             for k, v in state.items()}
 
     changes_function = bool(hooks) or any(
         set(e) & {"input_transform", "weight_clip_ratio", "act_clip_ratio"} for e in modules.values())
-    head_fp = not isinstance(get_module(model, model.spec.lm_head), QLinear)
+    head_fp = not isinstance(model.head_linear, QLinear)
     cfg = model.config.to_hf()
     cfg["quantization_config"] = {
         "quant_method": "compressed-tensors", "format": "pack-quantized",
@@ -304,11 +322,12 @@ def save_quantized(model: nn.Module, path: str | Path) -> Path:
         EXTENSION: {"version": EXTENSION_VERSION, "note": _NOTE,
                     "requires_dllmq": changes_function, "modules": modules, "hooks": hooks},
     }
+    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
     path.mkdir(parents=True, exist_ok=True)
-    tmp = path / (FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    tmp.replace(path / FILE)
-    (path / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    write_safetensors(state, path / FILE)
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path / "config.json")
     log.info("saved %d quantized linears, %d transforms, %d attention quantizers to %s",
              len(qlins), sum("input_transform" in e for e in modules.values()), len(hooks), path)
     return path
@@ -381,8 +400,10 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu",
     cfg = DLLMConfig.from_hf(cfg_d)
     with torch.device("meta"):
         model = build_model(cfg)
-    with safe_open(str(path / FILE), framework="pt", device=str(device)) as f:
+    with open_safetensors(path / FILE, device) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    for k, t in tensors.items():
+        warn_nonfinite(k, t, path / FILE)
     for group in qcfg["config_groups"].values():
         for name in group["targets"]:
             entry = ext["modules"].get(name, {})
@@ -394,8 +415,7 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu",
     if result.unexpected_keys:
         raise ValueError(f"{path} holds {len(result.unexpected_keys)} tensor(s) the model has no "
                          f"place for, e.g. {result.unexpected_keys[0]!r}")
-    if cfg.model_type == "Dream" and cfg.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+    model.tie_weights()
     meta = [n for n, p in model.named_parameters() if p.is_meta]
     if meta:
         raise ValueError(f"{path} lacks {len(meta)} tensor(s), e.g. {meta[0]!r}")

@@ -17,7 +17,15 @@ unquantized weight before act-order, as AutoGPTQ/gptqmodel do). Where we differ:
 - group parameters are taken from the group's columns *as updated so far*; upstream reads
   them from `W`, which misses the updates made inside the current lazy block when a group
   starts mid-block. With group_size a multiple of blocksize (the paper: 128/128) both agree;
-  here the result never depends on blocksize.
+  here the result never depends on blocksize (test_lazy_block_updates_are_exact);
+- per-channel (and per-tensor) parameters are computed *after* dead inputs (diag H = 0) are
+  zeroed; upstream calls `find_params(W)` before zeroing them, so a dead column's weights
+  still widen its rows' ranges. Grouped and static-group parameters are computed after the
+  zeroing in both (test_per_channel_params_ignore_dead_columns);
+- symmetric rounding of a row or group with no negative weight uses [-absmax, absmax], not
+  upstream's clipped [0, absmax] grid (primitives.py). Each of these three gives dllmq the
+  smaller layer error; none matters for real weights (checked bit-identical to `fasterquant`
+  at the paper's settings, issue 16).
 
 Optional MSE clip search of the weight range (`MSEClip`, QuaRot's `--w_clip`; upstream spcl/QuaRot
 `fake_quant/quant_utils.py: WeightQuantizer.find_params` with mse=True, itself from the GPTQ
@@ -38,12 +46,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from dllmq.models import LINEAR_KINDS
+from dllmq.models import LINEAR_KINDS, ArchSpec
 
-from .api import check_kinds, register
 from .calib import BlockInputs, Calibration, walk_blocks
 from .primitives import QuantResult, QuantSpec, quant_params, quantize_with
 from .qlinear import as_qlinear
+from .registry import check_kinds, check_weight_spec, register
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +275,6 @@ def gptq_quantize(
 
 
 # ---- wiring: the block walk -------------------------------------------------------------------
-SHARED_INPUT_GROUPS = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
 
 
 @dataclass(frozen=True)
@@ -305,9 +312,12 @@ class GPTQConfig:
                              "picks the ratio; leave clip_ratio at 1.0 or set mse_clip=None")
 
 
-def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, spec_of, cfg: GPTQConfig) -> None:
-    """GPTQ every selected linear of one block, input-sharing linears stacked."""
-    groups = [tuple(k for k in grp if k in cfg.kinds) for grp in SHARED_INPUT_GROUPS]
+def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, arch: ArchSpec,
+                        cfg: GPTQConfig) -> None:
+    """GPTQ every selected linear of one block, the linears of one input group (ArchSpec:
+    q/k/v, o, gate/up, down, in forward order) stacked."""
+    spec_of = arch.linear_name
+    groups = [tuple(k for k in grp.linears if k in cfg.kinds) for grp in arch.input_groups]
     groups = [grp for grp in groups if grp]
     stages = [[grp] for grp in groups] if cfg.true_sequential else [groups]
     for stage in stages:
@@ -330,7 +340,11 @@ def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, spec_of, cfg: GPT
                 m.set_weight(part, "gptq")
 
 
-@register(GPTQConfig)
+def check_gptq(model: nn.Module, cfg: GPTQConfig) -> None:
+    check_weight_spec(model, cfg.weight, cfg.kinds, "GPTQ")
+
+
+@register(GPTQConfig, check=check_gptq)
 def apply_gptq(model: nn.Module, cfg: GPTQConfig, calib: Calibration | None) -> None:
     if calib is None:
         raise ValueError("GPTQ needs calibration data; pass calib=Calibration(...)")
@@ -338,8 +352,7 @@ def apply_gptq(model: nn.Module, cfg: GPTQConfig, calib: Calibration | None) -> 
     if calib.num_tokens < in_min:
         log.warning("GPTQ: %d calibration tokens < %d input features; Hessians are rank-deficient "
                     "and held up by damping only", calib.num_tokens, in_min)
-    spec_of = model.spec.linear_name
-    walk_blocks(model, calib, lambda i, block, inputs: quantize_block_gptq(block, inputs, spec_of, cfg),
+    walk_blocks(model, calib, lambda i, block, inputs: quantize_block_gptq(block, inputs, model.spec, cfg),
                 desc=f"GPTQ {cfg.weight.describe()}")
     log.info("GPTQ done (%d blocks, %s, damp %g, act_order %s, mse_clip %s)", len(model.blocks),
              cfg.weight.describe(), cfg.damp, cfg.act_order, cfg.mse_clip)

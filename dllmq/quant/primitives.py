@@ -8,11 +8,17 @@ channel of a weight (a row), `group_size` consecutive input columns of a row, or
 of an activation (a row of the flattened (tokens, channels) matrix). Every granularity is
 "reduce over the last dim in chunks", so one code path serves all four.
 
-Conventions (these follow IST-DASLab/gptq `quant.py` and compressed-tensors, so codes are
-interchangeable with both):
+Conventions (these follow IST-DASLab/gptq `quant.py: Quantizer.find_params` and
+compressed-tensors, so codes are interchangeable with both, except where noted):
 - asymmetric: the range is widened to contain 0 (min <= 0 <= max) so zero is exact;
 - symmetric: s = 2 * absmax / (2^b - 1) and z = 2^(b-1) (codes stay unsigned in [0, 2^b-1];
-  subtracting z gives compressed-tensors' signed codes in [-2^(b-1), 2^(b-1)-1]);
+  subtracting z gives compressed-tensors' signed codes in [-2^(b-1), 2^(b-1)-1]). Where we
+  differ from IST-DASLab: for a group with no negative value their `find_params` keeps
+  xmin = 0 (it mirrors xmin only where xmin < 0), so s = absmax / (2^b - 1) with z still at
+  the midpoint, and every value above ~absmax / 2 clips to the top code; here the range is
+  always [-absmax, absmax], so the group's largest value is represented to half a step
+  (tests/test_quant_gptq.py pins both). Real weight rows always hold negative values, where
+  the two agree;
 - clip_ratio c in (0, 1] shrinks the range before s and z are computed (DuQuant's weight and
   activation clipping);
 - an all-zero group gets the range [-1, 1] (as GPTQ) so no scale is ever 0.

@@ -19,9 +19,13 @@ transform and the act spec. This follows gpt-fast's "compute the state, then swa
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dllmq.models import LINEAR_KINDS, get_module, set_module
 
 from .primitives import QuantResult, QuantSpec, fake_quant
 
@@ -89,8 +93,6 @@ class QLinear(nn.Module):
 
 def as_qlinear(block: nn.Module, path: str) -> QLinear:
     """The QLinear at `path` inside `block`, swapping one in for a plain nn.Linear first."""
-    from dllmq.models import get_module, set_module
-
     mod = get_module(block, path)
     if isinstance(mod, QLinear):
         return mod
@@ -99,3 +101,11 @@ def as_qlinear(block: nn.Module, path: str) -> QLinear:
     q = QLinear.from_linear(mod)
     set_module(block, path, q)
     return q
+
+
+def set_act_specs(model: nn.Module, act: QuantSpec, kinds: Iterable[str] = LINEAR_KINDS) -> None:
+    """Per-token activation fake-quant on the input of every block linear of `kinds` (the one
+    place RTN, SmoothQuant, QuaRot and DuQuant switch activation quantization on)."""
+    for block in model.blocks:
+        for kind in kinds:
+            as_qlinear(block, model.spec.linear_name(kind)).act_spec = act

@@ -49,13 +49,19 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from dllmq.models import get_module, set_module
+from dllmq.models import LINEAR_KINDS, get_module, set_module
 
-from .api import DeferredStep, register
 from .calib import Calibration
 from .hadamard import factor_order, hadamard_transform, random_hadamard_matrix
-from .primitives import QuantSpec, fake_quant
-from .qlinear import QLinear, as_qlinear
+from .primitives import QuantSpec
+from .qlinear import as_qlinear, set_act_specs
+from .registry import DeferredStep, register, require_float
+from .transforms import (  # noqa: F401 (re-exported: their home before transforms.py)
+    HeadActQuant,
+    HeadMixHadamard,
+    OnlineHadamard,
+    head_mix_hadamard,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +83,12 @@ class QuaRotConfig:
     rotate_ov: bool = True
     calibrate_with_act_quant: bool = False
     needs_calibration: ClassVar[bool] = False
+    needs_float_linears: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
-        for name, spec in (("act", self.act), ("kv", self.kv)):
-            if spec is not None and spec.granularity != "token":
-                raise ValueError(f"QuaRot {name} granularity {spec.granularity!r}: use 'token' "
+        for name, qspec in (("act", self.act), ("kv", self.kv)):
+            if qspec is not None and qspec.granularity != "token":
+                raise ValueError(f"QuaRot {name} granularity {qspec.granularity!r}: use 'token' "
                                  "(dynamic per token)")
 
 
@@ -121,13 +128,6 @@ def head_local_hadamard(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return hadamard_transform(x.reshape(*shape[:-1], num_heads, -1)).reshape(shape)
 
 
-def head_mix_hadamard(x: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """(..., H*D): H_H / sqrt(H) applied across heads at every in-head index: (H_H (x) I_D) x."""
-    shape = x.shape
-    y = x.reshape(*shape[:-1], num_heads, -1).transpose(-1, -2)  # (..., D, H)
-    return hadamard_transform(y).transpose(-1, -2).reshape(shape)
-
-
 @torch.no_grad()
 def rotate_value_heads(v: nn.Module, head_dim: int) -> None:
     """W_v <- (I (x) H_D) W_v and b_v likewise: every value head comes out rotated by H_D."""
@@ -147,114 +147,58 @@ def absorb_input_transform(lin: nn.Module, fn) -> None:
     lin.weight.data = fn(_f64(lin.weight)).to(lin.weight.dtype)
 
 
-# ---- online transforms (modules installed in QLinear.input_transform and the ActHook slots) --
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-class OnlineHadamard(nn.Module):
-    """x (..., n) -> H_n x / sqrt(n), computed in at least float32 (QuaRot's fp32_had)."""
-
-    def __init__(self, n: int):
-        super().__init__()
-        factor_order(n)  # fail now, with the one-line error, if n has no construction
-        self.n = n
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return hadamard_transform(_wide(x)).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"n={self.n}"
-
-
-class HeadMixHadamard(nn.Module):
-    """The o projection's online half of the V/O rotation: (H_H (x) I_D) x / sqrt(H)."""
-
-    def __init__(self, num_heads: int):
-        super().__init__()
-        factor_order(num_heads)
-        self.num_heads = num_heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return head_mix_hadamard(_wide(x), self.num_heads).to(x.dtype)
-
-    def extra_repr(self) -> str:
-        return f"heads={self.num_heads}"
-
-
-class HeadActQuant(nn.Module):
-    """Replaces an ActHook on q/k/v (B, Hx, L, D): optionally rotate the head dimension by
-    H_D / sqrt(D), then optionally fake-quantize per token, over all heads of the token
-    (QuaRot's `QKRotationWrapper` with k_groupsize -1, and v_proj's out_quantizer) or, with
-    per_head, over each head's D values (DuQuant/SmoothQuant code's `QuantMatMul` inputs)."""
-
-    def __init__(self, hadamard: bool, spec: QuantSpec | None, per_head: bool = False):
-        super().__init__()
-        self.hadamard, self.spec, self.per_head = hadamard, spec, per_head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hadamard:
-            x = hadamard_transform(_wide(x)).to(x.dtype)
-        if self.spec is None:
-            return x
-        if self.per_head:
-            return fake_quant(x, self.spec)  # groups: the last dim D of every (b, head, token)
-        B, Hx, L, D = x.shape
-        tok = x.transpose(1, 2).reshape(B, L, Hx * D)  # (B, L, Hx*D)
-        return fake_quant(tok, self.spec).reshape(B, L, Hx, D).transpose(1, 2)
-
-    def extra_repr(self) -> str:
-        spec = self.spec.describe() if self.spec else "fp"
-        return f"hadamard={self.hadamard}, spec={spec}, per_head={self.per_head}"
-
-
 # ---- wiring -------------------------------------------------------------------------------------
-def _plain(mod: nn.Module, what: str) -> nn.Module:
-    if isinstance(mod, QLinear) and (mod.is_weight_quantized or mod.input_transform is not None):
-        raise ValueError(f"{what} is already quantized or transformed; put QuaRot first in the recipe")
-    return mod
+def check_rotatable(model: nn.Module, online_down: bool = True, rotate_ov: bool = True) -> None:
+    """Everything rotate_model needs, checked before it changes anything (one line each)."""
+    mcfg = model.config
+    if mcfg.tie_word_embeddings:
+        raise ValueError("QuaRot needs untied embeddings (the LM head absorbs the final norm); "
+                         "untie lm_head from the embedding first")
+    for n, used in ((mcfg.hidden_size, True), (mcfg.intermediate_size, online_down),
+                    (mcfg.num_heads, rotate_ov), (mcfg.head_dim, rotate_ov)):
+        if used:
+            factor_order(n)  # one-line HadamardError for an order with no construction
+    require_float(model, "QuaRot", head=True)
 
 
 @torch.no_grad()
 def rotate_model(model: nn.Module, seed: int, online_down: bool = True,
                  rotate_ov: bool = True) -> None:
     """Fold norms and rotate the residual stream (and optionally down / V-O) in place; the model
-    computes the same function afterwards. Online transforms are installed as QLinear inputs."""
-    spec, cfg = model.spec, model.config
-    if cfg.tie_word_embeddings:
-        raise ValueError("QuaRot needs untied embeddings (the LM head absorbs the final norm); "
-                         "untie lm_head from the embedding first")
-    C, H, D = cfg.hidden_size, cfg.num_heads, cfg.head_dim
-    # every Hadamard order checked before anything is modified (one-line HadamardError)
-    for n, used in ((C, True), (cfg.intermediate_size, online_down), (H, rotate_ov),
-                    (D, rotate_ov)):
-        if used:
-            factor_order(n)
-    emb = get_module(model, spec.embed)
-    head = _plain(get_module(model, spec.lm_head), "the LM head")
+    computes the same function afterwards. Online transforms are installed as QLinear inputs.
+
+    The ArchSpec's input groups say which linears read the residual stream (those of the
+    norm-fed groups: q, k, v, gate, up) and which write it (those fed by a linear: o, down)."""
+    check_rotatable(model, online_down, rotate_ov)
+    arch, mcfg = model.spec, model.config
+    C, H, D = mcfg.hidden_size, mcfg.num_heads, mcfg.head_dim
+    norm_groups = [g for g in arch.input_groups if g.source_is_norm]
+    readers = [k for g in norm_groups for k in g.linears]
+    writers = [k for g in arch.input_groups if not g.source_is_norm for k in g.linears]
+    emb = get_module(model, arch.embed)
+    head = model.head_linear
     dev = emb.weight.device
     Q = random_hadamard_matrix(C, torch.Generator().manual_seed(seed), torch.float64, dev)
 
     rotate_input_side(emb, Q)
-    fuse_norm_into_linears(get_module(model, spec.final_norm), [head])
+    fuse_norm_into_linears(get_module(model, arch.final_norm), [head])
     rotate_input_side(head, Q)
     for block in model.blocks:
-        lin = {k: _plain(get_module(block, spec.linear_name(k)), k)
-               for k in ("q", "k", "v", "o", "gate", "up", "down")}
-        fuse_norm_into_linears(get_module(block, spec.attn_norm), [lin["q"], lin["k"], lin["v"]])
-        fuse_norm_into_linears(get_module(block, spec.mlp_norm), [lin["gate"], lin["up"]])
-        for k in ("q", "k", "v", "gate", "up"):
+        lin = {k: get_module(block, arch.linear_name(k)) for k in LINEAR_KINDS}
+        for g in norm_groups:
+            fuse_norm_into_linears(get_module(block, arch.source_path(g)), [lin[k] for k in g.linears])
+        for k in readers:
             rotate_input_side(lin[k], Q)
-        for k in ("o", "down"):
+        for k in writers:
             rotate_output_side(lin[k], Q)
         if online_down:
             absorb_input_transform(lin["down"], hadamard_transform)
-            as_qlinear(block, spec.down).input_transform = OnlineHadamard(cfg.intermediate_size)
+            as_qlinear(block, arch.down).input_transform = OnlineHadamard(mcfg.intermediate_size)
         if rotate_ov:
             rotate_value_heads(lin["v"], D)
             absorb_input_transform(
                 lin["o"], lambda w: head_mix_hadamard(head_local_hadamard(w, H), H))
-            as_qlinear(block, spec.o).input_transform = HeadMixHadamard(H)
+            as_qlinear(block, arch.o).input_transform = HeadMixHadamard(H)
     log.info("QuaRot: rotated %d blocks (hidden %d, seed %d, online down %s, V/O %s)",
              len(model.blocks), C, seed, online_down, rotate_ov)
 
@@ -262,18 +206,21 @@ def rotate_model(model: nn.Module, seed: int, online_down: bool = True,
 def install_act_quant(model: nn.Module, act: QuantSpec | None, kv: QuantSpec | None) -> None:
     """Per-token activation fake-quant on every block linear input; K (rotated over the head
     dim, with q rotated alike so q . k is kept) and V fake-quantized when kv is set."""
-    spec = model.spec
-    for block in model.blocks:
-        if act is not None:
-            for k in ("q", "k", "v", "o", "gate", "up", "down"):
-                as_qlinear(block, spec.linear_name(k)).act_spec = act
-        if kv is not None:
-            set_module(block, spec.q_hook, HeadActQuant(hadamard=True, spec=None))
-            set_module(block, spec.k_hook, HeadActQuant(hadamard=True, spec=kv))
-            set_module(block, spec.v_hook, HeadActQuant(hadamard=False, spec=kv))
+    arch = model.spec
+    if act is not None:
+        set_act_specs(model, act)
+    if kv is not None:
+        for block in model.blocks:
+            set_module(block, arch.q_hook, HeadActQuant(hadamard=True, spec=None))
+            set_module(block, arch.k_hook, HeadActQuant(hadamard=True, spec=kv))
+            set_module(block, arch.v_hook, HeadActQuant(hadamard=False, spec=kv))
 
 
-@register(QuaRotConfig)
+def check_quarot(model: nn.Module, cfg: QuaRotConfig) -> None:
+    check_rotatable(model, cfg.online_down, cfg.rotate_ov)
+
+
+@register(QuaRotConfig, check=check_quarot)
 def apply_quarot(model: nn.Module, cfg: QuaRotConfig, calib: Calibration | None
                  ) -> DeferredStep | None:
     """Rotate now; the activation fake-quant now (calibrate_with_act_quant) or as the deferred
@@ -287,24 +234,3 @@ def apply_quarot(model: nn.Module, cfg: QuaRotConfig, calib: Calibration | None
         install_quarot_act_quant()
         return None
     return install_quarot_act_quant
-
-
-def recipe(wbits: int, abits: int, variant: str) -> tuple:
-    """Appendix A: Hadamard rotation, per-channel weights, symmetric per-token activations,
-    queries 16-bit; K/V at the activation bit width (the authors' scripts/llada_quarot.sh:
-    `--a_bits 8 --k_bits 8 --v_bits 8 --w_bits 8 --w_clip --rotate`: weights by GPTQ, symmetric,
-    per channel, the range of every row found by an MSE search, `gptq.MSEClip()`).
-
-    The two variants agree. The paper's text says only that it follows QuaRot's "original
-    configuration" (16-bit queries, symmetric activations), and the command QuaRot's own README
-    (`QuaRot/fake_quant/README.md`) gives for reproducing the QuaRot paper passes `--w_clip`, so
-    the paper variant clips too. Both calibrate GPTQ on full-precision activations, as the
-    authors' main.py does (QuaRotConfig.calibrate_with_act_quant=False).
-    """
-    from .gptq import GPTQConfig, MSEClip
-
-    act = QuantSpec(abits, sym=True, granularity="token")
-    weight = QuantSpec(wbits, sym=True, granularity="channel")
-    return (QuaRotConfig(seed=0, act=act, kv=act),
-            GPTQConfig(weight=weight, blocksize=128, damp=0.01, act_order=False,
-                       true_sequential=True, mse_clip=MSEClip(grid=100, maxshrink=0.8, norm=2.4)))

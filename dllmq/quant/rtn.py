@@ -13,12 +13,12 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from dllmq.models import LINEAR_KINDS, get_module, set_module
+from dllmq.models import LINEAR_KINDS, set_module
 
-from .api import block_linears, check_kinds, register
 from .calib import Calibration
 from .primitives import QuantSpec, quantize_weight
-from .qlinear import QLinear, as_qlinear
+from .qlinear import QLinear, as_qlinear, set_act_specs
+from .registry import block_linears, check_kinds, check_weight_spec, register
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,10 @@ class RTNConfig:
     lm_head: bool = False
     needs_calibration: ClassVar[bool] = False
 
+    @property
+    def keeps_float_linears(self) -> bool:  # activation-only RTN leaves the weights float
+        return self.weight is None
+
     def __post_init__(self) -> None:
         check_kinds(self.kinds)
         if self.weight is None and self.act is None:
@@ -44,12 +48,6 @@ class RTNConfig:
                              "(dynamic per token) or 'tensor'")
 
 
-def set_act_spec(block: nn.Module, path: str, act: QuantSpec) -> QLinear:
-    q = as_qlinear(block, path)
-    q.act_spec = act
-    return q
-
-
 @torch.no_grad()
 def quantize_linear_rtn(block: nn.Module, path: str, spec: QuantSpec) -> QLinear:
     q = as_qlinear(block, path)
@@ -57,17 +55,29 @@ def quantize_linear_rtn(block: nn.Module, path: str, spec: QuantSpec) -> QLinear
     return q
 
 
-@register(RTNConfig)
-def apply_rtn(model: nn.Module, cfg: RTNConfig, calib: Calibration | None) -> None:
-    for _i, block, _kind, path in block_linears(model, cfg.kinds):
-        if cfg.weight is not None:
-            quantize_linear_rtn(block, path, cfg.weight)
-        if cfg.act is not None:
-            set_act_spec(block, path, cfg.act)
-    if cfg.lm_head and cfg.weight is not None:
-        head = get_module(model, model.spec.lm_head)
+def check_rtn(model: nn.Module, cfg: RTNConfig) -> None:
+    if cfg.weight is None:
+        return
+    check_weight_spec(model, cfg.weight, cfg.kinds, "RTN")
+    if cfg.lm_head:
+        head = model.head_linear
+        if head is None:
+            raise ValueError("RTN lm_head=True, but the LM head is the embedding matrix (tied "
+                             "weights); untie it or set lm_head=False")
         if not isinstance(head, nn.Linear | QLinear):
             raise TypeError(f"LM head is a {type(head).__name__}; only a Linear head can be quantized")
+        cfg.weight.for_features(head.in_features)
+
+
+@register(RTNConfig, check=check_rtn)
+def apply_rtn(model: nn.Module, cfg: RTNConfig, calib: Calibration | None) -> None:
+    if cfg.weight is not None:
+        for _i, block, _kind, path in block_linears(model, cfg.kinds):
+            quantize_linear_rtn(block, path, cfg.weight)
+    if cfg.act is not None:
+        set_act_specs(model, cfg.act, cfg.kinds)
+    if cfg.lm_head and cfg.weight is not None:
+        head = model.head_linear
         q = QLinear.from_linear(head) if isinstance(head, nn.Linear) else head
         q.set_weight(quantize_weight(q.weight.data, cfg.weight.for_features(q.in_features)), "rtn")
         set_module(model, model.spec.lm_head, q)

@@ -22,8 +22,17 @@ Statistics come from the full-precision model: the walker advances through smoot
 same function) and activation fake-quant is switched on only after the last block, as the
 authors' act scales were collected on the FP model (`generate_act_scale_shift.py`).
 
-Where we differ: the authors' code takes max|W| over the first linear of a group only
-(q_proj, up_proj); we take it over all linears that read the input (mit-han-lab's smooth.py).
+Where we differ from the authors' code (deliberate; none matters for the paper's models):
+- max|W| over all linears that read the input (mit-han-lab's smooth.py); the authors' code
+  takes it over the first linear of a group only (q_proj, up_proj);
+- Dream's grouped-query v -> o pair: we fold one scale per v channel into v (the max over the
+  query heads it serves, repeated over o's columns), so o's input needs no online scaling;
+  the authors' fold cannot divide v's rows per o channel and falls back to smoothing each o
+  input channel with its own scale, applied online. Measured (issue 16): dllmq's o output
+  error is 1.00-1.05x theirs. MHA (LLaDA): both are the same;
+- scale floor: smoothing scales below CLIPMIN = 1e-5 are raised to it; the authors' smoothing
+  raises scales below 0.01 to 0.01 (issue 16's comparison). Only channels whose activation
+  range is below ~1e-4 of their weight range differ, and the fold is exact either way.
 Weights are quantized by the next config of the recipe (RTN, per channel).
 """
 
@@ -37,55 +46,51 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from dllmq.models import get_module, set_module
+from dllmq.models import INPUT_GROUPS, get_module, set_module
 
-from .api import register
 from .calib import BlockInputs, Calibration, walk_blocks
 from .primitives import QuantSpec
-from .qlinear import as_qlinear
-from .quarot import HeadActQuant
+from .qlinear import set_act_specs
+from .registry import register
+from .transforms import HeadActQuant
 
 log = logging.getLogger(__name__)
 
-CLIPMIN = 1e-5  # the authors' floor on statistics and scales (DuQuant/quantize/const.py)
+CLIPMIN = 1e-5  # dllmq's floor on statistics and scales (the authors' const.py CLIPMIN)
 
-# name -> (producer kind: a norm attribute of the ArchSpec or a linear kind, consumer kinds)
-SMOOTH_GROUPS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "qkv": ("attn_norm", ("q", "k", "v")),
-    "gate_up": ("mlp_norm", ("gate", "up")),
-    "down": ("up", ("down",)),
-    "o": ("v", ("o",)),
-}
-ALL_KINDS = ("q", "k", "v", "o", "gate", "up", "down")
+# the ArchSpec input groups smoothed, in the order the authors' code folds them
+SMOOTH_ORDER = ("qkv", "gate_up", "down", "o")
 
 
 @dataclass(frozen=True)
 class SmoothQuantConfig:
-    """alpha: migration strength. groups: which of SMOOTH_GROUPS to smooth. act: per-token
+    """alpha: migration strength. groups: which ArchSpec input groups to smooth, in order. act: per-token
     activation spec on every block linear input (None: smoothing only). attn: per-(token, head)
     spec for q, k (after RoPE) and v, the attention matmul inputs the authors' code quantizes
     too (their `QuantMatMul`); None keeps them 16-bit."""
 
     alpha: float = 0.5
-    groups: tuple[str, ...] = ("qkv", "gate_up", "down", "o")
+    groups: tuple[str, ...] = SMOOTH_ORDER
     act: QuantSpec | None = field(default_factory=lambda: QuantSpec(8, sym=False, granularity="token"))
     attn: QuantSpec | None = None
     needs_calibration: ClassVar[bool] = True
+    keeps_float_linears: ClassVar[bool] = True  # rescales float weights, sets act specs only
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha={self.alpha} must lie in [0, 1] (paper: 0.5)")
         check_groups(self.groups)
-        for name, spec in (("act", self.act), ("attn", self.attn)):
-            if spec is not None and spec.granularity != "token":
-                raise ValueError(f"SmoothQuant {name} granularity {spec.granularity!r}: use 'token'")
+        for name, qspec in (("act", self.act), ("attn", self.attn)):
+            if qspec is not None and qspec.granularity != "token":
+                raise ValueError(f"SmoothQuant {name} granularity {qspec.granularity!r}: use 'token'")
 
 
 def check_groups(groups: Iterable[str]) -> tuple[str, ...]:
     groups = tuple(groups)
-    bad = [g for g in groups if g not in SMOOTH_GROUPS]
+    valid = tuple(g.name for g in INPUT_GROUPS)
+    bad = [g for g in groups if g not in valid]
     if bad:
-        raise ValueError(f"smoothing group(s) {bad} unknown; valid: {tuple(SMOOTH_GROUPS)}")
+        raise ValueError(f"smoothing group(s) {bad} unknown; valid: {valid}")
     return groups
 
 
@@ -128,39 +133,20 @@ def divide_output(mod: nn.Module, s: torch.Tensor) -> None:
 
 
 # ---- statistics and folding on one block ----------------------------------------------------------
-def group_input_kind(group: str) -> str:
-    """The linear whose input carries the group's statistics (all consumers share that input)."""
-    return SMOOTH_GROUPS[group][1][0]
-
-
-@torch.no_grad()
-def collect_absmax(block: nn.Module, inputs: BlockInputs, paths: Iterable[str]) -> dict[str, torch.Tensor]:
-    """Per-channel max |x| over all calibration tokens at the inputs of the linears at `paths`."""
-    stats: dict[str, torch.Tensor] = {}
-
-    def hook(path: str, x: torch.Tensor) -> None:
-        m = x.abs().amax(dim=0).float()
-        stats[path] = m if path not in stats else torch.maximum(stats[path], m)
-
-    inputs.run(block, {p: hook for p in paths})
-    return stats
-
-
 @torch.no_grad()
 def smooth_block(model: nn.Module, block: nn.Module, act_absmax: dict[str, torch.Tensor],
                  groups: Iterable[str], alpha: float) -> dict[str, torch.Tensor]:
     """Fold SmoothQuant scales for `groups` into `block` in place; returns the scale per group
     (over the consumers' input channels)."""
-    spec, cfg = model.spec, model.config
+    arch, mcfg = model.spec, model.config
     scales = {}
     for g in groups:
-        producer, consumers = SMOOTH_GROUPS[g]
-        lins = [get_module(block, spec.linear_name(k)) for k in consumers]
-        a = act_absmax[spec.linear_name(consumers[0])]
-        prod = get_module(block, getattr(spec, producer) if producer.endswith("norm")
-                          else spec.linear_name(producer))
-        if g == "o" and cfg.num_kv_heads != cfg.num_heads:
-            H, Hkv = cfg.num_heads, cfg.num_kv_heads
+        grp = arch.group(g)
+        lins = [get_module(block, arch.linear_name(k)) for k in grp.linears]
+        a = act_absmax[arch.linear_name(grp.linears[0])]
+        prod = get_module(block, arch.source_path(grp))
+        if grp.source == "v" and mcfg.num_kv_heads != mcfg.num_heads:  # o reads v per head group
+            H, Hkv = mcfg.num_heads, mcfg.num_kv_heads
             w_kv = gqa_fold(lins[0].weight.abs().amax(dim=0), H, Hkv)
             s_v = smoothing_scales(gqa_fold(a, H, Hkv), [w_kv[None]], alpha)
             s = gqa_expand(s_v, H, Hkv)
@@ -174,44 +160,28 @@ def smooth_block(model: nn.Module, block: nn.Module, act_absmax: dict[str, torch
     return scales
 
 
-def install_attn_quant(model: nn.Module, spec: QuantSpec, qk_hadamard: bool = False,
+def install_attn_quant(model: nn.Module, attn: QuantSpec, qk_hadamard: bool = False,
                        qk_spec: QuantSpec | None = None) -> None:
     """q/k (after RoPE) and v fake-quantized per (token, head), as the authors' QuantMatMul;
     with qk_hadamard, q and k are first rotated over the head dimension (DuQuant's code)."""
+    arch = model.spec
     for block in model.blocks:
-        set_module(block, model.spec.q_hook, HeadActQuant(qk_hadamard, qk_spec or spec, per_head=True))
-        set_module(block, model.spec.k_hook, HeadActQuant(qk_hadamard, qk_spec or spec, per_head=True))
-        set_module(block, model.spec.v_hook, HeadActQuant(False, spec, per_head=True))
-
-
-def install_act_quant(model: nn.Module, act: QuantSpec) -> None:
-    for block in model.blocks:
-        for k in ALL_KINDS:
-            as_qlinear(block, model.spec.linear_name(k)).act_spec = act
+        set_module(block, arch.q_hook, HeadActQuant(qk_hadamard, qk_spec or attn, per_head=True))
+        set_module(block, arch.k_hook, HeadActQuant(qk_hadamard, qk_spec or attn, per_head=True))
+        set_module(block, arch.v_hook, HeadActQuant(False, attn, per_head=True))
 
 
 @register(SmoothQuantConfig)
 def apply_smoothquant(model: nn.Module, cfg: SmoothQuantConfig, calib: Calibration | None) -> None:
     if calib is None:
         raise ValueError("SmoothQuant needs calibration data for its activation ranges")
-    paths = [model.spec.linear_name(group_input_kind(g)) for g in cfg.groups]
+    paths = [model.spec.linear_name(model.spec.group(g).linears[0]) for g in cfg.groups]
 
     def step(_i: int, block: nn.Module, inputs: BlockInputs) -> None:
-        smooth_block(model, block, collect_absmax(block, inputs, paths), cfg.groups, cfg.alpha)
+        smooth_block(model, block, inputs.absmax(block, paths)[0], cfg.groups, cfg.alpha)
 
     walk_blocks(model, calib, step, desc="SmoothQuant")
     if cfg.act is not None:
-        install_act_quant(model, cfg.act)
+        set_act_specs(model, cfg.act)
     if cfg.attn is not None:
         install_attn_quant(model, cfg.attn)
-
-
-def recipe(wbits: int, abits: int, variant: str) -> tuple:
-    """Appendix A: alpha 0.5, per-channel weights, per-token activations; the authors' code
-    (DuQuant main.py `--smooth --alpha 0.5`): weights asymmetric min-max RTN, activations
-    dynamic asymmetric per token. "code" also quantizes q/k/v at the attention matmuls."""
-    from .rtn import RTNConfig
-
-    act = QuantSpec(abits, sym=False, granularity="token")
-    return (SmoothQuantConfig(alpha=0.5, act=act, attn=act if variant == "code" else None),
-            RTNConfig(weight=QuantSpec(wbits, sym=False, granularity="channel")))

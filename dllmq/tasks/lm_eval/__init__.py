@@ -24,6 +24,7 @@ from .settings import (
     TaskSettings,
     UnknownTaskError,
     all_paper_settings,
+    dream_generation_settings,
     paper_task_names,
     paper_task_settings,
 )
@@ -86,6 +87,6 @@ def load_tasks(names: list[str], data_dir: str | Path | None = None,
 
 
 __all__ = ["DATA_DIR_ENV", "DATA_DIR_KEY", "LM_EVAL_TASK_DIRS", "TASK_DIR", "LocalDataError", "TaskSettings",
-           "UnknownTaskError", "all_paper_settings", "check_task_names", "load_tasks",
+           "UnknownTaskError", "all_paper_settings", "dream_generation_settings", "check_task_names", "load_tasks",
            "local_dataset", "paper_task_names", "paper_task_settings", "resolve_data_dir",
            "task_dir", "task_manager"]

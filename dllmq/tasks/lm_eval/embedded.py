@@ -1,6 +1,6 @@
 """The embedded suite's data for lm-eval: the JSONL splits dllmq's task generator writes.
 
-Tasks (`embedded/*.yaml`): `dllmq_qa` (multiple choice by likelihood, ARC's prompt),
+Tasks (`embedded/*.yaml`, each an `EmbeddedTask`): `dllmq_qa` (multiple choice by likelihood, ARC's prompt),
 `dllmq_math` (generate_until, exact match on the `#### N` line, GSM8K's prompt and filter),
 `dllmq_code` (generate_until, pass@1 by execution, HumanEval's prompt and stop sequences).
 
@@ -22,6 +22,7 @@ from functools import cache
 from pathlib import Path
 
 import datasets
+from lm_eval.api.task import ConfigurableTask
 
 EMBEDDED_DIR_ENV = "DLLMQ_EMBEDDED_DIR"
 EMBEDDED_DIR_KEY = "dllmq_embedded_dir"
@@ -89,14 +90,14 @@ def load_category(category: str, metadata: dict) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-# lm-eval calls `custom_dataset(**metadata, **dataset_kwargs)`.
-def load_qa(**metadata) -> datasets.DatasetDict:
-    return load_category("qa", metadata)
+class EmbeddedTask(ConfigurableTask):
+    """lm-eval's ConfigurableTask over one category of the embedded suite (`dataset_name`: qa,
+    math or code), read by `load_category` with the task manager's metadata. A task class
+    rather than lm-eval's `custom_dataset` hook, which logs a "Custom kwargs" warning every
+    time a task is built (twice per evaluated cell)."""
 
+    def __init__(self, config: dict):
+        super().__init__(config={k: v for k, v in config.items() if k != "class"})
 
-def load_math(**metadata) -> datasets.DatasetDict:
-    return load_category("math", metadata)
-
-
-def load_code(**metadata) -> datasets.DatasetDict:
-    return load_category("code", metadata)
+    def download(self, dataset_kwargs: dict | None = None, **kwargs) -> None:
+        self.dataset = load_category(self.config.dataset_name, dict(self.config.metadata or {}))

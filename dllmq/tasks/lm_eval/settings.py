@@ -61,14 +61,19 @@ class TaskSettings:
         """`loglikelihood` (multiple choice by Monte Carlo likelihood) or `generate_until`."""
         return "loglikelihood" if self.mc_num is not None else "generate_until"
 
-    def model_settings(self, model_type: str = "llada") -> dict[str, int]:
-        """The dllmq model's settings this task fixes: {mc_num} or {gen_length, steps,
-        block_length} (names as the dllmq lm-eval model's model args). Dream's sampler has no
-        blocks: for model_type "Dream" block_length is left out."""
+    def model_settings(self, model_type: str = "llada") -> dict[str, int | float]:
+        """The dllmq model's settings this task fixes for a model of this config `model_type`
+        (names as the dllmq lm-eval model's model args): {mc_num} for likelihood tasks; for
+        generation tasks LLaDA's {gen_length, steps, block_length}, and for the Dream family
+        the paper's Dream generation settings (`dream_generation_settings`) instead."""
+        from ...models import arch_spec
+
         if self.mc_num is not None:
             return {"mc_num": self.mc_num}
-        s = {"gen_length": self.gen_length, "steps": self.steps}
-        return s if model_type == "Dream" else {**s, "block_length": self.block_length}
+        if arch_spec(model_type).family == "dream":
+            return dream_generation_settings()
+        return {"gen_length": self.gen_length, "steps": self.steps,
+                "block_length": self.block_length}
 
     def matches(self, name: str) -> bool:
         """Whether `name` is this paper task, the lm-eval task it wraps, or one of its subtasks."""
@@ -76,12 +81,25 @@ class TaskSettings:
             fnmatch.fnmatchcase(name, pattern) for pattern in self.members)
 
 
+DREAM_KEY = "dream_generation"  # the settings file's one entry that is not a task
+
+
+@cache
+def _raw() -> dict:
+    return yaml.safe_load(SETTINGS_FILE.read_text())
+
+
+def dream_generation_settings() -> dict[str, int | float]:
+    """What every Dream generation request of a paper task gets (the paper: 128 new tokens,
+    top-p 0.95; steps default to the new tokens): a copy of the settings file's `dream_generation`."""
+    return dict(_raw()[DREAM_KEY])
+
+
 @cache
 def all_paper_settings() -> dict[str, TaskSettings]:
     """Every paper task's settings, keyed by paper task name, in the file's order."""
-    raw = yaml.safe_load(SETTINGS_FILE.read_text())
     return {name: TaskSettings(task=name, **{**entry, "members": tuple(entry.get("members", ()))})
-            for name, entry in raw.items()}
+            for name, entry in _raw().items() if name != DREAM_KEY}
 
 
 def paper_task_names() -> list[str]:
