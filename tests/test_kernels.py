@@ -227,6 +227,26 @@ def test_export_load_realize_equals_realize_in_memory(tmp_path, arch, recipe, ba
         assert torch.equal(model(x), loaded(x))
 
 
+@pytest.mark.parametrize("recipe,backend", [(None, "fp8"), ("w8a8-rtn", "int8"),
+                                            ("w4a16g128-rtn", "w4a16")])
+def test_compiled_blocks_compute_the_same(recipe, backend):
+    """compile_blocks traces every real path (dynamo, eager backend: no code generation on CPU)
+    and the samplers take the compiled model as is: same logits and tokens."""
+    from dllmq.kernels import compile_blocks
+
+    torch._dynamo.reset()
+    eager = realize(_model("llada", recipe), backend)
+    compiled = compile_blocks(copy.deepcopy(eager), backend="eager")
+    x = _ids("llada")
+    with torch.no_grad():
+        assert torch.equal(eager(x), compiled(x))
+    cfg = LLaDASamplerConfig(gen_length=16, steps=4, block_length=8)
+    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    b = generate(compiled, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+    torch._dynamo.reset()
+
+
 def test_realized_weights_take_less_memory():
     from dllmq.kernels import weight_bytes
 

@@ -100,15 +100,16 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant") -> n
     return model
 
 
-def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool | None = False
-                   ) -> nn.Module:
+def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool | None = False,
+                   backend: str = "inductor") -> nn.Module:
     """torch.compile every block in place (regional compilation); returns model.
 
     mode: torch.compile's mode (None: default; "max-autotune-no-cudagraphs" tunes GEMM tiles;
     "reduce-overhead" adds CUDA graphs, for static shapes). dynamic=False specializes on each
-    (batch, length), which the samplers keep fixed within a generation."""
+    (batch, length), which the samplers keep fixed within a generation. backend: torch.compile's
+    ("eager" traces without generating code: the CPU tests use it)."""
     for block in model.blocks:
-        block.compile(mode=mode, dynamic=dynamic)
+        block.compile(mode=mode, dynamic=dynamic, backend=backend)
     return model
 
 
