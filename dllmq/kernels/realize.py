@@ -81,7 +81,7 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant") -> n
     w4a16_mode: "dequant" (unpack each layer's codes to a 16-bit weight when it runs, then
     cuBLAS / CPU BLAS; under torch.compile the unpacking is one fused kernel) or "triton" (the
     fused dequantize-GEMM kernel, CUDA only). On an H200 "dequant" was the faster of the two
-    (tables/bench_kernels.md: 1.06x of bf16-compiled's step at batch 8, Triton 2.4x)."""
+    (tables/bench_kernels.md, LLaDA step at batch 8: 1.06x of bf16-compiled, Triton 2.4x)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} unknown; use one of {BACKENDS}")
     plan = []
