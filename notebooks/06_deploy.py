@@ -23,8 +23,8 @@
 #   for the integer recipes (the real int8 / w4a16 paths compute what their fake-quant twins do,
 #   tests/test_kernels.py), and for fp8, which the study does not cover, the float model's study
 #   accuracy plus the paired difference (real fp8 - float) measured here on the same items and
-#   seeds (the first `fp8_items` of the task), with its standard error; the real fp8 path is
-#   also compared with its fake-quant twin.
+#   seeds (the first `fp8_items` of the task); its standard error combines the float model's
+#   and the paired difference's. The real fp8 path is also compared with its fake-quant twin.
 #
 # **Writes** `figures/fig_deploy.{png,pdf}`, `tables/deploy.{csv,md}`.
 
@@ -97,7 +97,8 @@ for (arch, backend), r in hw.set_index(["arch", "backend"]).iterrows():
     if recipe == "fp8":  # the float model's accuracy + the paired fp8 - float difference
         f = fp8[(fp8.model == model) & (fp8.a == "fp")].iloc[0]
         fp = study[(study.model == model) & (study.recipe == "fp16")].iloc[0]
-        acc, se = fp.qa_avg + 100 * f["diff"], 100 * f.diff_se
+        acc = fp.qa_avg + 100 * f["diff"]
+        se = (fp.qa_avg_se**2 + (100 * f.diff_se) ** 2) ** 0.5  # item sampling + the paired diff
     else:
         s = study[(study.model == model) & (study.recipe == recipe)].iloc[0]
         acc, se = s.qa_avg, s.qa_avg_se
@@ -131,7 +132,8 @@ save_figure(fig, fig_dir / "fig_deploy")
 
 # %% [markdown]
 # **Reading it.** Right is faster, up is more accurate, small and light dots need less memory.
-# fp8 (W8A8 e4m3) is the fastest backend on Hopper and its real path scores every item as its
+# fp8 (W8A8 e4m3) is the fastest backend on Hopper at batch 8 (not at batch 1: see
+# tables/bench_kernels.md) and its real path scores every item as its
 # fake-quant twin does (the paired table above: same_score 1.0); W4A16 is the smallest but no
 # faster than compiled bf16; int8 saves fp8's memory without its speed. On the tiny models the
 # accuracy differences between these recipes are within one standard error; the paper's 8B
