@@ -29,6 +29,7 @@ import torch
 from dllmq.kernels import FakeFp8Linear, Fp8Linear, Int8Linear, W4A16Linear, realize
 from dllmq.kernels.fp8 import E4M3_MAX, fp8_rowwise_reference
 from dllmq.models import random_model, tiny_config
+from dllmq.models.layers import rope_cos_sin
 from dllmq.quant import (
     QLinear,
     QuantSpec,
@@ -230,12 +231,16 @@ def test_export_load_realize_equals_realize_in_memory(tmp_path, arch, recipe, ba
 @pytest.mark.parametrize("recipe,backend", [(None, "fp8"), ("w8a8-rtn", "int8"),
                                             ("w4a16g128-rtn", "w4a16")])
 def test_compiled_blocks_compute_the_same(recipe, backend):
-    """compile_blocks traces every real path (dynamo, eager backend: no code generation on CPU)
-    and the samplers take the compiled model as is: same logits and tokens."""
+    """A realized block traces into one graph (no graph break: inductor fuses the activation
+    quantization with its neighbours), and compile_blocks (dynamo, eager backend: no code
+    generation on CPU) gives the samplers a model computing the same logits and tokens."""
     from dllmq.kernels import compile_blocks
 
     torch._dynamo.reset()
     eager = realize(_model("llada", recipe), backend)
+    h = torch.randn(2, 16, eager.config.hidden_size)
+    rope = rope_cos_sin(torch.arange(16), eager.config.head_dim, eager.config.rope_theta)
+    assert torch._dynamo.explain(eager.blocks[0])(h, rope, None).graph_break_count == 0
     compiled = compile_blocks(copy.deepcopy(eager), backend="eager")
     x = _ids("llada")
     with torch.no_grad():
