@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= default
 PARAMS := params/$(PRESET).yaml
-NOTEBOOKS := 00_outliers 01_rq1_bitwidth 02_rq2_methods 03_rq3_tasks 04_rq4_models 05_beyond
+NOTEBOOKS := 00_outliers 01_rq1_bitwidth 02_rq2_methods 03_rq3_tasks 04_rq4_models 05_beyond 06_deploy
 BUILD := build/$(PRESET)
 STAMP := $(VENV)/.dllmq-installed
 
@@ -60,6 +60,8 @@ $(BUILD)/%.ipynb: notebooks/%.py $(SRC) $(STAMP)
 # F0 from 00's outlier tables. Under `make -j` this gives 00 || 01, then 02 || 03 || 04.
 $(BUILD)/02_rq2_methods.ipynb $(BUILD)/03_rq3_tasks.ipynb: $(BUILD)/01_rq1_bitwidth.ipynb
 $(BUILD)/04_rq4_models.ipynb: $(BUILD)/00_outliers.ipynb $(BUILD)/01_rq1_bitwidth.ipynb
+# 06 reads the accuracy tables 01 and 04 write (and the committed tables/bench_kernels.csv).
+$(BUILD)/06_deploy.ipynb: $(BUILD)/01_rq1_bitwidth.ipynb $(BUILD)/04_rq4_models.ipynb
 
 smoke: $(STAMP)
 	$(MAKE) reproduce PRESET=smoke
