@@ -57,7 +57,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .models import DLLM, LINEAR_KINDS, DLLMConfig, build_model, get_module, load, save_pretrained
+from .models import (
+    DLLM,
+    LINEAR_KINDS,
+    DLLMConfig,
+    arch_spec,
+    build_model,
+    get_module,
+    load,
+    save_pretrained,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,7 +366,7 @@ def init_model(preset: Preset, special: SpecialIds, vocab_size: int, device: tor
             model = build_model(cfg)
     else:
         start = load(init_dir, device="cpu", dtype=torch.float32)
-        if start.config.model_type != preset.arch:
+        if start.spec is not arch_spec(preset.arch):
             raise ValueError(f"{preset.name} needs a {preset.arch} model to start from, "
                              f"{init_dir} holds {start.config.model_type}")
         cfg = start.config.replace(causal=preset.causal)

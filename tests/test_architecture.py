@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 PKG = Path(__file__).resolve().parent.parent / "dllmq"
 MODELS_MAY_NOT_IMPORT = ("dllmq.quant", "dllmq.harness", "dllmq.eval", "dllmq.sweep", "dllmq.store",
                          "dllmq.sampling", "dllmq.likelihood")
@@ -146,7 +144,5 @@ def _model_type_branches() -> list[str]:
     return hits
 
 
-@pytest.mark.xfail(strict=False, reason="a model_type branch remains in a file no helper of "
-                   "this round owns: dllmq/train.py:360 (the assertion message lists them)")
 def test_no_model_type_branch_outside_models():
     assert not _model_type_branches(), _model_type_branches()

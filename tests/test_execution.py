@@ -362,3 +362,20 @@ def test_mbpp_reference_code_passes_and_swapped_code_fails():
     swapped = run_programs([build_mbpp_program(rows[i - 1]["code"], r["test_list"])
                             for i, r in enumerate(rows)], timeout_s=10.0)
     assert not any(s.passed for s in swapped)
+
+
+def test_code_tasks_are_refused_before_any_model_loads_without_isolation(monkeypatch):
+    """`check_runnable` (eval and grid validation call it before loading a model) refuses a
+    code task where no sandbox is available, naming the opt-out, instead of failing at the
+    first program after minutes of generation."""
+    from types import SimpleNamespace
+
+    from dllmq.tasks.lm_eval import check_runnable
+
+    _unavailable(monkeypatch)
+    monkeypatch.delenv("DLLMQ_UNSAFE_EXEC", raising=False)
+    tasks = {"dllmq_code": SimpleNamespace(UNSAFE_CODE=True)}
+    with pytest.raises(ValueError, match="DLLMQ_UNSAFE_EXEC=1") as e:
+        check_runnable(tasks, confirm_run_unsafe_code=True)
+    assert "\n" not in str(e.value)
+    check_runnable({"dllmq_qa": SimpleNamespace(UNSAFE_CODE=False)}, True)  # others unaffected

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..execution import SandboxUnavailable, check_sandbox
 from .local_data import DATA_DIR_ENV, DATA_DIR_KEY, LocalDataError, local_dataset, resolve_data_dir
 from .settings import (
     TaskSettings,
@@ -86,11 +87,17 @@ def check_runnable(tasks: dict, confirm_run_unsafe_code: bool, num_fewshot: int 
     """Before any model loads, for lm-eval's built tasks (`TaskManager.load(...)["tasks"]`):
     a task that executes model-written programs needs the confirmation (`unsafe_flag` names
     how the caller gives it), and `num_fewshot` must not exceed a task's few-shot documents
-    (lm-eval would fail, or a paper task ignore it). Raises ValueError with one line."""
+    (lm-eval would fail, or a paper task ignore it), and a task that executes programs needs
+    the OS sandbox (or its opt-out). Raises ValueError with one line."""
     for name, task in tasks.items():
-        if getattr(task, "UNSAFE_CODE", False) and not confirm_run_unsafe_code:
-            raise ValueError(f"task {name} executes model-written programs; give {unsafe_flag} "
-                             "to allow it")
+        if getattr(task, "UNSAFE_CODE", False):
+            if not confirm_run_unsafe_code:
+                raise ValueError(f"task {name} executes model-written programs; give "
+                                 f"{unsafe_flag} to allow it")
+            try:
+                check_sandbox()
+            except SandboxUnavailable as e:
+                raise ValueError(f"task {name}: {e}") from None
         if num_fewshot:
             docs = task.fewshot_docs()
             n = len(docs) if docs is not None else 0

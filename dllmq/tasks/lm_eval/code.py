@@ -4,8 +4,8 @@ lm-eval's humaneval/mbpp metrics load `evaluate`'s `code_eval`, which downloads 
 needs HF_ALLOW_CODE_EVAL. Here the program a metric builds is the same as code_eval's
 (`candidate + "\n" + test`, OpenAI human-eval `execution.py` / HF `code_eval`, with code_eval's
 3 s timeout), and it runs through dllmq's sandboxed subprocess executor
-(`dllmq.tasks.execution`: fresh interpreter in a temp dir, resource limits, an audit hook that
-refuses writes outside it, subprocesses and sockets; not a defence against an adversary).
+(`dllmq.tasks.execution`: Linux namespaces with a read-only minimal root, no capabilities,
+seccomp and resource limits; it refuses to run without isolation unless DLLMQ_UNSAFE_EXEC=1).
 """
 
 from __future__ import annotations
