@@ -38,7 +38,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
-from dllmq.kernels.accuracy import paired_accuracy, paired_summary
+from dllmq.deploy import paired_accuracy, paired_summary
 from dllmq.report import save_figure, set_style, write_table
 from dllmq.study import load_params, output_dirs, repo_path
 

@@ -1,4 +1,5 @@
-"""Accuracy of a real low-bit path against its fake-quant twin, paired on the same items.
+"""Accuracy of a real low-bit path against its fake-quant twin, paired on the same items
+(orchestration layer: it drives the lm-eval adapter over `dllmq.kernels.realize`d models).
 
 `paired_accuracy("tiny-llada-base", ("fp8-fake", "fp8"))` evaluates the model once per backend
 (`None` = the float model) on the same task items with the same seeds, through the lm-eval
@@ -14,22 +15,19 @@ import copy
 import math
 from collections.abc import Sequence
 
+import lm_eval
 import torch
 
-from dllmq.models import load, load_tokenizer
-
-from .realize import realize
+from .harness import DLLMEvalLM
+from .kernels import realize
+from .models import load, load_tokenizer
+from .sweep import Grid, TaskSpec, task_manager
 
 
 def paired_accuracy(model_name: str, backends: Sequence[str | None] = (None, "fp8-fake", "fp8"),
                     task: str = "dllmq_qa", limit: int = 100, mc_num: int = 4, seed: int = 0,
                     device: str = "cpu") -> dict[str | None, list[float]]:
     """{backend: per-item scores (task order)} for one model and one task."""
-    import lm_eval
-
-    from dllmq.harness import DLLMEvalLM
-    from dllmq.sweep import Grid, TaskSpec, task_manager
-
     base = load(model_name, device=device, dtype=torch.float32)
     tok = load_tokenizer(model_name)
     tm = task_manager(Grid(models=(model_name,), recipes=("fp16",), tasks=(TaskSpec(task),),
