@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PRESET ?= default
 PARAMS := params/$(PRESET).yaml
-NOTEBOOKS := 00_outliers 01_rq1_bitwidth 02_rq2_methods 03_rq3_tasks 04_rq4_models 05_beyond
+NOTEBOOKS := 00_outliers 01_rq1_bitwidth 02_rq2_methods 03_rq3_tasks 04_rq4_models 05_beyond 06_deploy
 BUILD := build/$(PRESET)
 STAMP := $(VENV)/.dllmq-installed
 
@@ -44,18 +44,24 @@ lint: $(STAMP)
 SRC := $(shell find dllmq -type f -not -path '*/__pycache__/*' 2>/dev/null) $(wildcard params/*.yaml)
 reproduce: $(STAMP) $(foreach nb,$(NOTEBOOKS),$(BUILD)/$(nb).ipynb)
 
+# One line when a notebook starts and one when it is done (with its time); papermill's bar
+# shows its cell progress in between.
 $(BUILD)/%.ipynb: notebooks/%.py $(SRC) $(STAMP)
 	@mkdir -p $(BUILD)
-	$(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/$*.src.ipynb $<
-	$(PY) -m papermill --no-progress-bar -k dllmq -p preset $(PRESET) \
-	    $(BUILD)/$*.src.ipynb $@.part --cwd notebooks
-	mv $@.part $@
-	rm -f $(BUILD)/$*.src.ipynb
+	@echo "notebook $* ($(PRESET)): running -> $@"
+	@$(VENV)/bin/jupytext --quiet --to ipynb --output $(BUILD)/$*.src.ipynb $<
+	@start=$$(date +%s); \
+	$(PY) -m papermill --progress-bar --log-level WARNING -k dllmq -p preset $(PRESET) \
+	    $(BUILD)/$*.src.ipynb $(BUILD)/$*.part.ipynb --cwd notebooks; \
+	mv $(BUILD)/$*.part.ipynb $@; rm -f $(BUILD)/$*.src.ipynb; \
+	echo "notebook $* ($(PRESET)): done in $$(( $$(date +%s) - start )) s"
 
 # 01 evaluates every LLaDA cell that 02 and 03 read; 04 adds Dream and judges the findings,
 # F0 from 00's outlier tables. Under `make -j` this gives 00 || 01, then 02 || 03 || 04.
 $(BUILD)/02_rq2_methods.ipynb $(BUILD)/03_rq3_tasks.ipynb: $(BUILD)/01_rq1_bitwidth.ipynb
 $(BUILD)/04_rq4_models.ipynb: $(BUILD)/00_outliers.ipynb $(BUILD)/01_rq1_bitwidth.ipynb
+# 06 reads the accuracy tables 01 and 04 write (and the committed tables/bench_kernels.csv).
+$(BUILD)/06_deploy.ipynb: $(BUILD)/01_rq1_bitwidth.ipynb $(BUILD)/04_rq4_models.ipynb
 
 smoke: $(STAMP)
 	$(MAKE) reproduce PRESET=smoke

@@ -45,7 +45,7 @@ ANCHORS = {
 
 # ---- shapes ---------------------------------------------------------------------------------
 def llada_8b() -> DLLMConfig:
-    """LLaDA-8B (Base/Instruct) shapes, /work/shared/paper/README.md 'Model facts'."""
+    """LLaDA-8B (Base/Instruct) shapes, as the config.json of GSAI-ML/LLaDA-8B-Base gives them."""
     return tiny_config(
         "llada", vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_layers=32,
         num_heads=32, num_kv_heads=32, max_position=4096, rope_theta=500000.0, rms_norm_eps=1e-5,

@@ -1,8 +1,9 @@
 """Where text comes from: the data-directory setting and the calibration sources.
 
-- `data_dir()`: the local directory of benchmark/calibration files for offline machines:
-  the `DLLMQ_DATA_DIR` environment variable, else `<repo>/../shared/data/benchmarks` when that
-  exists, else None (then the Hugging Face Hub is used, as lm-eval and the paper do).
+- `data_dir()`: the local directory of benchmark/calibration files for offline machines: the
+  `DLLMQ_DATA_DIR` environment variable (the same setting the paper tasks read), else None (then
+  the Hugging Face Hub is used, as lm-eval and the paper do). Nothing outside the package is
+  looked at unless that variable names it.
 - `calibration_text(source, ...)`: WikiText-2 (GPTQ, QuaRot, DuQuant, SmoothQuant in the paper),
   Pile-val (AWQ), or the embedded corpus (the shipped tiny models). No silent fallback: if the
   source is not available, the error says where to put the file.
@@ -16,7 +17,6 @@ import json
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("wikitext2", "pileval", "embedded")
 
 
@@ -25,15 +25,17 @@ class DataError(FileNotFoundError):
 
 
 def data_dir() -> Path | None:
-    env = os.environ.get("DLLMQ_DATA_DIR")
-    if env:
-        p = Path(env).expanduser()
-        if not p.is_dir():
-            raise DataError(f"DLLMQ_DATA_DIR={env} is not a directory; point it at the folder "
-                            "holding the benchmark files (see README)")
-        return p
-    sibling = REPO_ROOT.parent / "shared" / "data" / "benchmarks"
-    return sibling if sibling.is_dir() else None
+    """`$DLLMQ_DATA_DIR` (DataError, one line naming it, when it is not a directory), or None."""
+    from .tasks.lm_eval.local_data import DATA_DIR_ENV
+
+    env = os.environ.get(DATA_DIR_ENV)
+    if not env:
+        return None
+    p = Path(env).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{DATA_DIR_ENV}={env} is not a directory; point it at the folder "
+                        "holding the benchmark files (see README), or unset it to use the Hub")
+    return p
 
 
 def _local(name: str) -> Path | None:
@@ -73,8 +75,9 @@ def _embedded_text(seed: int, max_chars: int = 400_000) -> str:
     import random
 
     from .tasks.corpus import build_corpus
+    from .tasks.suite import shared_suite
 
-    docs = list(build_corpus().pretrain)
+    docs = list(build_corpus(suite=shared_suite()).pretrain)
     random.Random(seed).shuffle(docs)
     out, n = [], 0
     for d in docs:

@@ -16,19 +16,21 @@
   window's continuation scored by the same estimator. The estimator is an ELBO, a lower bound
   on log p in expectation, so the perplexity it gives is an upper bound on the model's own
   (LLaDA reports perplexity the same way). The official LLaDA harness does not implement it.
-- `generate_until`: `dllmq.sampling.generate` (LLaDA's or Dream's sampler, chosen from the
-  model's `model_type`), text cut at the first EOS/EoT token, then at the first stop sequence.
+- `generate_until`: `dllmq.sampling.generate` (LLaDA's or Dream's sampler, chosen by the
+  model's family, `arch_spec(model_type).family`), text cut at the first EOS/EoT token, then
+  at the first stop sequence.
 
 Settings are model args (`EvalSettings`). Per request, in rising precedence (`task_defaults`
-is the one place this merge happens): the defaults, the task's `generation_kwargs` (and
-lm-eval's `--gen_kwargs`), the defaults a shipped model brings for the task (its
-`dllmq_defaults.yaml`, `model_defaults`), the paper's per-task settings for the request's task
-(`dllmq.tasks.lm_eval.paper_task_settings`: mc_num 128 / MMLU 1, GSM8K 256/256/32, ...; for a
-Dream model every generation task gets the paper's Dream settings, 128 new tokens and top-p
-0.95; off with task_settings=False), and last the model args the user gave explicitly.
-`max_gen_toks` is `gen_length`; steps and block_length default to gen_length (the paper's
-general-task setting). A context longer than max_length is an error naming the task, unless
-`truncate=True` (then left-truncated, as lm-eval's HF model does). The chat template is applied only when lm-eval is told to
+is the one place the dllmq layers are merged): the defaults; the task's `generation_kwargs`
+(and lm-eval's `--gen_kwargs`); for a Dream model the paper's Dream generation settings (128
+new tokens, top-p 0.95); the defaults the model brings for the task (its `dllmq_defaults.yaml`,
+`model_defaults`); the paper's per-task settings of a paper task
+(`dllmq.tasks.lm_eval.paper_task_settings`: mc_num 128 / MMLU 1, GSM8K 256/256/32, ...; Dream:
+its generation settings again); and last the model args the user gave explicitly. The paper
+layers are off with task_settings=False. `max_gen_toks` is `gen_length`; steps and
+block_length default to gen_length (the paper's general-task setting). A context longer than
+max_length is an error naming the task, unless `truncate=True` (then left-truncated, as
+lm-eval's HF model does). The chat template is applied only when lm-eval is told to
 (`--apply_chat_template` / `simple_evaluate(apply_chat_template=True)`), never inferred from a
 task name (the authors' wrapper did that). Unknown model args raise with the valid ones.
 

@@ -218,7 +218,7 @@ def loglikelihood(model, requests: list[Request], mc_num: int, batch_size: int,
                           progress)
 
 
-# ---- lm-eval's is_greedy and loglikelihood_rolling ------------------------------------------
+# ---- lm-eval's is_greedy --------------------------------------------------------------------
 @torch.no_grad()
 def greedy_check(model, requests: list[Request], cfg_scale: float = 0.0) -> list[bool]:
     """Would greedy decoding (one most-confident token per step) produce the continuation?
@@ -243,30 +243,3 @@ def greedy_check(model, requests: list[Request], cfg_scale: float = 0.0) -> list
             seq[mask_index] = x0
         out.append(bool((seq[0, C:].cpu() == torch.tensor(cont)).all()))
     return out
-
-
-def loglikelihood_rolling(model, sequences: list[list[int]], mc_num: int, batch_size: int,
-                          generator: torch.Generator | None = None, *, window: int | None = None,
-                          **kwargs) -> list[float]:
-    """Whole-text ELBO for lm-eval's loglikelihood_rolling (perplexity tasks).
-
-    A masked diffusion model has no exact token-by-token likelihood; this sums the Monte Carlo
-    ELBO of consecutive chunks of `window` tokens (default: the model's context), each
-    conditioned on the tokens before it that still fit the context. In expectation it is a
-    LOWER BOUND on log p(text) (and differs from an autoregressive model's exact sum), so only
-    compare it between dLLMs evaluated the same way. kwargs go to `loglikelihood`."""
-    max_len = model.config.max_position
-    window = window or max_len
-    if not 0 < window <= max_len:
-        raise ValueError(f"window {window} must lie in 1..{max_len} (the model's context)")
-    requests, owner = [], []
-    for n, seq in enumerate(sequences):
-        for s in range(0, len(seq), window):
-            target = list(seq[s:s + window])
-            requests.append((list(seq[max(0, s + len(target) - max_len):s]), target))
-            owner.append(n)
-    values = loglikelihood(model, requests, mc_num, batch_size, generator=generator, **kwargs)
-    sums = [0.0] * len(sequences)
-    for n, v in zip(owner, values, strict=True):
-        sums[n] += v
-    return sums

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import LINEAR_KINDS, get_module
+from .models import LINEAR_KINDS, get_module, input_hooks
 from .models.model import DLLM
 
 MASSIVE_RATIO = 100.0
@@ -37,23 +37,19 @@ def capture_linear_inputs(
 ) -> dict[tuple[int, str], torch.Tensor]:
     """|input| of each chosen linear for one batch: {(layer, kind): (B, L, in_features) fp32}."""
     out: dict[tuple[int, str], torch.Tensor] = {}
-    handles = []
     n_layers = len(model.blocks)
+    mods: dict[tuple[int, str], nn.Module] = {}
     for layer in layers:
         if not 0 <= layer < n_layers:
             raise ValueError(f"layer {layer} out of range: the model has {n_layers} blocks (0..{n_layers - 1})")
         for kind in kinds:
-            mod: nn.Module = get_module(model.blocks[layer], model.spec.linear_name(kind))
+            mods[(layer, kind)] = get_module(model.blocks[layer], model.spec.linear_name(kind))
 
-            def hook(_m, args, _out, key=(layer, kind)):
-                out[key] = args[0].detach().abs().float().cpu()
+    def grab(key, _m, args):
+        out[key] = args[0].detach().abs().float().cpu()
 
-            handles.append(mod.register_forward_hook(hook))
-    try:
+    with input_hooks(mods, grab):
         model(input_ids.to(model.device), attention_mask=attention_mask)
-    finally:
-        for h in handles:
-            h.remove()
     return out
 
 

@@ -187,7 +187,8 @@ class Numbers:
             for model, recipe, cat in cells:
                 q = sum(means[tasks.index(t), index[(t, model, recipe)]] for t in self._tasks[cat])
                 f = sum(means[tasks.index(t), index[(t, model, FP_RECIPE)]] for t in self._tasks[cat])
-                out = out + 100 * (f - q) / f
+                with np.errstate(divide="ignore", invalid="ignore"):  # FP at 0: NaN, no relative drop
+                    out = out + 100 * (f - q) / f
             return out / len(cells)
         k = max(len(a) for a in arrays.values())
         padded = [a + [a[0]] * (k - len(a)) for a in (arrays[t] for t in tasks)]
@@ -201,11 +202,16 @@ class Numbers:
         return sorted(self._tasks)
 
 
-def relative_drops(df: pd.DataFrame, by: str = "task") -> pd.DataFrame:
+def relative_drops(df: pd.DataFrame, by: str = "task", within: Sequence[str] = ()) -> pd.DataFrame:
     """One row per quantized (model, recipe, task) of a tidy frame, or per (model, recipe,
     category) with by="category": its relative drop against the same model's FP in percent
     (positive = worse) with the paired se. Columns: model, category, task, recipe, label,
-    setting (bits, no group), method, drop, se, lo, hi (the ± 2 se interval)."""
+    setting (bits, no group), method, drop, se, lo, hi (the ± 2 se interval). `within` names
+    setting columns (e.g. ("steps",)): each value is compared with the FP cell of the same value."""
+    if within:
+        parts = [relative_drops(g, by).assign(**dict(zip(within, k if isinstance(k, tuple) else (k,), strict=True)))
+                 for k, g in df.groupby(list(within), sort=False)]
+        return pd.concat(parts, ignore_index=True)
     groups = dict(zip(df["task"], df[by] if by != "task" else df["task"], strict=True))
     cat_of = dict(zip(df["task"], df["category"], strict=True))
     n = Numbers(df, groups)
@@ -223,6 +229,21 @@ def relative_drops(df: pd.DataFrame, by: str = "task") -> pd.DataFrame:
                      "label": recipe_label(recipe), "setting": i.setting.split("g")[0],
                      "method": i.method, "drop": d[0], "se": d[1], "lo": lo, "hi": hi})
     return pd.DataFrame(rows)
+
+
+def rq1_panels(drops: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Figure RQ1's layout from `relative_drops(df, by="category")`: a `family` column
+    (weight-only / weight-act) for the rows and an x label "<setting>\n<model>" per point, so a
+    weight-only panel holds only W4A16/W3A16 positions and a weight-activation panel only
+    W8A8/W4A4; returns (frame, x order per category)."""
+    d = drops.copy()
+    info = d["recipe"].map(parse_recipe)
+    d["family"] = info.map(lambda i: "weight-only" if i.weight_only else "weight-act")
+    d["x"] = d["setting"] + "\n" + d["model"].map(model_slug).str.replace("tiny-", "", regex=False)
+    settings = ["W4A16", "W3A16", "W8A8", "W4A4"]
+    models = list(dict.fromkeys(d["model"]))
+    order = [f"{s}\n{model_slug(m).replace('tiny-', '')}" for s in settings for m in models]
+    return d, {c: order for c in d["category"].unique()}
 
 
 def rank_drops(df: pd.DataFrame, by: Sequence[str], label: str = "LLaDA pair") -> pd.DataFrame:
@@ -292,10 +313,12 @@ def _header(col: str) -> str:
     return col
 
 
-def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = "") -> str:
-    """Markdown with `value ± se` cells. Drops are printed as they are computed, positive =
-    worse, with the verdict rule's word (near-lossless / significant / undecided at 4 %)."""
-    key_cols = [c for c in ("model", "setting", "method") if c in table.columns]
+def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = "",
+                   keys: Sequence[str] = ("model", "setting", "method")) -> str:
+    """Markdown with the `keys` columns, then `value ± se` cells (a value column `c` takes its
+    se from `c_se`). Drops are printed as they are computed, positive = worse, with the verdict
+    rule's word (near-lossless / significant / undecided at 4 %)."""
+    key_cols = [c for c in keys if c in table.columns]
     header = [c.capitalize() for c in key_cols] + [_header(c) for c in value_cols]
     lines = ([f"**{title}**", ""] if title else []) + [
         "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -312,7 +335,8 @@ def table_markdown(table: pd.DataFrame, value_cols: Sequence[str], title: str = 
 
 
 def write_table(table: pd.DataFrame, value_cols: Sequence[str] | None, out: Path, title: str,
-                paper: pd.DataFrame | None = None, index: bool = False) -> None:
+                paper: pd.DataFrame | None = None, index: bool = False,
+                keys: Sequence[str] = ("model", "setting", "method")) -> None:
     """tables/<name>.csv + .md, each written atomically (a temporary file renamed into place).
     With value_cols, the Markdown shows `value ± se` cells (table_markdown); with None, the
     frame as it is (3 significant digits), under `title`. With `paper`, the paper's printed
@@ -322,11 +346,17 @@ def write_table(table: pd.DataFrame, value_cols: Sequence[str] | None, out: Path
     if value_cols is None:
         md = (f"{title}\n\n" if title else "") + table.to_markdown(index=index, floatfmt=".3g") + "\n"
     else:
-        md = table_markdown(table, value_cols, title)
+        md = table_markdown(table, value_cols, title, keys)
     if paper is not None:
         md += "\nThe paper's printed numbers (Lin, Xu et al. 2025), for comparison:\n\n"
         md += paper.to_markdown(index=False) + "\n"
     _atomic_write(out.with_suffix(".md"), md)
+
+
+def write_text(path: Path, text: str) -> None:
+    """A text output (e.g. tables/findings.md) written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, text)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -409,9 +439,10 @@ def combine(checks: Iterable[Check], majority: bool = False) -> str:
 
 
 def plot_accuracy(df: pd.DataFrame, x_order: Sequence[str], hue: str, col: str, row: str | None = None,
-                  x: str = "setting", ylabel: str = "accuracy (%)"):
-    """Points with +-1 se error bars: x = setting, one line per `hue`, one panel per `col` (and
-    `row`). df columns: x, hue, col, [row], value (%), se (%)."""
+                  x: str = "setting", ylabel: str = "accuracy (%)", connect: bool = True):
+    """Points with +-1 se error bars: x = setting, one line per `hue` (connect=False: points
+    only, for categorical x), one panel per `col` (and `row`). df columns: x, hue, col, [row],
+    value (%), se (%)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -434,7 +465,7 @@ def plot_accuracy(df: pd.DataFrame, x_order: Sequence[str], hue: str, col: str, 
                 d["_x"] = d[x].map(pos) + (k - (len(hues) - 1) / 2) * 0.06
                 d = d.sort_values("_x")
                 ax.errorbar(d["_x"], d["value"], yerr=d["se"], marker="o", ms=4, capsize=2,
-                            lw=1.2, color=palette[h], label=h)
+                            lw=1.2 if connect else 0, elinewidth=1.2, color=palette[h], label=h)
             ax.set_xticks(range(len(x_order)), x_order)
             ax.set_title(f"{rv} · {cv}" if row else str(cv), fontsize=9)
             ax.set_ylabel(ylabel if j == 0 else "")
@@ -449,4 +480,66 @@ def plot_accuracy(df: pd.DataFrame, x_order: Sequence[str], hue: str, col: str, 
     fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6),
                bbox_to_anchor=(0.5, 1.02), frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.94))
+    return fig
+
+
+def plot_drops(df: pd.DataFrame, x: str, hue: str, col: str, row: str | None = None,
+               x_orders: Mapping[str, Sequence[str]] | None = None, threshold: float = 4.0,
+               ylabel: str = "drop vs FP (%, + = worse)", panel_width: float = 2.4,
+               panel_height: float = 2.2):
+    """Relative drops against FP with their paired intervals (drop ± 2 se, `lo`/`hi` columns of
+    `relative_drops`): points only (x is categorical, so no lines join them), hues dodged side
+    by side, one panel per `col` (and `row`), every panel on the same y range, a line at 0 and a
+    dashed line at the near-lossless threshold. Each panel shows only the x values it has data
+    for, in the order `x_orders[col value]` (or of first appearance)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    cols = list(dict.fromkeys(df[col]))
+    rows = list(dict.fromkeys(df[row])) if row else [None]
+    hues = list(dict.fromkeys(df[hue]))
+    df = df[np.isfinite(df["lo"].astype(float)) & np.isfinite(df["hi"].astype(float))]  # FP at 0: no relative drop
+    palette = dict(zip(hues, sns.color_palette("colorblind", len(hues)), strict=False))
+    widths = [max(1, max(df[(df[col] == c) & ((df[row] == r) if row else True)][x].nunique() for r in rows))
+              for c in cols]
+    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False, sharey=True,
+                             figsize=(panel_width * len(cols) + 0.8,
+                                      panel_height * len(rows) + 0.6),
+                             gridspec_kw={"width_ratios": widths})
+    lo, hi = (float(df["lo"].min()), float(df["hi"].max())) if len(df) else (0.0, threshold)
+    pad = 0.05 * (max(hi, threshold) - min(lo, 0.0))
+    for i, rv in enumerate(rows):
+        for j, cv in enumerate(cols):
+            ax = axes[i][j]
+            sub = df[(df[col] == cv) & ((df[row] == rv) if row else True)]
+            order = [v for v in (x_orders or {}).get(cv, dict.fromkeys(df[df[col] == cv][x]))
+                     if v in set(sub[x])]  # only this panel's x values: no empty slots
+            pos = {v: k for k, v in enumerate(order)}
+            here = [h for h in hues if h in set(sub[hue])]  # dodge among this panel's hues only
+            dodge = 0.7 / max(1, len(here))
+            for k, h in enumerate(here):
+                d = sub[(sub[hue] == h) & sub[x].isin(pos)]
+                if d.empty:
+                    continue
+                xs = d[x].map(pos) + (k - (len(here) - 1) / 2) * dodge
+                ax.errorbar(xs, d["drop"], yerr=[d["drop"] - d["lo"], d["hi"] - d["drop"]], fmt="o",
+                            ms=4, capsize=2, elinewidth=1.1, color=palette[h], label=str(h))
+            ax.axhline(0, color="0.3", lw=0.8)
+            ax.axhline(threshold, color="0.3", lw=0.8, ls="--")
+            ax.set_xticks(range(len(order)), order, fontsize=8)
+            ax.set_xlim(-0.6, len(order) - 0.4)
+            ax.set_ylim(min(lo, 0.0) - pad, max(hi, threshold) + pad)
+            ax.set_title(f"{rv} · {cv}" if row else str(cv), fontsize=9)
+            ax.set_ylabel(ylabel if j == 0 else "")
+            ax.grid(axis="x", visible=False)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for hh, ll in zip(*ax.get_legend_handles_labels(), strict=True):
+            if ll not in labels:
+                handles.append(hh)
+                labels.append(ll)
+    if labels:
+        fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 6),
+                   bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig

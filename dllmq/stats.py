@@ -19,6 +19,12 @@ tasks) is the mean of the tasks' accuracies; its drop's standard error comes fro
 bootstrap that resamples each task's items with the same indices for both cells
 (`paired_bootstrap`), and for one task both agree (tests/test_stats.py).
 
+**Resolution floor.** With n items no change smaller than one item (1/n of the scale) can be
+resolved, yet the sample formulas give a standard error of 0 when no item differs (identical
+answers, or a cell that scores 0 everywhere). The standard error of a drop or of a difference
+is therefore never taken below one item's worth: 100 / (n F) points of relative drop, 1 / n of
+a difference (`paired_diff` itself stays the plain formula).
+
 **Verdicts.** An interval is `value ± Z * se` with Z = 2 (about a 95 % two-sided interval).
 "value < threshold" holds when the interval's upper bound is below the threshold and fails when
 its lower bound is above it; otherwise the data cannot tell (within noise). So "near-lossless"
@@ -87,7 +93,8 @@ def rel_drop(q, fp) -> tuple[float, float]:
     if big_f <= 0:
         return math.nan, math.nan
     t = drop_terms(q, fp)
-    return float(100.0 * (big_f - q.mean()) / big_f), float(t.std(ddof=1) / math.sqrt(len(t)))
+    se = max(float(t.std(ddof=1) / math.sqrt(len(t))), 100.0 / (len(t) * big_f))
+    return float(100.0 * (big_f - q.mean()) / big_f), se
 
 
 def drop_diff(q1, fp1, q2, fp2) -> tuple[float, float]:
@@ -96,7 +103,8 @@ def drop_diff(q1, fp1, q2, fp2) -> tuple[float, float]:
     d1, _ = rel_drop(q1, fp1)
     d2, _ = rel_drop(q2, fp2)
     t = drop_terms(q1, fp1) - drop_terms(q2, fp2)
-    return d1 - d2, float(t.std(ddof=1) / math.sqrt(len(t)))
+    floor = 100.0 / (len(t) * min(np.mean(fp1), np.mean(fp2)))
+    return d1 - d2, max(float(t.std(ddof=1) / math.sqrt(len(t))), floor)
 
 
 def independent_diff(x: tuple[float, float], y: tuple[float, float]) -> tuple[float, float]:
@@ -149,13 +157,17 @@ def category_drop(tasks: Sequence[tuple[np.ndarray, np.ndarray]], n_boot: int = 
     if len(tasks) == 1:
         return rel_drop(*tasks[0])
     est, se, _lo, _hi = paired_bootstrap(tasks, _avg_drop, n_boot, seed)
-    return est, se
+    f = np.mean([np.mean(b) for _a, b in tasks])
+    return est, max(se, 100.0 / (sum(len(a) for a, _b in tasks) * f)) if f > 0 else se
 
 
 def category_diff(tasks: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float]:
     """mean over tasks of mean(a - b) with its paired se (tasks have different items, so their
     variances add)."""
-    parts = [paired_diff(a, b) for a, b in tasks]
+    parts = []
+    for a, b in tasks:
+        m, se = paired_diff(a, b)
+        parts.append((m, max(se, 1.0 / len(a))))  # the resolution floor: one item's worth
     t = len(parts)
     return sum(p[0] for p in parts) / t, math.sqrt(sum(p[1] ** 2 for p in parts)) / t
 

@@ -39,10 +39,30 @@ def load_params(preset: str, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
     return {**load_params(base, (*_seen, preset)), **params}
 
 
-def output_dirs(out_dir: str) -> tuple[Path, Path]:
-    """(figures/, tables/) under out_dir, created."""
-    root = repo_path(out_dir)
-    figs, tabs = root / "figures", root / "tables"
+def setup_notebook() -> None:
+    """What every notebook does first: the figure style, and known noise silenced (tqdm's
+    "IProgress not found" warning where ipywidgets is missing, lm-eval's per-task info lines
+    such as "Custom kwargs can be passed", transformers' advisory warnings)."""
+    import warnings
+
+    from tqdm import TqdmExperimentalWarning, TqdmWarning
+
+    from .report import set_style
+
+    set_style()
+    warnings.filterwarnings("ignore", category=TqdmWarning)
+    warnings.filterwarnings("ignore", category=TqdmExperimentalWarning)
+    for name in ("lm_eval", "lm-eval", "transformers", "datasets"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def output_dirs(params: dict[str, Any] | str) -> tuple[Path, Path]:
+    """(figures/, tables/) of a preset, created: params' `figures_dir` and `tables_dir` if set,
+    else figures/ and tables/ under its `out_dir` (a bare string is taken as the out_dir)."""
+    p = {"out_dir": params} if isinstance(params, str) else params
+    root = repo_path(p["out_dir"])
+    figs = repo_path(p["figures_dir"]) if p.get("figures_dir") else root / "figures"
+    tabs = repo_path(p["tables_dir"]) if p.get("tables_dir") else root / "tables"
     figs.mkdir(parents=True, exist_ok=True)
     tabs.mkdir(parents=True, exist_ok=True)
     return figs, tabs
@@ -60,9 +80,6 @@ def task_specs(params: dict[str, Any], categories) -> list[dict[str, Any]]:
 
 def category_of(params: dict[str, Any]) -> dict[str, str]:
     return {t["task"]: cat for cat, ts in params["tasks"].items() for t in ts}
-
-
-LLADA_ONLY_SETTINGS = ("block_length", "remasking", "cfg_scale")
 
 
 def _model_type(name: str) -> str:
@@ -83,6 +100,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     without LLaDA's sampler-only keys (block_length, remasking, cfg_scale)."""
     import pandas as pd
 
+    from .harness import foreign_settings
+    from .models import arch_spec
     from .store import Store
     from .sweep import parse_grid, run_sweep
 
@@ -91,7 +110,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     rows = []
     for role in roles:
         name = params["models"][role]
-        dream = _model_type(name) == "Dream"
+        dream = arch_spec(_model_type(name)).family == "dream"
         chat_cats = set(params.get("chat_template", {}).get(role, []))
         # one sweep per role with the chat template as a per-task setting, so each recipe is
         # quantized once for all of the role's tasks
@@ -100,7 +119,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             for t in task_specs(params, [cat]):
                 t["settings"]["apply_chat_template"] = cat in chat_cats
                 if dream:
-                    t["settings"] = {k: v for k, v in t["settings"].items() if k not in LLADA_ONLY_SETTINGS}
+                    t["settings"] = {k: v for k, v in t["settings"].items()
+                                     if k not in foreign_settings("dream")}
                 tasks.append(t)
         grid = parse_grid({
             "models": [name], "recipes": list(recipes), "tasks": tasks,
@@ -127,11 +147,16 @@ def result_rows(store, results, role: str, cat_of: dict[str, str], metric_of: di
     for r in results:
         picked = metric_key(r.metrics, metric_of[r.cell.task], r.cell.task)
         m = r.metrics[picked]
+        scores = item_scores(store.samples(r.cell), picked, r.cell)
+        mean = sum(scores.values()) / len(scores)
+        if abs(mean - m["value"]) > 1e-6:  # the per-item records are not what the metric averaged
+            raise ValueError(f"cell {r.cell}: the mean of its {len(scores)} per-item {picked} scores is "
+                             f"{mean:.6f}, the stored metric {m['value']:.6f}; the samples do not belong "
+                             "to this metric (delete the cell and evaluate it again)")
         rows.append({"model": r.cell.model, "role": role, "recipe": r.cell.recipe, "task": r.cell.task,
                      "category": cat_of[r.cell.task], "metric": picked, "seed": r.cell.seed,
                      **{k: r.cell.settings.get(k) for k in (axes or {})},
-                     "value": m["value"], "stderr": m["stderr"] or 0.0,
-                     "scores": item_scores(store.samples(r.cell), picked, r.cell)})
+                     "value": m["value"], "stderr": m["stderr"] or 0.0, "scores": scores})
     return rows
 
 
@@ -252,15 +277,111 @@ def write_paper_table(name: str, df, params: dict[str, Any], tab_dir: Path, with
 
 
 def write_pivot(df, columns: str, out: Path, caption: str):
-    """Accuracy (%) with recipe labels as rows and `columns` as columns, each value ± its
-    standard error, to out.csv and out.md (report.write_table); returns the pivot."""
+    """Accuracy (%) with recipe labels as rows and one column per value of `columns` (plus its
+    `_se` column), to out.csv and out.md (report.write_table, `value ± se` cells); returns the
+    pivot of values."""
+    from .report import write_table
+
+    pivot = df.pivot_table(index="label", columns=columns, values="value", sort=False)
+    se = df.pivot_table(index="label", columns=columns, values="se", sort=False)
+    cols = [str(c) for c in pivot.columns]
+    table = pivot.set_axis(cols, axis=1).join(se.set_axis([f"{c}_se" for c in cols], axis=1)).reset_index()
+    write_table(table, cols, out, caption + " (± standard error over items)", keys=("label",))
+    return pivot.round(1)
+
+
+def packed_sizes(model_name: str, recipes, calib: dict[str, Any], device: str, seed: int = 0):
+    """Bytes on disk of a model's saved weights, unquantized and under each recipe (packed
+    low-bit layout, `quant.export.save_quantized`); one row per recipe: recipe (the FP row named
+    by the dtype it is saved in, e.g. "FP (float32)"), MB, and the ratio to the FP row."""
+    import tempfile
+
     import pandas as pd
 
-    from .report import fmt, write_table
+    from . import load, load_tokenizer, save_pretrained
+    from .data import calibration_set
+    from .quant import quantize_
+    from .quant.export import save_quantized
+    from .report import FP_RECIPE
 
-    pivot = df.pivot_table(index="label", columns=columns, values="value", sort=False).round(1)
-    se = df.pivot_table(index="label", columns=columns, values="se", sort=False)
-    shown = pd.DataFrame({c: [fmt(v, e) for v, e in zip(pivot[c], se[c], strict=True)] for c in pivot.columns},
-                         index=pivot.index)
-    write_table(shown, None, out, caption + " (± standard error over items)", index=True)
-    return pivot
+    tok = load_tokenizer(model_name)
+    batches = calibration_set(tok, calib["source"], calib["samples"], calib["seqlen"], seed=seed)
+    rows = []
+    for recipe in recipes:
+        model = load(model_name, device=device)
+        with tempfile.TemporaryDirectory() as d:
+            if recipe == FP_RECIPE:
+                dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+                save_pretrained(model, d)
+                label = f"FP ({dtype})"
+            else:
+                quantize_(model, recipe, batches, progress=False)
+                save_quantized(model, d)
+                label = recipe
+            size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
+        rows.append({"recipe": label, "MB": size / 1e6})
+        del model
+    out = pd.DataFrame(rows)
+    out["vs FP"] = out["MB"] / out["MB"].iloc[0]
+    return out
+
+
+def outlier_stats(params: dict[str, Any]):
+    """Notebook 00's measurement: for each of params' `outlier_models`, the activation
+    statistics of every linear input at `outlier_layers` (`outliers.stats_table`) on clean text
+    and, for a masked-diffusion model, on text with `outlier_mask_ratio` of its tokens masked;
+    plus the last layer's q/o/gate/down inputs of one sequence for Figure 1.
+    Returns (frame: model, role, input, then stats_table's columns; {model: captured inputs})."""
+    import pandas as pd
+    import torch
+
+    from . import load, load_tokenizer
+    from .data import calibration_set
+    from .outliers import capture_linear_inputs, mask_tokens, stats_table
+
+    rows, acts = [], {}
+    seed = params["seed"]
+    for role in params["outlier_models"]:
+        name = params["models"][role]
+        model = load(name, device=params["device"])
+        tok = load_tokenizer(name)
+        ids = calibration_set(tok, params["calib_source"], params["outlier_samples"], params["outlier_seqlen"],
+                              seed=seed, split=params["calib_split"]).input_ids
+        layers = [i for i in params["outlier_layers"] if i < len(model.blocks)]
+        inputs = {"clean": ids}
+        if not model.config.causal:  # an AR model never sees mask tokens
+            ratio = params["outlier_mask_ratio"]
+            g = torch.Generator().manual_seed(seed)
+            inputs[f"masked {ratio:.0%}"] = mask_tokens(ids, ratio, model.config.mask_token_id, g)
+        for kind, x in inputs.items():
+            rows += [{"model": name, "role": role, "input": kind, **r} for r in stats_table(model, [x], layers)]
+        acts[name] = capture_linear_inputs(model, ids[:1], [layers[-1]], ("q", "o", "gate", "down"))
+        del model
+    out = pd.DataFrame(rows)
+    out["top_channels"] = out["top_channels"].map(lambda c: " ".join(map(str, c)))
+    return out, acts
+
+
+def calibration_spread(params: dict[str, Any], progress: bool = False):
+    """params' `calib_seeds` block (role, recipes, seeds, optional categories): each recipe
+    quantized once per calibration seed and evaluated; returns (drops: one row per seed x
+    recipe x category, `report.relative_drops` columns + calib_seed; summary: per recipe x
+    category the mean drop over seeds, the sd of the drops over seeds (calibration spread), the
+    median paired se over items (item spread) and their ratio)."""
+    import pandas as pd
+
+    from .report import relative_drops
+
+    cs = params["calib_seeds"]
+    cats = tuple(cs.get("categories", ("qa", "math", "code")))
+    parts = []
+    for seed in cs["seeds"]:
+        p = {**params, "calib": {**params["calib"], "seed": int(seed)}}
+        df = run_study(p, [cs["role"]], ["fp16", *cs["recipes"]], categories=cats, progress=progress)
+        parts.append(relative_drops(df, by="category").assign(calib_seed=int(seed)))
+    drops = pd.concat(parts, ignore_index=True)
+    g = drops.groupby(["label", "category"], sort=False)
+    summary = g.agg(seeds=("drop", "size"), mean_drop=("drop", "mean"), calib_sd=("drop", "std"),
+                    item_se=("se", "median")).reset_index()
+    summary["calib_sd / item_se"] = summary["calib_sd"] / summary["item_se"]
+    return drops, summary

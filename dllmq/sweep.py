@@ -68,6 +68,7 @@ from .harness import (
     check_calibration_override,
     check_sampler,
     sampler_config,
+    task_defaults,
 )
 from .store import Cell, Result, Store
 from .tasks.lm_eval import UnknownTaskError, check_task_names
@@ -259,16 +260,6 @@ def _data_files(cfg: Mapping[str, Any]) -> list[Path]:
     return [Path(p).expanduser() for p in out if isinstance(p, str) and "://" not in p]
 
 
-def _paper_settings(task: str, model_type: str = "llada") -> dict[str, Any]:
-    """The paper's per-task model settings DLLMEvalLM applies to this task ({} if none)."""
-    from .tasks.lm_eval import UnknownTaskError, paper_task_settings
-
-    try:
-        return paper_task_settings(task).model_settings(model_type)
-    except UnknownTaskError:
-        return {}
-
-
 def _gen_length(cfg: Mapping[str, Any], settings: Mapping[str, Any]) -> int | None:
     """Tokens a generation task generates (None for likelihood tasks); settings include the
     paper's per-task ones under the cell's."""
@@ -295,6 +286,7 @@ def validate(grid: Grid, tm=None) -> Checked:
     """Check the grid against tasks, recipes, models and data; raise GridError (one line).
     Returns the model configs and loaded tasks it read."""
     from .models.io import LoadError, read_config, resolve, shipped_models
+    from .tasks.lm_eval import check_runnable
 
     for r in grid.recipes:
         if r == NO_QUANT:
@@ -332,9 +324,15 @@ def validate(grid: Grid, tm=None) -> Checked:
         except Exception as e:  # missing local file, offline Hub, broken YAML: one line each
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             raise GridError(f"task {name}: cannot be loaded ({type(e).__name__}: {first})") from None
+    for cell in grid.cells():  # code tasks confirmed, shots that exist: before any model loads
+        try:
+            check_runnable(loaded[cell.task]["tasks"], grid.confirm_run_unsafe_code,
+                           cell.settings.get("num_fewshot"), "`confirm_run_unsafe_code: true`")
+        except ValueError as e:
+            raise GridError(str(e)) from None
     for cell in grid.cells():
         model_type = configs[cell.model].model_type if cell.model in configs else "llada"
-        s = {**_paper_settings(cell.task, model_type), **cell.settings}  # as DLLMEvalLM merges them
+        s = {**task_defaults(model_type, cell.task), **cell.settings}  # as DLLMEvalLM merges them
         model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
         try:
             es = EvalSettings(**model_s)
@@ -447,18 +445,19 @@ class SweepReport:
     seconds: float = 0.0
 
     def table(self, max_rows: int = 40) -> str:
-        """Model/recipe rows x task columns, the first metric of each task, mean over seeds
-        and settings; one screen."""
+        """Model/recipe rows x task columns, the first metric of each task as mean ± error
+        over seeds and settings (the error: the root mean square of the cells' stderrs, the
+        typical one cell's; none when lm-eval gave none); one screen."""
         cols: dict[str, str] = {}
-        vals: dict[tuple[str, str], dict[str, list[float]]] = {}
+        vals: dict[tuple[str, str], dict[str, list[tuple[float, float | None]]]] = {}
         for r in self.done:
             metric = next(iter(r.metrics))
             cols.setdefault(r.cell.task, metric.removesuffix(",none"))
             vals.setdefault((r.cell.model, r.cell.recipe), {}).setdefault(r.cell.task, []).append(
-                r.metrics[metric]["value"])
+                (r.metrics[metric]["value"], r.metrics[metric].get("stderr")))
         tasks = list(cols)
         head = ["model", "recipe", *[f"{t} ({cols[t]})" for t in tasks]]
-        rows = [[m, rc, *[(f"{sum(v) / len(v):.4g}" if (v := d.get(t)) else "-") for t in tasks]]
+        rows = [[m, rc, *[_mean_pm(d[t]) if t in d else "-" for t in tasks]]
                 for (m, rc), d in list(vals.items())[:max_rows]]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *rows, strict=True)]
         lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True))
@@ -467,6 +466,15 @@ class SweepReport:
         lines.append(f"{len(self.done)} cells: {self.ran} run now, {self.skipped} already stored; "
                      f"{self.seconds:.0f} s")
         return "\n".join(lines)
+
+
+def _mean_pm(pairs: list[tuple[float, float | None]]) -> str:
+    """'0.7 ± 0.153' (mean value ± root mean square stderr), or the mean alone without stderrs."""
+    mean = sum(v for v, _ in pairs) / len(pairs)
+    errs = [e for _, e in pairs if e is not None]
+    if len(errs) < len(pairs):
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {(sum(e * e for e in errs) / len(errs)) ** 0.5:.2g}"
 
 
 def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False

@@ -30,50 +30,25 @@
 preset = "default"  # params/<preset>.yaml supplies everything else
 
 # %%
-import matplotlib
+import warnings
 
-matplotlib.use("Agg")
-import dllmq
-import matplotlib.pyplot as plt
-import pandas as pd
-import torch
-from dllmq.data import calibration_set
-from dllmq.outliers import capture_linear_inputs, mask_tokens, plot_activation_grid, stats_table
-from dllmq.report import model_slug, save_figure, set_style
-from dllmq.study import load_params, output_dirs
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
+from dllmq.outliers import plot_activation_grid
+from dllmq.report import model_slug, save_figure, write_table
+from dllmq.study import load_params, outlier_stats, output_dirs, setup_notebook
 
 P = load_params(preset)
-models, device, seed = P["models"], P["device"], P["seed"]
-set_style()
-fig_dir, tab_dir = output_dirs(P["out_dir"])
+setup_notebook()
+fig_dir, tab_dir = output_dirs(P)
 
 # %% [markdown]
 # ## Statistics per linear input, clean and partially masked text
 
 # %%
-rows, acts_for_plot = [], {}
-for role in P["outlier_models"]:
-    name = models[role]
-    model = dllmq.load(name, device=device)
-    tok = dllmq.load_tokenizer(name)
-    ids = calibration_set(tok, P["calib_source"], P["outlier_samples"], P["outlier_seqlen"],
-                          seed=seed, split=P["calib_split"]).input_ids
-    layers = [l for l in P["outlier_layers"] if l < len(model.blocks)]
-    inputs = {"clean": ids}
-    if not model.config.causal:  # an AR model never sees mask tokens
-        g = torch.Generator().manual_seed(seed)
-        ratio = P["outlier_mask_ratio"]
-        inputs[f"masked {ratio:.0%}"] = mask_tokens(ids, ratio, model.config.mask_token_id, g)
-    for input_kind, x in inputs.items():
-        for r in stats_table(model, [x], layers):
-            rows.append({"model": name, "role": role, "input": input_kind, **r})
-    acts_for_plot[name] = capture_linear_inputs(model, ids[:1], [layers[-1]], ("q", "o", "gate", "down"))
-    del model
-
-stats = pd.DataFrame(rows)
-stats["top_channels"] = stats["top_channels"].map(lambda c: " ".join(map(str, c)))
-stats.to_csv(tab_dir / "outliers_stats.csv", index=False, float_format="%.4g")
-(tab_dir / "outliers_stats.md").write_text(stats.to_markdown(index=False, floatfmt=".3g") + "\n")
+stats, acts_for_plot = outlier_stats(P)
+write_table(stats, None, tab_dir / "outliers_stats", "")
 stats.pivot_table(index=["model", "input"], columns="kind", values="peak_to_median", aggfunc="max").round(1)
 
 # %% [markdown]
@@ -97,6 +72,5 @@ for name, acts in acts_for_plot.items():
 # %%
 down = stats[(stats.kind == "down") & (stats.input == "clean")]
 spread = down.groupby(["model", "role"], as_index=False)[["massive_token_spread", "n_massive", "peak_to_median"]].mean()
-spread.to_csv(tab_dir / "outliers_spread.csv", index=False, float_format="%.4g")
-(tab_dir / "outliers_spread.md").write_text(spread.to_markdown(index=False, floatfmt=".3g") + "\n")
+write_table(spread, None, tab_dir / "outliers_spread", "")
 spread

@@ -27,17 +27,17 @@
 preset = "default"  # params/<preset>.yaml supplies everything else (papermill -f)
 
 # %%
-import matplotlib
+import warnings
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import pandas as pd
-from dllmq.report import parse_recipe, plot_accuracy, save_figure, set_style
-from dllmq.study import load_params, output_dirs, run_study, write_paper_table
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
+from dllmq.report import plot_drops, relative_drops, rq1_panels, save_figure
+from dllmq.study import load_params, output_dirs, run_study, setup_notebook, write_paper_table
 
 P = load_params(preset)
-set_style()
-fig_dir, tab_dir = output_dirs(P["out_dir"])
+setup_notebook()
+fig_dir, tab_dir = output_dirs(P)
 
 # %%
 roles = ["llada_base", "llada_instruct"]
@@ -47,6 +47,9 @@ df.pivot_table(index=["model", "recipe"], columns="task", values="value", sort=F
 
 # %% [markdown]
 # ## The paper's Tables 1-4, recomputed
+# Accuracy ± standard error over items; drop against FP ± its paired standard error
+# (positive = worse), with "near-lossless" / "significant" only where the ± 2 se interval
+# lies wholly below / above 4 %.
 
 # %%
 for name in ("table1_weight_only_general", "table2_weight_act_general",
@@ -55,22 +58,12 @@ for name in ("table1_weight_only_general", "table2_weight_act_general",
     print((tab_dir / f"{name}.md").read_text())
 
 # %% [markdown]
-# ## Accuracy against bit-width, per method and category
+# ## Drop against FP by bit-width, per method and category
+# Rows: weight-only and weight-activation settings (each panel shows only its own settings);
+# x: setting and model; bars: the paired ± 2 se interval. Dashed: the 4 % threshold.
 
 # %%
-info = df["recipe"].map(parse_recipe)
-cat = (df.assign(setting=info.map(lambda i: i.setting.split("g")[0]), method=info.map(lambda i: i.method),
-                 family=info.map(lambda i: "weight-only" if i.weight_only else "weight-act" if i.wbits < 16 else "FP"),
-                 value=100 * df["value"], se=100 * df["stderr"]))
-fp = cat[cat.family == "FP"]
-plots = []
-for fam in ("weight-only", "weight-act"):
-    sub = cat[cat.family == fam]
-    for m in sub.method.unique():  # each method's line starts at the model's FP point
-        plots.append(pd.concat([sub[sub.method == m], fp.assign(method=m)]).assign(family=fam))
-curves = pd.concat(plots)
-curves["panel"] = curves["family"] + " · " + curves["category"]
-order = ["FP", "W4A16", "W3A16", "W8A8", "W4A4"]
-fig = plot_accuracy(curves, order, hue="method", col="panel", row="model")
+panels, x_orders = rq1_panels(relative_drops(df, by="category"))
+fig = plot_drops(panels, x="x", hue="method", col="category", row="family", x_orders=x_orders)
 save_figure(fig, fig_dir / "fig_rq1_bitwidth")
 plt.show()

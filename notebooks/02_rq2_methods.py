@@ -17,48 +17,40 @@
 # 3-bit code? Weight-activation: do the rotation methods (QuaRot, DuQuant) beat SmoothQuant,
 # does SmoothQuant collapse at W4A4, and does DuQuant beat QuaRot?
 #
-# **Writes** `figures/fig_rq2_methods.{png,pdf}` (accuracy relative to FP per method, setting
-# and category) and `tables/rq2_method_ranking.{csv,md}` (mean relative drop per method and
+# **Writes** `figures/fig_rq2_methods.{png,pdf}` (drop against FP per method, setting
+# and category, with paired intervals) and `tables/rq2_method_ranking.{csv,md}` (mean relative drop per method and
 # setting, with its standard error). Reads the cells notebook 01 evaluated.
 
 # %% tags=["parameters"]
 preset = "default"  # params/<preset>.yaml supplies everything else (papermill -f)
 
 # %%
-import matplotlib
+import warnings
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import pandas as pd
-from dllmq.report import plot_accuracy, save_figure, set_style
-from dllmq.study import load_params, output_dirs, run_study
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
+from dllmq.report import plot_drops, rank_drops, relative_drops, save_figure, write_table
+from dllmq.study import load_params, output_dirs, run_study, setup_notebook
 
 P = load_params(preset)
-set_style()
-fig_dir, tab_dir = output_dirs(P["out_dir"])
+setup_notebook()
+fig_dir, tab_dir = output_dirs(P)
 
 # %%
-from dllmq.report import mean_se, write_table  # noqa: E402
-from dllmq.study import relative_drops  # noqa: E402
-
 roles = ["llada_base", "llada_instruct"]
 df = run_study(P, roles, ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]], progress=False)
 
 # %%
-rel = relative_drops(df).assign(value=lambda d: 100 - d["drop"])
-rel["panel"] = rel["setting"]
-fig = plot_accuracy(rel.rename(columns={"category": "cat"}), ["qa", "math", "code"], hue="method",
-                    col="panel", row="model", x="cat", ylabel="accuracy, % of FP")
+drops = relative_drops(df, by="category")
+fig = plot_drops(drops, x="category", hue="method", col="setting", row="model",
+                 x_orders={s: ["qa", "math", "code"] for s in drops["setting"].unique()})
 save_figure(fig, fig_dir / "fig_rq2_methods")
 plt.show()
 
 # %%
-rank = []
-for (setting, method), g in rel.groupby(["setting", "method"], sort=False):
-    m, se = mean_se(list(100 - g["value"]), list(g["se"]))
-    rank.append({"model": "LLaDA pair", "setting": setting, "method": method,
-                 "mean_drop_pct": m, "mean_drop_pct_se": se})
-rank = pd.DataFrame(rank).sort_values(["setting", "mean_drop_pct"])
+rank = rank_drops(df, ("setting", "method")).sort_values(["setting", "mean_drop_pct"], kind="stable")
 write_table(rank, ["mean_drop_pct"], tab_dir / "rq2_method_ranking",
-            "Mean relative drop (%) over models and categories, per method (lower is better)")
+            "Mean relative drop (%) over models and categories, per method: positive = worse, "
+            "so smaller is better (± paired bootstrap se)")
 rank

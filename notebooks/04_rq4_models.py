@@ -27,25 +27,28 @@
 preset = "default"  # params/<preset>.yaml supplies everything else (papermill -f)
 
 # %%
-import matplotlib
+import warnings
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
+
+import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd
-from dllmq.report import plot_accuracy, save_figure, set_style
-from dllmq.study import load_params, output_dirs, run_study, write_paper_table
-
-P = load_params(preset)
-set_style()
-fig_dir, tab_dir = output_dirs(P["out_dir"])
-
-# %%
-from dllmq.findings import findings_markdown, judge  # noqa: E402
+from dllmq.findings import findings_markdown, judge
+from dllmq.report import plot_drops, relative_drops, save_figure, write_text
 from dllmq.study import (
-    category_of,  # noqa: E402
-    relative_drops,  # noqa: E402
+    category_of,
+    load_params,
+    output_dirs,
+    run_study,
+    setup_notebook,
+    write_paper_table,
 )
 
+P = load_params(preset)
+setup_notebook()
+fig_dir, tab_dir = output_dirs(P)
+
+# %%
 recipes = ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]]
 llada = run_study(P, ["llada_base", "llada_instruct"], recipes, progress=False)
 # Dream: weight-only on QA as the paper's Table 5; weight-activation on every category (beyond it)
@@ -57,12 +60,10 @@ for name in ("table5_dream_weight_only_general", "table6_dream_weight_act_all"):
     print((tab_dir / f"{name}.md").read_text())
 
 # %%
-rel = relative_drops(df)
-rel["recipe"] = rel["label"]
-rel["value"] = -rel["drop"]
-rel["panel"] = rel["category"]
-order = list(dict.fromkeys(rel["recipe"]))
-fig = plot_accuracy(rel, order, hue="model", col="panel", x="recipe", ylabel="relative change vs FP (%)")
+drops = relative_drops(df, by="category")
+order = list(dict.fromkeys(drops["label"]))
+fig = plot_drops(drops, x="label", hue="model", col="category", x_orders={c: order for c in drops["category"].unique()},
+                 panel_width=3.6)
 for ax in fig.axes:
     ax.tick_params(axis="x", rotation=70, labelsize=7)
 save_figure(fig, fig_dir / "fig_rq4_models")
@@ -78,5 +79,5 @@ if outliers is not None:
 roles = {role: name for role, name in P["models"].items()}
 found = judge(df, category_of(P), roles, outliers)
 md = findings_markdown(found)
-(tab_dir / "findings.md").write_text(md)
+write_text(tab_dir / "findings.md", md)
 print(md)

@@ -29,81 +29,86 @@
 preset = "default"
 
 # %%
-import matplotlib
+import warnings
 
-matplotlib.use("Agg")
-import tempfile
-from pathlib import Path
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
 
-import dllmq
-import matplotlib.pyplot as plt
-import pandas as pd
-from dllmq.data import calibration_set
-from dllmq.quant import quantize_
-from dllmq.quant.export import save_quantized
-from dllmq.report import plot_accuracy, recipe_label, save_figure, set_style
-from dllmq.study import load_params, output_dirs, run_study, write_pivot
+import matplotlib.pyplot as plt  # noqa: E402
+from dllmq.report import plot_drops, relative_drops, save_figure, write_table
+from dllmq.study import (
+    calibration_spread,
+    load_params,
+    output_dirs,
+    packed_sizes,
+    run_study,
+    setup_notebook,
+    write_pivot,
+)
 
 P = load_params(preset)
 B = P["beyond"]
-set_style()
-fig_dir, tab_dir = output_dirs(P["out_dir"])
+setup_notebook()
+fig_dir, tab_dir = output_dirs(P)
+model = P["models"][B["role"]]
 
 # %% [markdown]
-# ## (1) Accuracy against denoising steps, per bit-width
+# ## (1) Drop against FP by denoising steps, per bit-width
+# Each quantized cell is compared with the FP cell at the same number of steps, paired on the
+# same items.
 
 # %%
 steps = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"steps": B["steps"]})
-steps = steps.assign(label=steps["recipe"].map(recipe_label), value=100 * steps["value"],
-                     se=100 * steps["stderr"], panel=f"{P['models'][B['role']]} · {B['category']}",
-                     steps_label=steps["steps"].astype(str))
-fig = plot_accuracy(steps, [str(s) for s in B["steps"]], hue="label", col="panel", x="steps_label",
-                    ylabel="accuracy (%)")
+d = relative_drops(steps, within=("steps",)).assign(steps=lambda x: x["steps"].astype(str),
+                                                     panel=f"{model} · {B['category']}")
+fig = plot_drops(d, x="steps", hue="label", col="panel", x_orders={d["panel"][0]: [str(s) for s in B["steps"]]},
+                 panel_width=3.4)
 fig.axes[0].set_xlabel("denoising steps")
 save_figure(fig, fig_dir / "fig_beyond_steps")
 plt.show()
-write_pivot(steps, "steps", tab_dir / "beyond_steps",
-            f"Accuracy (%) on {B['category']} by denoising steps ({P['models'][B['role']]})")
+write_pivot(steps.assign(label=steps["recipe"], value=100 * steps["value"], se=100 * steps["stderr"]), "steps",
+            tab_dir / "beyond_steps", f"Accuracy (%) on {B['category']} by denoising steps ({model})")
 
 # %% [markdown]
 # ## (2) Low-confidence vs random remasking under quantization
 
 # %%
-rem = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]],
-                axes={"remasking": B["remasking"]})
-rem = rem.assign(label=rem["recipe"].map(recipe_label), value=100 * rem["value"],
-                 se=100 * rem["stderr"], panel=f"{P['models'][B['role']]} · {B['category']}")
-fig = plot_accuracy(rem, list(dict.fromkeys(rem["label"])), hue="remasking", col="panel", x="label",
-                    ylabel="accuracy (%)")
+rem = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"remasking": B["remasking"]})
+d = relative_drops(rem, within=("remasking",)).assign(panel=f"{model} · {B['category']}")
+fig = plot_drops(d, x="label", hue="remasking", col="panel", panel_width=3.4)
 for ax in fig.axes:
-    ax.tick_params(axis="x", rotation=45)
+    ax.tick_params(axis="x", rotation=30)
 save_figure(fig, fig_dir / "fig_beyond_remasking")
 plt.show()
-write_pivot(rem, "remasking", tab_dir / "beyond_remasking",
-            f"Accuracy (%) on {B['category']} by remasking strategy ({P['models'][B['role']]})")
+write_pivot(rem.assign(label=rem["recipe"], value=100 * rem["value"], se=100 * rem["stderr"]), "remasking",
+            tab_dir / "beyond_remasking", f"Accuracy (%) on {B['category']} by remasking strategy ({model})")
 
 # %% [markdown]
 # ## (3) Packed low-bit weights on disk (compressed-tensors pack-quantized layout)
 
 # %%
-rows = []
-name = P["models"][B["role"]]
-tok = dllmq.load_tokenizer(name)
-calib = calibration_set(tok, P["calib"]["source"], P["calib"]["samples"], P["calib"]["seqlen"], seed=P["seed"])
-for recipe in B["packed_recipes"]:
-    model = dllmq.load(name, device=P["device"])
-    with tempfile.TemporaryDirectory() as d:
-        if recipe == "fp16":
-            dllmq.save_pretrained(model, d)
-        else:
-            quantize_(model, recipe, calib, progress=False)
-            save_quantized(model, d)
-        size = sum(f.stat().st_size for f in Path(d).glob("*.safetensors"))
-    rows.append({"recipe": recipe, "MB": size / 1e6})
-packed = pd.DataFrame(rows)
-packed["vs FP (fp32 on CPU)"] = packed["MB"] / packed["MB"].iloc[0]
-packed.to_csv(tab_dir / "beyond_packed_size.csv", index=False, float_format="%.4g")
-(tab_dir / "beyond_packed_size.md").write_text(
-    f"Size of the saved weights of {name} (embeddings and LM head stay full precision)\n\n"
-    + packed.to_markdown(index=False, floatfmt=".3g") + "\n")
+packed = packed_sizes(model, B["packed_recipes"], P["calib"], P["device"], seed=P["seed"])
+write_table(packed, None, tab_dir / "beyond_packed_size",
+            f"Size of the saved weights of {model} (embeddings and LM head stay full precision; "
+            "the FP row is named by the dtype it is saved in)")
 packed
+
+# %% [markdown]
+# ## (4) Calibration seeds: how much does the calibration draw move a drop?
+# Quantization is random too: each recipe below is quantized with several calibration draws
+# (params `calib_seeds`; the `full` preset sets it) and evaluated on the same items. The spread
+# of a drop over seeds (its sd) is set against the items' paired standard error of one run.
+
+# %%
+if "calib_seeds" in P:
+    seed_drops, spread = calibration_spread(P)
+    write_table(spread, None, tab_dir / "beyond_calibration_seeds",
+                f"Relative drop (%, + = worse) over calibration seeds {P['calib_seeds']['seeds']} "
+                f"({P['models'][P['calib_seeds']['role']]}): calib_sd = sd of the drop over seeds, "
+                "item_se = median paired se over items of one run")
+    fig = plot_drops(seed_drops.assign(calib_seed=seed_drops["calib_seed"].map(lambda s: f"calibration seed {s}")),
+                     x="label", hue="calib_seed", col="category", panel_width=3.4)
+    for ax in fig.axes:
+        ax.tick_params(axis="x", rotation=45, labelsize=7)
+    save_figure(fig, fig_dir / "fig_beyond_calibration_seeds")
+    plt.show()
+    spread

@@ -146,8 +146,7 @@ def _model_type_branches() -> list[str]:
     return hits
 
 
-@pytest.mark.xfail(strict=False, reason="model_type branches remain in files other helpers own: "
-                   "dllmq/harness.py (3), dllmq/tasks/lm_eval/settings.py, dllmq/train.py "
-                   "(the assertion message lists them)")
+@pytest.mark.xfail(strict=False, reason="a model_type branch remains in a file no helper of "
+                   "this round owns: dllmq/train.py:360 (the assertion message lists them)")
 def test_no_model_type_branch_outside_models():
     assert not _model_type_branches(), _model_type_branches()

@@ -86,7 +86,7 @@ def test_eval_tasks_checked_before_the_model_loads(no_model_load):
     base = ["eval", "--model", "tiny-llada-instruct", "--no-default-tasks"]
     with pytest.raises(SystemExit) as e:
         main([*base, "--tasks", "dllmq_code", "--limit", "1"])
-    assert "dllmq_code executes model-written programs; pass --confirm-run-unsafe-code" in _one_line(e)
+    assert "dllmq_code executes model-written programs; give --confirm-run-unsafe-code" in _one_line(e)
     with pytest.raises(SystemExit) as e:
         main([*base, "--tasks", "dllmq_qa", "--num-fewshot", "200"])
     assert "--num-fewshot 200: task dllmq_qa has" in _one_line(e)
@@ -163,3 +163,88 @@ def test_pyproject_declares_the_lm_eval_entry_point():
 
     meta = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     assert meta["project"]["entry-points"]["lm_eval.models"] == {"dllmq": "dllmq.harness:DLLMEvalLM"}
+
+
+def test_the_data_directory_comes_from_the_setting_only(tmp_path, monkeypatch):
+    """No library default outside the package: a `../shared/data/benchmarks` next to the
+    checkout used to be picked up silently."""
+    import dllmq.data as data
+
+    (tmp_path / "shared" / "data" / "benchmarks").mkdir(parents=True)
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo", raising=False)
+    monkeypatch.delenv("DLLMQ_DATA_DIR", raising=False)
+    assert data.data_dir() is None
+    monkeypatch.setenv("DLLMQ_DATA_DIR", str(tmp_path / "nope"))
+    with pytest.raises(data.DataError, match="DLLMQ_DATA_DIR=.*nope is not a directory"):
+        data.data_dir()
+    monkeypatch.setenv("DLLMQ_DATA_DIR", str(tmp_path))
+    assert data.data_dir() == tmp_path
+
+
+def test_the_summary_table_shows_an_error_on_every_value():
+    from dllmq.store import Cell, Result
+    from dllmq.sweep import SweepReport
+
+    def res(seed, value, stderr):
+        return Result(Cell("m", "fp16", "t", {}, seed), {"acc,none": {"value": value,
+                                                                       "stderr": stderr}}, 10, 1.0, "")
+
+    table = SweepReport(done=[res(0, 0.5, 0.3), res(1, 0.7, 0.4)]).table()
+    assert "0.6 ± 0.35" in table.splitlines()[2]  # mean ± rms stderr (0.09 + 0.16) / 2
+    assert "0.5" in SweepReport(done=[res(0, 0.5, None)]).table().splitlines()[2]
+
+
+def test_no_absolute_machine_paths_in_package_or_bench_sources():
+    root = Path(__file__).resolve().parent.parent
+    bad = [f"{p.relative_to(root)}:{i}" for d in ("dllmq", "bench") for p in (root / d).rglob("*.py")
+           for i, line in enumerate(p.read_text().splitlines(), 1)
+           if any(s in line for s in ("/work/", "/home/", "/Users/"))]
+    assert bad == []
+
+
+def test_lm_eval_passthrough_names_the_unsafe_code_flag(monkeypatch):
+    """lm-eval's own message says `confirm_run_unsafe_code=True` (a Python keyword). Its text
+    below is lm-eval 0.4.13's (evaluator.evaluate); a real run of `python -m dllmq lm_eval
+    --tasks dllmq_code` without the flag gives this one line too, after ~40 s of indexing."""
+    import lm_eval.__main__
+
+    def refuse():
+        raise ValueError("Attempted to run task: dllmq_code which is marked as unsafe. Set "
+                         "confirm_run_unsafe_code=True to run this task.")
+
+    monkeypatch.setattr(lm_eval.__main__, "cli_evaluate", refuse)
+    with pytest.raises(SystemExit) as e:
+        main(["lm_eval", "--model", "dllmq", "--tasks", "dllmq_code"])
+    msg = _one_line(e)
+    assert "dllmq_code" in msg and "Pass --confirm_run_unsafe_code" in msg
+    assert "confirm_run_unsafe_code=True" not in msg
+
+
+def test_eval_cells_carry_the_models_task_defaults_under_the_command_line():
+    """The README's `eval --model tiny-llada-instruct --tasks dllmq_math` scored 0 with the
+    paper's lengths and no chat template; the model's dllmq_defaults.yaml now supplies the
+    settings its model card was measured with, and every flag still wins."""
+    from dllmq.cli import _eval_tasks, parser
+
+    def cells(*extra):
+        args = parser().parse_args(["eval", "--model", "tiny-llada-instruct", "--tasks",
+                                    "dllmq_math,other_task", *extra])
+        return _eval_tasks(args, {"steps": 8} | ({"apply_chat_template": False}
+                                                  if "--no-apply-chat-template" in extra else {}))
+
+    math, other = cells()
+    assert math == {"task": "dllmq_math", "settings": {
+        "gen_length": 64, "steps": 8, "block_length": 64, "apply_chat_template": True}}
+    assert other == {"task": "other_task", "settings": {"steps": 8}}
+    assert cells("--no-apply-chat-template")[0]["settings"]["apply_chat_template"] is False
+
+
+def test_a_grid_with_a_code_task_needs_the_confirmation_before_any_model_loads(no_model_load):
+    from dllmq.sweep import GridError, parse_grid, validate
+
+    raw = {"models": ["tiny-llada-instruct"], "recipes": ["fp16"], "tasks": ["dllmq_code"],
+           "include_defaults": False}
+    with pytest.raises(GridError, match="dllmq_code executes model-written programs; give "
+                                        "`confirm_run_unsafe_code: true`"):
+        validate(parse_grid(raw))
+    validate(parse_grid({**raw, "confirm_run_unsafe_code": True}))

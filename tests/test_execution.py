@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -74,6 +75,10 @@ def test_process_limit_binds_children_started_with_fork_exec():
     res = run_program(program)
     assert not res.passed and "Resource temporarily unavailable" in res.reason, res.reason
     assert time.monotonic() - start < 4.0   # and the sleepers died with the program
+    hog = FORK_EXEC + ("pid = spawn([sys.executable, '-c', 'bytearray(3 << 30)'])\n"
+                       "assert os.waitpid(pid, 0)[1] == 0, 'the child could not allocate'\n")
+    res = run_program(hog, memory_mb=512)
+    assert not res.passed and "could not allocate" in res.reason
 
 
 def test_memory_limit():
@@ -169,7 +174,8 @@ def test_escape_reading_the_evaluators_environ():
 
 def test_environment_is_scrubbed(monkeypatch):
     monkeypatch.setenv("DLLMQ_TEST_SECRET", "s3cr3t")
-    program = ("import os\nassert 'DLLMQ_TEST_SECRET' not in os.environ\n"
+    program = ("import os, sys\nassert 'DLLMQ_TEST_SECRET' not in os.environ\n"
+               "assert sys.flags.hash_randomization == 0\n"   # PYTHONHASHSEED=0: repeatable
                "assert set(os.environ) <= {'PATH', 'HOME', 'TMPDIR', 'LANG', 'PYTHONHASHSEED', "
                "'LC_CTYPE'}, sorted(os.environ)\n")
     assert run_program(program).passed
@@ -227,6 +233,13 @@ def test_seccomp_refuses_new_namespaces_and_mounts():
     assert res.passed, res.reason
 
 
+def test_without_pyseccomp_the_filter_is_skipped_with_a_warning(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)   # import raises ImportError
+    with caplog.at_level(logging.WARNING, logger=execution.__name__):
+        assert execution.seccomp_filter.__wrapped__() is None
+    assert any("seccomp filter not applied" in r.getMessage() for r in caplog.records)
+
+
 def test_per_program_overhead_is_small():
     run_program("pass\n")   # the probe runs once, outside the measurement
     start = time.perf_counter()
@@ -260,10 +273,10 @@ def test_works_as_a_user_other_than_root():
         pytest.skip("needs root, util-linux setpriv and /usr/bin/python3 to become another user")
     as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(system_python)]
     sources = [execution.__file__, str(execution.CHILD)]
-    readable = subprocess.run([*as_nobody, "-c", "import sys; [open(p) for p in sys.argv[1:]]",
-                               *sources], capture_output=True, cwd="/")
-    if readable.returncode != 0:
-        pytest.skip("the checkout is not readable by nobody")
+    usable = subprocess.run([*as_nobody, "-c", "import sys; assert sys.version_info >= (3, 11)\n"
+                             "[open(p) for p in sys.argv[1:]]", *sources], capture_output=True, cwd="/")
+    if usable.returncode != 0:
+        pytest.skip("/usr/bin/python3 is older than 3.11, or nobody cannot read the checkout")
     out = subprocess.run([*as_nobody, "-c", NONROOT_SCRIPT, execution.__file__],
                          capture_output=True, text=True, timeout=60, cwd="/")
     assert out.returncode == 0, out.stderr

@@ -96,3 +96,52 @@ def test_markdown_lists_every_finding_and_unmeasured_ones(tmp_path):
     for k in [f"F{i}" for i in range(9)]:
         assert f"| {k} |" in md
     assert "not measured" in md
+
+
+def test_item_scores_pick_the_metric_and_filter():
+    from dllmq.study import item_scores
+
+    samples = [{"doc_id": 0, "filter": "strict-match", "exact_match": 1.0},
+               {"doc_id": 0, "filter": "flexible-extract", "exact_match": 0.0},
+               {"doc_id": 1, "filter": "strict-match", "exact_match": 0.0}]
+    assert item_scores(samples, "exact_match,strict-match", Cell("m", "fp16", "t", seed=3)) == {(0, 3): 1.0, (1, 3): 0.0}
+    with pytest.raises(ValueError, match="two per-item records"):
+        item_scores(samples + samples[:1], "exact_match,strict-match")
+
+
+def test_seeds_are_paired_and_a_document_counts_once():
+    rows = [dict(model="m", recipe="fp16", task="t", seed=s, scores={(d, s): float((d + s) % 2) for d in range(4)})
+            for s in (0, 1)]
+    out = average_seeds(pd.DataFrame(rows), ["model", "recipe", "task"])
+    assert len(out) == 1 and out.loc[0, "n"] == 4 and out.loc[0, "value"] == 0.5
+    assert len(out.loc[0, "scores"]) == 8  # joined later by (document, seed)
+
+
+def test_full_preset_and_output_dirs(tmp_path, monkeypatch):
+    from dllmq import study
+
+    p = study.load_params("full")
+    assert p["device"] == "cuda" and p["models"] == study.load_params("default")["models"]
+    assert all(t["settings"]["limit"] is None for ts in p["tasks"].values() for t in ts)
+    figs, tabs = study.output_dirs({**p, "figures_dir": str(tmp_path / "f"), "tables_dir": str(tmp_path / "t")})
+    assert (figs, tabs) == (tmp_path / "f", tmp_path / "t") and figs.is_dir()
+    monkeypatch.delenv(study.PAPER_TABLES_ENV, raising=False)
+    assert study.paper_table_dir({}) is None  # no default outside the package
+    monkeypatch.setenv(study.PAPER_TABLES_ENV, str(tmp_path))
+    assert study.paper_table_dir({}) == tmp_path
+
+
+def test_samples_that_do_not_average_to_the_metric_are_an_error(tmp_path):
+    store = Store(tmp_path / "s.sqlite")
+    cell = Cell("base", "fp16", "qa_task", {"limit": 2})
+    store.put(cell, {"acc,none": (0.5, 0.5)}, [{"doc_id": 0, "filter": "none", "acc": 1.0},
+                                                {"doc_id": 1, "filter": "none", "acc": 1.0}])
+    with pytest.raises(ValueError, match="do not belong"):
+        result_rows(store, store.results(), "llada_base", CATS, METRICS)
+
+
+def test_rank_is_deterministic(tmp_path):
+    from dllmq.report import rank_drops
+
+    df = _frame(_store(tmp_path, {"fp16": PLAN["fp16"], "w3a16g128-gptq": PLAN["w3a16g128-gptq"]}, n=60))
+    assert rank_drops(df, ("setting", "method")).equals(rank_drops(df, ("setting", "method")))

@@ -29,6 +29,7 @@ import torch
 from dllmq.kernels import FakeFp8Linear, Fp8Linear, Int8Linear, W4A16Linear, realize
 from dllmq.kernels.fp8 import E4M3_MAX, fp8_rowwise_reference
 from dllmq.models import random_model, tiny_config
+from dllmq.models.layers import rope_cos_sin
 from dllmq.quant import (
     QLinear,
     QuantSpec,
@@ -133,7 +134,7 @@ def test_w4a16_linear_bit_identical_on_cpu():
     q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None)
     x = torch.randn(5, 3, 256, generator=torch.Generator().manual_seed(5))
     lin = W4A16Linear(q)
-    assert lin.weight_packed.dtype == torch.int32 and lin.weight_packed.shape == (48, 32)
+    assert lin.weight_packed_t.dtype == torch.int32 and lin.weight_packed_t.shape == (32, 48)
     assert torch.equal(lin(x), q(x))
 
 
@@ -225,6 +226,30 @@ def test_export_load_realize_equals_realize_in_memory(tmp_path, arch, recipe, ba
     x = _ids(arch)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize("recipe,backend", [(None, "fp8"), ("w8a8-rtn", "int8"),
+                                            ("w4a16g128-rtn", "w4a16")])
+def test_compiled_blocks_compute_the_same(recipe, backend):
+    """A realized block traces into one graph (no graph break: inductor fuses the activation
+    quantization with its neighbours), and compile_blocks (dynamo, eager backend: no code
+    generation on CPU) gives the samplers a model computing the same logits and tokens."""
+    from dllmq.kernels import compile_blocks
+
+    torch._dynamo.reset()
+    eager = realize(_model("llada", recipe), backend)
+    h = torch.randn(2, 16, eager.config.hidden_size)
+    rope = rope_cos_sin(torch.arange(16), eager.config.head_dim, eager.config.rope_theta)
+    assert torch._dynamo.explain(eager.blocks[0])(h, rope, None).graph_break_count == 0
+    compiled = compile_blocks(copy.deepcopy(eager), backend="eager")
+    x = _ids("llada")
+    with torch.no_grad():
+        assert torch.equal(eager(x), compiled(x))
+    cfg = LLaDASamplerConfig(gen_length=16, steps=4, block_length=8)
+    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    b = generate(compiled, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+    torch._dynamo.reset()
 
 
 def test_realized_weights_take_less_memory():

@@ -15,7 +15,6 @@ from dllmq.likelihood import (
     greedy_check,
     logits_at,
     loglikelihood,
-    loglikelihood_rolling,
     masked_logits,
     plan_batches,
 )
@@ -108,17 +107,6 @@ def test_greedy_check_equals_official(models):
     g = REF["greedy_llada"]
     flags = greedy_check(models["llada"], [(c, t) for c, t in g["requests"]])
     assert flags == g["is_greedy"] and any(flags) and not all(flags)
-
-
-def test_rolling_sums_chunk_estimates(models):
-    model = models["llada"]
-    seq = list(range(1, 41))
-    got = loglikelihood_rolling(model, [seq], 8, 4, torch.Generator().manual_seed(1), window=16)
-    chunks = [(seq[:0], seq[0:16]), (seq[:16], seq[16:32]), (seq[:32], seq[32:40])]
-    want = sum(loglikelihood(model, chunks, 8, 4, generator=torch.Generator().manual_seed(1)))
-    assert got[0] == pytest.approx(want, rel=1e-9)
-    with pytest.raises(ValueError, match="window 500"):
-        loglikelihood_rolling(model, [seq], 8, 4, window=500)
 
 
 def test_errors(models):

@@ -306,3 +306,15 @@ def test_saved_files_have_normal_modes(arch, tmp_path):
     os.umask(umask)
     for f in tmp_path.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
+
+
+@torch.no_grad()
+def test_logits_at_are_denoise_logits_at_those_positions(arch):
+    """The forward API the likelihood uses: the LM head on chosen positions, shift applied."""
+    _, model = arch
+    x = torch.randint(0, 50, (2, 11), generator=torch.Generator().manual_seed(0))
+    select = torch.rand(2, 11, generator=torch.Generator().manual_seed(1)) < 0.4
+    select[0, 0] = True  # position 0 reads itself under Dream's shift
+    rows, cols = select.nonzero(as_tuple=True)
+    torch.testing.assert_close(model.logits_at(x, None, rows, cols), model.denoise_logits(x)[select],
+                               rtol=1e-5, atol=1e-5)

@@ -137,3 +137,15 @@ def test_weight_only_export_keeps_the_source_dtype_and_file_modes(tmp_path):
         assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f.name
     back = load_quantized(out)
     assert torch.equal(back.model.layers[0].mlp.up_proj.weight, model.model.layers[0].mlp.up_proj.weight)
+
+
+def test_models_load_refuses_a_packed_checkpoint_in_one_line(tmp_path):
+    """models/ knows nothing of quantization: its load names dllmq.load for a packed directory."""
+    from dllmq.models import LoadError, load
+
+    model = random_model(tiny_config("llada", hidden_size=128, intermediate_size=256), seed=0)
+    quantize_(model, "w4a16g128-rtn", None, progress=False)
+    save_quantized(model, tmp_path / "q")
+    with pytest.raises(LoadError) as e:
+        load(tmp_path / "q", device="cpu")
+    assert "\n" not in str(e.value) and "dllmq.load" in str(e.value)

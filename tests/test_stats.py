@@ -104,3 +104,13 @@ def test_bad_input_is_one_clear_error():
 def test_items_needed():
     # se of one item's paired drop term 50 points, margin 2 points at z = 2: (2 * 50 / 2)^2
     assert stats.items_needed(50.0, 2.0) == 2500
+
+
+def test_no_standard_error_below_one_items_worth():
+    fp = np.array([1.0, 0.0, 0.0] * 100)
+    d, se = stats.rel_drop(fp.copy(), fp)  # identical answers: the formula gives 0
+    assert d == 0 and se == pytest.approx(100 / (300 * fp.mean()))
+    q0 = np.zeros(3)
+    d, se = stats.rel_drop(q0, np.array([0.0, 0.0, 1.0]))  # collapse seen on 3 items
+    assert d == pytest.approx(100) and stats.verdict(d, se, ">", 4.0) == stats.NOISE
+    assert stats.category_diff([(fp, fp)]) == (0.0, pytest.approx(1 / 300))

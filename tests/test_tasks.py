@@ -108,7 +108,7 @@ def test_difficulty_distribution_as_declared(suite):
     assert qa_levels[:4] == [1, 2, 1, 2] and Counter(qa_levels) == {1: 200, 2: 200}
     assert all(len(r["choices"]) == 4 and len(set(r["choices"])) == 4 for r in suite.rows("qa", "test"))
     math_levels = [r["difficulty"] for r in suite.rows("math", "test")]
-    assert math_levels[:8] == [1, 2, 3, 4, 1, 2, 3, 4] and Counter(math_levels) == {d: 100 for d in (1, 2, 3, 4)}
+    assert math_levels[:8] == [1, 2, 3, 4, 1, 2, 3, 4] and Counter(math_levels) == {d: 250 for d in (1, 2, 3, 4)}
     code_levels = [r["difficulty"] for r in suite.rows("code", "test")]
     assert code_levels[:6] == [1, 2, 3, 1, 2, 3] and Counter(code_levels) == {d: 100 for d in (1, 2, 3)}
     for r in suite.rows("code", "test"):   # the declared level matches the body's shape
@@ -202,3 +202,26 @@ def test_prompt_and_answer_lengths_fit(tokenizer, suite):
         assert max(n(r["answer"]) for r in math_rows) < 64
         assert max(n(r["prompt"]) for r in code_rows) < 96
         assert max(n(r["canonical_solution"]) for r in code_rows) < 64
+
+
+def _digest(rows) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(json.dumps(r, sort_keys=True) for r in rows).encode()).hexdigest()[:16]
+
+
+# the splits the shipped tiny models were trained on (and the held-out prefix the default run
+# scores): growing a held-out split must never change them
+TRAINED_ON = {("qa", "train"): "c0713b36e60e01e3", ("qa", "fewshot"): "abd9083930d29e89",
+              ("math", "train"): "7855d16d1e3f53db", ("math", "fewshot"): "dea64d9949d5f8ad",
+              ("code", "train"): "2569255627950bca", ("code", "fewshot"): "2bae341d64475a18"}
+
+
+def test_held_out_growth_leaves_training_splits_and_prefix_unchanged(suite):
+    for (category, split), digest in TRAINED_ON.items():
+        assert _digest(suite.rows(category, split)) == digest, (category, split)
+    math_test = suite.rows("math", "test")
+    assert len(math_test) >= 1000
+    assert _digest(math_test[:400]) == "6faf0be130c08ed5"   # the 400 items of the first release
+    assert Counter(r["difficulty"] for r in math_test) == {d: len(math_test) // 4 for d in (1, 2, 3, 4)}
+    assert Counter(r["difficulty"] for r in math_test[400:440]) == {d: 10 for d in (1, 2, 3, 4)}

@@ -1,8 +1,9 @@
 """W4A16: 4-bit weights packed eight to an int32, group-wise scales and zero points, 16-bit
 activations. The layout is the compressed-tensors "pack-quantized" one that
 `dllmq.quant.export.save_quantized` writes (`weight_packed` (N, K/8) int32, code k of a row at
-bits 4 (k mod 8) of word k // 8, stored value = unsigned code), so a model loaded with
-`load_quantized` and an in-memory quantized model realize to the same buffers.
+bits 4 (k mod 8) of word k // 8, stored value = unsigned code), kept transposed (K/8, N) for
+the kernel's coalesced loads; a model loaded with `load_quantized` and an in-memory quantized
+model realize to the same buffers.
 
     W_hat[n, k] = (q[n, k] - z[n, g]) * s[n, g],   g = k // group_size   (fp32, cast to x's dtype)
     y = x @ W_hat^T + b
@@ -27,7 +28,7 @@ from dllmq.quant.export import pack_int32, unpack_int32
 from dllmq.quant.primitives import QuantSpec, dequantize
 from dllmq.quant.qlinear import QLinear
 
-MODES = ("auto", "triton", "dequant")
+MODES = ("dequant", "triton")
 
 
 def check_w4a16(q: QLinear, name: str) -> None:
@@ -46,7 +47,7 @@ def check_w4a16(q: QLinear, name: str) -> None:
 
 
 class W4A16Linear(nn.Module):
-    def __init__(self, q: QLinear, name: str = "linear", mode: str = "auto"):
+    def __init__(self, q: QLinear, name: str = "linear", mode: str = "dequant"):
         super().__init__()
         check_w4a16(q, name)
         if mode not in MODES:
@@ -59,30 +60,31 @@ class W4A16Linear(nn.Module):
             raise ValueError(f"{name}: per-tensor 4-bit weights are not supported; use group or channel")
         self.mode = mode
         self.input_transform = q.input_transform
-        self.register_buffer("weight_packed", pack_int32(q.codes, 4))  # (N, K/8)
-        self.register_buffer("weight_scale", q.scale.float().contiguous())  # (N, G)
-        self.register_buffer("weight_zero", q.zero.to(torch.uint8).contiguous())  # (N, G)
+        # kept transposed, the layout the Triton kernel reads coalesced (triton_kernels.py)
+        self.register_buffer("weight_packed_t", pack_int32(q.codes, 4).t().contiguous())  # (K/8, N)
+        self.register_buffer("weight_scale_t", q.scale.float().t().contiguous())  # (G, N)
+        self.register_buffer("weight_zero_t", q.zero.to(torch.uint8).t().contiguous())  # (G, N)
         self.out_dtype = q.weight.dtype
         self.bias = None if q.bias is None else nn.Parameter(q.bias.detach().clone(), requires_grad=False)
 
     def dequantized_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """W_hat (N, K) in dtype: the fake-quant weight, rebuilt from the packed codes."""
-        codes = unpack_int32(self.weight_packed, 4, self.in_features)
-        return dequantize(codes, self.weight_scale, self.weight_zero.float(), self.spec, dtype)
+        codes = unpack_int32(self.weight_packed_t.t(), 4, self.in_features)  # (N, K)
+        return dequantize(codes, self.weight_scale_t.t(), self.weight_zero_t.t().float(), self.spec,
+                          dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
-        use_triton = x.is_cuda and self.mode in ("auto", "triton")
         if self.mode == "triton" and not x.is_cuda:
-            raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'auto' on CPU")
-        if not use_triton:
+            raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'dequant' on CPU")
+        if self.mode == "dequant":
             return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
         from . import triton_kernels  # needs triton, which CUDA builds of torch ship with
 
         lead = x.shape[:-1]
-        y = triton_kernels.w4a16_matmul(x.reshape(-1, self.in_features), self.weight_packed,
-                                        self.weight_scale, self.weight_zero, self.group_size)
+        y = triton_kernels.w4a16_matmul(x.reshape(-1, self.in_features), self.weight_packed_t,
+                                        self.weight_scale_t, self.weight_zero_t, self.group_size)
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*lead, self.out_features)

@@ -19,7 +19,7 @@ are. Backends:
   per-channel weights and 8-bit per-token activations (the W8A8 RTN, SmoothQuant, QuaRot,
   DuQuant recipes); computes exactly what the QLinear does, up to float rounding.
 - "w4a16": packed int4 weights with a dequantize-GEMM (int4.W4A16Linear), for 4-bit weight-only
-  QLinears (the W4A16 RTN/GPTQ/AWQ recipes).
+  QLinears (the W4A16 RTN/GPTQ/AWQ recipes); only the packed codes stay resident.
 Any block linear a backend cannot run raises one line naming it; plain nn.Linears that a
 recipe left in float stay float under "int8" and "w4a16" (logged).
 
@@ -75,11 +75,13 @@ def _convert(backend: str, mod: nn.Module, name: str, w4a16_mode: str) -> nn.Mod
 
 
 @torch.no_grad()
-def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "auto") -> nn.Module:
+def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant") -> nn.Module:
     """Swap every block linear of `model` for `backend`'s real module, in place; returns model.
 
-    w4a16_mode: "auto" (the Triton kernel on CUDA, dequantize + F.linear elsewhere), "triton",
-    or "dequant" (unpack the layer's codes and multiply by cuBLAS/CPU BLAS)."""
+    w4a16_mode: "dequant" (unpack each layer's codes to a 16-bit weight when it runs, then
+    cuBLAS / CPU BLAS; under torch.compile the unpacking is one fused kernel) or "triton" (the
+    fused dequantize-GEMM kernel, CUDA only). On an H200 "dequant" was the faster of the two
+    (tables/bench_kernels.md, LLaDA step at batch 8: 1.06x of bf16-compiled, Triton 2.4x)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} unknown; use one of {BACKENDS}")
     plan = []
@@ -98,15 +100,16 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "auto") -> nn.M
     return model
 
 
-def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool | None = False
-                   ) -> nn.Module:
+def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool | None = False,
+                   backend: str = "inductor") -> nn.Module:
     """torch.compile every block in place (regional compilation); returns model.
 
     mode: torch.compile's mode (None: default; "max-autotune-no-cudagraphs" tunes GEMM tiles;
     "reduce-overhead" adds CUDA graphs, for static shapes). dynamic=False specializes on each
-    (batch, length), which the samplers keep fixed within a generation."""
+    (batch, length), which the samplers keep fixed within a generation. backend: torch.compile's
+    ("eager" traces without generating code: the CPU tests use it)."""
     for block in model.blocks:
-        block.compile(mode=mode, dynamic=dynamic)
+        block.compile(mode=mode, dynamic=dynamic, backend=backend)
     return model
 
 

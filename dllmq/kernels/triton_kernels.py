@@ -3,10 +3,12 @@
 - `fp8_rowwise(x)`: per-row e4m3 quantization of activations in one kernel (one program per
   row: a max pass, then a divide-and-cast pass over the row, which is in L1/L2 by then), the
   same arithmetic as `fp8.fp8_rowwise_reference`.
-- `w4a16_matmul(x, packed, scale, zero, group_size)`: y = x @ W_hat^T with W_hat dequantized
-  tile by tile from the packed int4 codes. Each (BLOCK_K x BLOCK_N) tile of codes is read from
-  the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one word, served
-  by L1), dequantized as (q - z) * s in fp32 and cast to x's dtype, exactly as
+- `w4a16_matmul(x, packed_t, scale_t, zero_t, group_size)`: y = x @ W_hat^T with W_hat
+  dequantized tile by tile from the packed int4 codes, stored transposed (K/8, N) so that a
+  warp's loads along n are coalesced (the export's (N, K/8) layout put neighbouring n 6 KiB
+  apart and ran 20x slower than bf16 on an H200). Each (BLOCK_K x BLOCK_N) tile of codes is
+  read from the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one
+  word, served by L1), dequantized as (q - z) * s in fp32 and cast to x's dtype, exactly as
   `primitives.dequantize`, then multiplied with `tl.dot` (fp32 accumulation). BLOCK_K divides
   the group size, so one scale/zero per column serves a whole tile. The load-and-shift
   unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton `quant_linear.py`);
@@ -21,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .fp8 import E4M3
+E4M3 = torch.float8_e4m3fn  # fp8.E4M3 (not imported: fp8 imports this module)
 
 
 @triton.jit
@@ -57,7 +59,7 @@ def fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
-def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, G, stride_am, stride_bn,
+def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_bk,
                   stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
@@ -74,33 +76,33 @@ def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, G, stride_am, stri
     m_ok = offs_m < M
     n_ok = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + offs_n[None, :].to(tl.int64) * stride_bn + (offs_k[:, None] // 8)
+    b_ptrs = b_ptr + (offs_k[:, None] // 8).to(tl.int64) * stride_bk + offs_n[None, :]
     shifts = (offs_k[:, None] % 8) * 4  # (BLOCK_K, 1)
-    sz_off = offs_n.to(tl.int64) * G
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
         words = tl.load(b_ptrs, mask=n_ok[None, :], other=0)  # (BLOCK_K, BLOCK_N) int32
         q = (words >> shifts) & 0xF
-        g = k0 // GROUP_SIZE
-        s = tl.load(s_ptr + sz_off + g, mask=n_ok, other=0.0)
-        z = tl.load(z_ptr + sz_off + g, mask=n_ok, other=0).to(tl.float32)
+        g = (k0 // GROUP_SIZE) * N  # < 2^31: G * N is the size of the scale tensor
+        s = tl.load(s_ptr + g + offs_n, mask=n_ok, other=0.0)
+        z = tl.load(z_ptr + g + offs_n, mask=n_ok, other=0).to(tl.float32)
         w = ((q.to(tl.float32) - z[None, :]) * s[None, :]).to(a.dtype)
         acc = tl.dot(a, w, acc)
         a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K // 8
+        b_ptrs += (BLOCK_K // 8) * stride_bk
     c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
-                 zero: torch.Tensor, group_size: int) -> torch.Tensor:
-    """x (M, K) @ W_hat^T -> (M, N) in x's dtype; packed (N, K/8) int32, scale (N, G) fp32,
-    zero (N, G) uint8."""
+def w4a16_matmul(x: torch.Tensor, packed_t: torch.Tensor, scale_t: torch.Tensor,
+                 zero_t: torch.Tensor, group_size: int) -> torch.Tensor:
+    """x (M, K) @ W_hat^T -> (M, N) in x's dtype. The kernel layout is the transpose of the
+    export's, so that neighbouring threads (neighbouring output columns n) read neighbouring
+    words: packed_t (K/8, N) int32, scale_t (G, N) fp32, zero_t (G, N) uint8, all contiguous."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     M, K = x.shape
-    N, G = scale.shape
+    N = packed_t.shape[1]
     BLOCK_K = 64
     if K % BLOCK_K or group_size % BLOCK_K:
         raise ValueError(f"w4a16 kernel needs K ({K}) and the group size ({group_size}) to be "
@@ -109,7 +111,7 @@ def w4a16_matmul(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor,
     BM, warps, stages = (128, 8, 4) if M > 64 else (64, 4, 4)
     BN = 128
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    _w4a16_kernel[grid](x, packed, scale, zero, c, M, N, K, G, x.stride(0), packed.stride(0),
+    _w4a16_kernel[grid](x, packed_t, scale_t, zero_t, c, M, N, K, x.stride(0), packed_t.stride(0),
                         c.stride(0), GROUP_SIZE=group_size, BLOCK_M=BM, BLOCK_N=BN,
                         BLOCK_K=BLOCK_K, GROUP_M=8, num_warps=warps, num_stages=stages)
     return c

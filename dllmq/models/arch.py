@@ -4,6 +4,8 @@ head `ff_out`; only the spec tells them apart)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 from torch import nn
@@ -19,7 +21,9 @@ class InputGroup:
     linear kind ("v": o reads attention's mix of v, head by head, each v head serving
     num_heads / num_kv_heads query heads; "up": down reads silu(gate) * up, linear in up).
     Scaling the input by 1/s is folded into the source (its weight, or its rows and bias);
-    quantizers sample the input of `linears[0]`, which every member shares."""
+    quantizers sample the input of `linears[0]`, which every member shares. The linears of a
+    norm-fed group read the residual stream; those of a linear-fed group (o, down) write it
+    (what QuaRot's rotation needs to know)."""
 
     name: str
     source: str
@@ -83,11 +87,6 @@ class ArchSpec:
         """Block-relative path of the module that writes the group's input."""
         return getattr(self, group.source) if group.source_is_norm else self.linear_name(group.source)
 
-    @property
-    def norm_groups(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
-        """(norm, linear kinds it feeds): where smoothing scales and rotations are folded."""
-        return tuple((g.source, g.linears) for g in self.input_groups if g.source_is_norm)
-
 
 def get_module(root: nn.Module, path: str) -> nn.Module:
     mod = root
@@ -141,3 +140,18 @@ def arch_spec(model_type: str) -> ArchSpec:
     if model_type not in SPECS:
         raise KeyError(f"unknown model_type {model_type!r}; dllmq supports {', '.join(SPECS)}")
     return SPECS[model_type]
+
+
+@contextlib.contextmanager
+def input_hooks(modules: Mapping[Hashable, nn.Module],
+                fn: Callable[[Hashable, nn.Module, tuple], None]) -> Iterator[None]:
+    """Inside the with-block, fn(key, module, args) sees the positional inputs of each module
+    on every forward (a forward pre-hook; fn may raise to stop the forward there). The one
+    place dllmq hooks linear inputs: the quantizers' calibration walk and outliers.py."""
+    handles = [mod.register_forward_pre_hook(lambda m, args, key=key: fn(key, m, args))
+               for key, mod in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()

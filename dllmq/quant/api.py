@@ -3,8 +3,11 @@
 A recipe is a recipe name (`dllmq.quant.recipes.RECIPES`) or an ordered tuple of method configs,
 frozen dataclasses that validate themselves. Each config type is registered with its apply
 function, all sharing one signature `apply(model, cfg, calib) -> None | step`, in the explicit table
-`METHODS` (pytorch/ao's `quantize_(model, config)` and its handler table). Transforms that must
-see float weights (smoothing, rotation) come first in a recipe, the weight quantizer last.
+`METHODS` (pytorch/ao's `quantize_(model, config)` and its handler table; registry.py).
+Transforms that must see float weights (smoothing, rotation) come first in a recipe, the weight
+quantizer last. Before the first apply, `quantize_` checks the whole recipe against the model
+(`registry.check_order` and every method's registered check: group sizes, block sizes, Hadamard
+orders, tied heads, already-quantized linears), so a bad setting leaves the model untouched.
 
 An apply function may return a *deferred step* (a callable without arguments) instead of None:
 `quantize_` runs the deferred steps, in recipe order, once every config has been applied. QuaRot
@@ -136,18 +139,18 @@ def quantize_(model: nn.Module, recipe: str | tuple | list, calib: Calibration |
     seconds: dict[str, float] = {}
     deferred: list[tuple[str, DeferredStep]] = []
     for cfg in configs:
-        name_ = label(cfg)
-        log.info("quantize_: %s %s", name_, cfg)
+        method = label(cfg)
+        log.info("quantize_: %s %s", method, cfg)
         t0 = time.perf_counter()
         step = METHODS[type(cfg)](model, cfg, calib)
         if step is not None:
-            deferred.append((name_, step))
-        seconds[name_] = seconds.get(name_, 0.0) + time.perf_counter() - t0
-    for name_, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
-        log.info("quantize_: %s deferred step", name_)
+            deferred.append((method, step))
+        seconds[method] = seconds.get(method, 0.0) + time.perf_counter() - t0
+    for method, step in deferred:  # e.g. QuaRot's activation quantizers, after the weights
+        log.info("quantize_: %s deferred step", method)
         t0 = time.perf_counter()
         step()
-        seconds[name_] += time.perf_counter() - t0
+        seconds[method] += time.perf_counter() - t0
     summary = summarize(model, name, seconds)
     log.info("%s", summary)
     return summary

@@ -64,7 +64,7 @@ def search_scales(
     x_mean: torch.Tensor,
     weights: Sequence[torch.Tensor],
     loss_fn: Callable[[list[torch.Tensor]], float],
-    spec: QuantSpec,
+    qspec: QuantSpec,
     n_grid: int = 20,
     ratios: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
@@ -76,7 +76,7 @@ def search_scales(
     best, best_s = float("inf"), None
     for r in ratios if ratios is not None else [i / n_grid for i in range(n_grid)]:
         s = candidate_scales(x_mean, r)
-        ws = [(fake_quant(w * s.to(w.dtype), spec.for_features(w.shape[1])) / s.to(w.dtype))
+        ws = [(fake_quant(w * s.to(w.dtype), qspec.for_features(w.shape[1])) / s.to(w.dtype))
               for w in weights]
         loss = loss_fn(ws)
         losses.append(loss)
@@ -92,7 +92,7 @@ def search_scales(
 def search_clip(
     w: torch.Tensor,
     x: torch.Tensor,
-    spec: QuantSpec,
+    qspec: QuantSpec,
     n_grid: int = 20,
     max_shrink: float = 0.5,
     n_sample_token: int = 512,
@@ -103,8 +103,8 @@ def search_clip(
     i < max_shrink * n_grid (llm-awq `auto_clip_layer`). w (out, in), x (T, in) -> (out, G).
     The group products are batched matmuls (llm-awq broadcasts (o, n, G, g) and sums, which
     moves ~g times more memory); same sums, another summation order."""
-    spec = spec.for_features(w.shape[1])
-    g = spec.group_len(w.shape[1]) if spec.granularity == "group" else w.shape[1]
+    qspec = qspec.for_features(w.shape[1])
+    g = qspec.group_len(w.shape[1]) if qspec.granularity == "group" else w.shape[1]
     out_f, in_f = w.shape
     x = x.reshape(-1, in_f)
     x = x[0::max(1, x.shape[0] // n_sample_token)]  # (n, in)
@@ -124,7 +124,7 @@ def search_clip(
         for i in range(int(max_shrink * n_grid)):
             m = org_max * (1 - i / n_grid)
             cur = torch.clamp(wb, -m, m)
-            q = fake_quant(cur.reshape(-1, in_f), spec).reshape(cur.shape)
+            q = fake_quant(cur.reshape(-1, in_f), qspec).reshape(cur.shape)
             err = (group_out(q) - org_out).float().pow(2).mean(1).T[..., None]  # (o, G, 1)
             better = err < min_err
             min_err[better] = err[better]
@@ -192,7 +192,7 @@ def _probe(block: nn.Module, inputs: BlockInputs, path: str) -> list[torch.Tenso
     return outs
 
 
-def _swiglu(block: nn.Module, spec, h: torch.Tensor) -> torch.Tensor:
+def _swiglu(block: nn.Module, spec: ArchSpec, h: torch.Tensor) -> torch.Tensor:
     gate, up, down = (get_module(block, spec.linear_name(k)) for k in ("gate", "up", "down"))
     return down(F.silu(gate(h)) * up(h))
 
@@ -232,19 +232,19 @@ def _fold_into_linear(prev: nn.Module, mods: list[nn.Module], s: torch.Tensor) -
 
 
 @torch.no_grad()
-def awq_block(block: nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: AWQConfig) -> dict[str, float]:
+def awq_block(block: nn.Module, inputs: BlockInputs, spec: ArchSpec, cfg: AWQConfig) -> dict[str, float]:
     """Scale search + folding for every input group of the ArchSpec (forward order), clipping
     search, then RTN of every selected linear of one block. Returns the best/scale-1 loss ratio
     per scale group (for logging and tests)."""
-    name = arch.linear_name
+    name = spec.linear_name
     lin = {k: get_module(block, name(k)) for k in LINEAR_KINDS}
-    feats = inputs.collect(block, [name(g.linears[0]) for g in arch.input_groups])
-    x_in = {g.name: feats[name(g.linears[0])] for g in arch.input_groups}
-    spec = cfg.weight
+    feats = inputs.collect(block, [name(g.linears[0]) for g in spec.input_groups])
+    x_in = {g.name: feats[name(g.linears[0])] for g in spec.input_groups}
+    qspec = cfg.weight
     report: dict[str, float] = {}
 
     def search(key: str, mods: list[nn.Module], x: torch.Tensor, loss_fn) -> torch.Tensor:
-        s, losses = search_scales(act_scale(x), [m.weight.data for m in mods], loss_fn, spec,
+        s, losses = search_scales(act_scale(x), [m.weight.data for m in mods], loss_fn, qspec,
                                   cfg.n_grid)
         report[key] = min(losses) / losses[0] if losses[0] > 0 else 1.0
         return s.to(x.device)
@@ -254,8 +254,8 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: AWQCon
         return lambda ws: _with_weights(mods, ws, lambda: _mse(_probe(block, inputs, name("o")), ref))
 
     def mlp_loss(mods: list[nn.Module], x: torch.Tensor):
-        ref = _swiglu(block, arch, x)  # MLP output
-        return lambda ws: _with_weights(mods, ws, lambda: _mse(_swiglu(block, arch, x), ref))
+        ref = _swiglu(block, spec, x)  # MLP output
+        return lambda ws: _with_weights(mods, ws, lambda: _mse(_swiglu(block, spec, x), ref))
 
     def own_loss(mods: list[nn.Module], x: torch.Tensor):
         (m,) = mods
@@ -265,9 +265,9 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: AWQCon
     # llm-awq's objective per group: the sub-layer output for a norm-fed group, else the
     # linear's own output
     objective = {"qkv": attention_loss, "gate_up": mlp_loss}
-    for g in arch.input_groups:
+    for g in spec.input_groups:
         chosen = [k for k in g.linears if k in cfg.kinds]
-        source = get_module(block, arch.source_path(g))
+        source = get_module(block, spec.source_path(g))
         if not chosen:
             continue
         if not g.source_is_norm and source.weight.shape[0] != lin[g.linears[0]].weight.shape[1]:
@@ -280,14 +280,14 @@ def awq_block(block: nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: AWQCon
         fold(source, [lin[k] for k in g.linears], s)
         x_in[g.name] = x / s.to(x.dtype)
 
-    x_of = {k: x_in[g.name] for g in arch.input_groups for k in g.linears}
+    x_of = {k: x_in[g.name] for g in spec.input_groups for k in g.linears}
     for k in cfg.kinds:
         w = lin[k].weight.data
         if cfg.clip and k not in ("q", "k"):  # llm-awq skips q/k: their error hits the scores
-            w = apply_clip(w, search_clip(w, x_of[k], spec, cfg.clip_grid, cfg.max_shrink,
+            w = apply_clip(w, search_clip(w, x_of[k], qspec, cfg.clip_grid, cfg.max_shrink,
                                           cfg.clip_tokens))
         q = as_qlinear(block, name(k))
-        q.set_weight(quantize_weight(w, spec.for_features(w.shape[1])), "awq")
+        q.set_weight(quantize_weight(w, qspec.for_features(w.shape[1])), "awq")
     return report
 
 
@@ -300,11 +300,11 @@ def check_awq(model: nn.Module, cfg: AWQConfig) -> None:
 def apply_awq(model: nn.Module, cfg: AWQConfig, calib: Calibration | None) -> None:
     if calib is None:
         raise ValueError("AWQ needs calibration data; pass calib=Calibration(...)")
-    arch = model.spec
+    spec = model.spec
 
     def step(i: int, block: nn.Module, inputs: BlockInputs):
         fp_out = None if cfg.sequential else inputs.outputs(block)
-        report = awq_block(block, inputs, arch, cfg)
+        report = awq_block(block, inputs, spec, cfg)
         log.debug("AWQ block %d: best/scale-1 loss %s", i, report)
         return fp_out
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from dllmq.models import get_module
+from dllmq.models import get_module, input_hooks
 
 from .qlinear import QLinear
 
@@ -157,18 +157,16 @@ class BlockInputs:
     @classmethod
     @torch.no_grad()
     def capture(cls, model: nn.Module, calib: Calibration) -> BlockInputs:
-        block0 = model.blocks[0]
         xs, ropes, biases, valid = [], [], [], []
 
-        def grab(_mod, args):
+        def grab(_key, _mod, args):
             x, rope, bias = args
             xs.append(x)
             ropes.append(rope)
             biases.append(bias)
             raise _Captured
 
-        handle = block0.register_forward_pre_hook(grab)
-        try:
+        with input_hooks({0: model.blocks[0]}, grab):
             for ids, am in calib.batches(model.device):
                 with contextlib.suppress(_Captured):
                     model(ids, attention_mask=am)
@@ -176,8 +174,6 @@ class BlockInputs:
                 if len(xs) != len(valid):
                     raise RuntimeError("the model's forward never reached block 0; cannot capture "
                                        "calibration inputs")
-        finally:
-            handle.remove()
         log.debug("captured %d calibration batches at block 0", len(xs))
         return cls(xs, ropes, biases, valid, calib.progress)
 
@@ -189,25 +185,18 @@ class BlockInputs:
     def run(self, block: nn.Module, hooks: Mapping[str, InputHook]) -> None:
         """Forward every batch through `block`, calling hooks[path](path, x) on the inputs of the
         modules at those block-relative paths. A path matching no module raises."""
-        handles = []
         batch = [0]
-        for path, fn in hooks.items():
-            mod = get_module(block, path)
 
-            def pre(m, args, path=path, fn=fn):
-                x = args[0]
-                if isinstance(m, QLinear) and m.input_transform is not None:
-                    x = m.input_transform(x)
-                fn(path, self._flat(x, batch[0]))
+        def pre(path: str, m: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if isinstance(m, QLinear) and m.input_transform is not None:
+                x = m.input_transform(x)
+            hooks[path](path, self._flat(x, batch[0]))
 
-            handles.append(mod.register_forward_pre_hook(pre))
-        try:
+        with input_hooks({path: get_module(block, path) for path in hooks}, pre):
             for i, x in enumerate(self.xs):
                 batch[0] = i
                 block(x, self.ropes[i], self.biases[i])
-        finally:
-            for h in handles:
-                h.remove()
 
     @torch.no_grad()
     def collect(self, block: nn.Module, paths: Sequence[str]) -> dict[str, torch.Tensor]:

@@ -201,9 +201,9 @@ def _block_size(cfg: DuQuantConfig, features: int) -> int:
 def duquant_block(model: nn.Module, block: nn.Module, inputs: BlockInputs, cfg: DuQuantConfig,
                   generator: torch.Generator) -> None:
     """Smooth, then fit and install the transform of every input group of one block."""
-    arch = model.spec
-    groups = [arch.group(name) for name in FIT_ORDER]
-    paths = {g.name: arch.linear_name(g.linears[0]) for g in groups}
+    spec = model.spec
+    groups = [spec.group(name) for name in FIT_ORDER]
+    paths = {g.name: spec.linear_name(g.linears[0]) for g in groups}
     absmax, sample = inputs.absmax(block, list(paths.values()), cfg.rot_tokens)
     xs = {g.name: sample[paths[g.name]] for g in groups}
 
@@ -217,16 +217,18 @@ def duquant_block(model: nn.Module, block: nn.Module, inputs: BlockInputs, cfg: 
         t = fit_transform(x, _block_size(cfg, x.shape[1]), cfg.rotation_steps,
                           cfg.permutation_times, generator, cfg.shared_rotation)
         for k in g.linears:
-            lin = get_module(block, arch.linear_name(k))
+            lin = get_module(block, spec.linear_name(k))
             lin.weight.data = t(lin.weight.data.to(torch.float64)).to(lin.weight.dtype)
-            as_qlinear(block, arch.linear_name(k)).input_transform = DuQuantTransform(t.rots, t.perms)
+            as_qlinear(block, spec.linear_name(k)).input_transform = DuQuantTransform(t.rots, t.perms)
 
 
 def check_duquant(model: nn.Module, cfg: DuQuantConfig) -> None:
     require_float(model, "DuQuant")
-    arch = model.spec
-    for g in arch.input_groups:
-        _block_size(cfg, get_module(model.blocks[0], arch.linear_name(g.linears[0])).in_features)
+    spec = model.spec
+    for g in spec.input_groups:
+        features = get_module(model.blocks[0], spec.linear_name(g.linears[0])).in_features
+        if cfg.block_size <= features:  # larger: one block (logged by the apply)
+            _block_size(cfg, features)
 
 
 @register(DuQuantConfig, check=check_duquant)

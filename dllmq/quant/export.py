@@ -95,11 +95,11 @@ def unpack_int32(packed: torch.Tensor, bits: int, cols: int) -> torch.Tensor:
 
 
 # ---- specs: compressed-tensors args and the extension's own dicts --------------------------------
-def _args(spec: QuantSpec, dynamic: bool) -> dict:
+def _args(qspec: QuantSpec, dynamic: bool) -> dict:
     """compressed-tensors QuantizationArgs of a spec (the clip ratio goes to the extension)."""
-    return {"num_bits": spec.bits, "type": "int", "symmetric": spec.sym,
-            "group_size": spec.group_size if spec.granularity == "group" else None,
-            "strategy": spec.granularity, "dynamic": dynamic,
+    return {"num_bits": qspec.bits, "type": "int", "symmetric": qspec.sym,
+            "group_size": qspec.group_size if qspec.granularity == "group" else None,
+            "strategy": qspec.granularity, "dynamic": dynamic,
             "observer": None if dynamic else "minmax"}
 
 
@@ -110,9 +110,9 @@ def _spec(args: dict | None, clip_ratio: float = 1.0) -> QuantSpec | None:
                      group_size=args["group_size"] or 128, clip_ratio=clip_ratio)
 
 
-def _spec_dict(spec: QuantSpec | None) -> dict | None:
+def _spec_dict(qspec: QuantSpec | None) -> dict | None:
     """A spec in the extension: dllmq's own fields, exactly (clip ratio included)."""
-    return None if spec is None else asdict(spec)
+    return None if qspec is None else asdict(qspec)
 
 
 def _spec_from_dict(d: dict | None) -> QuantSpec | None:
@@ -211,16 +211,16 @@ def _hook_slots(model: nn.Module) -> list[str]:
 def _weight_tensors(name: str, q: QLinear) -> dict[str, torch.Tensor]:
     """The pack-quantized tensors of one linear (or its plain weight when only acts are quantized)."""
     out = {} if q.bias is None else {f"{name}.bias": q.bias.detach().cpu().contiguous()}
-    spec = q.weight_spec
-    if spec is None:
+    qspec = q.weight_spec
+    if qspec is None:
         out[f"{name}.weight"] = q.weight.detach().cpu().contiguous()
         return out
-    out[f"{name}.weight_packed"] = pack_int32(q.codes.cpu(), spec.bits)
+    out[f"{name}.weight_packed"] = pack_int32(q.codes.cpu(), qspec.bits)
     out[f"{name}.weight_scale"] = q.scale.float().cpu().contiguous()
     out[f"{name}.weight_shape"] = torch.tensor([q.out_features, q.in_features])
-    if not spec.sym:
+    if not qspec.sym:
         out[f"{name}.weight_zero_point"] = pack_int32(
-            q.zero.to(torch.uint8).t().cpu(), spec.bits).t().contiguous()
+            q.zero.to(torch.uint8).t().cpu(), qspec.bits).t().contiguous()
     if q.g_idx is not None:
         out[f"{name}.weight_g_idx"] = q.g_idx.to(torch.int32).cpu().clone()
     return out
@@ -233,9 +233,9 @@ def _module_entry(name: str, q: QLinear) -> tuple[dict, dict[str, torch.Tensor]]
         entry["method"] = q.method
     if q.quant_error is not None:
         entry["quant_error"] = q.quant_error
-    for key, spec in (("weight_clip_ratio", q.weight_spec), ("act_clip_ratio", q.act_spec)):
-        if spec is not None and spec.clip_ratio != 1.0:
-            entry[key] = spec.clip_ratio
+    for key, qspec in (("weight_clip_ratio", q.weight_spec), ("act_clip_ratio", q.act_spec)):
+        if qspec is not None and qspec.clip_ratio != 1.0:
+            entry[key] = qspec.clip_ratio
     tensors: dict[str, torch.Tensor] = {}
     if q.input_transform is not None:
         prefix = f"{name}.input_transform"
@@ -314,19 +314,19 @@ def save_quantized(model: nn.Module, path: str | Path, dtype: torch.dtype | None
     changes_function = bool(hooks) or any(
         set(e) & {"input_transform", "weight_clip_ratio", "act_clip_ratio"} for e in modules.values())
     head_fp = not isinstance(model.head_linear, QLinear)
-    cfg = model.config.to_hf()
-    cfg["quantization_config"] = {
+    hf_config = model.config.to_hf()
+    hf_config["quantization_config"] = {
         "quant_method": "compressed-tensors", "format": "pack-quantized",
         "quantization_status": "compressed", "config_groups": _config_groups(qlins),
         "ignore": [model.spec.lm_head] if head_fp else [],
         EXTENSION: {"version": EXTENSION_VERSION, "note": _NOTE,
                     "requires_dllmq": changes_function, "modules": modules, "hooks": hooks},
     }
-    cfg["torch_dtype"] = str(dtype).removeprefix("torch.")
+    hf_config["torch_dtype"] = str(dtype).removeprefix("torch.")
     path.mkdir(parents=True, exist_ok=True)
     write_safetensors(state, path / FILE)
     tmp = path / "config.json.tmp"
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     tmp.replace(path / "config.json")
     log.info("saved %d quantized linears, %d transforms, %d attention quantizers to %s",
              len(qlins), sum("input_transform" in e for e in modules.values()), len(hooks), path)
@@ -360,13 +360,13 @@ def _packed_weight(name: str, wspec: QuantSpec, tensors: dict, dtype: torch.dtyp
     zero = (torch.full_like(scale, 2 ** (wspec.bits - 1)) if zp is None else
             unpack_int32(zp.t().contiguous(), wspec.bits, out_f).t().float())
     g_idx = tensors.pop(f"{name}.weight_g_idx", None)
-    spec = wspec.for_features(in_f)
+    qspec = wspec.for_features(in_f)
     if g_idx is None:
-        w = dequantize(codes, scale, zero, spec, dtype)
+        w = dequantize(codes, scale, zero, qspec, dtype)
     else:
         gi = g_idx.long()
         w = ((codes.float() - zero[:, gi]) * scale[:, gi]).to(dtype)
-    return QuantResult(w, codes, scale, zero, spec, g_idx, error)
+    return QuantResult(w, codes, scale, zero, qspec, g_idx, error)
 
 
 def _load_qlinear(name: str, group: dict, entry: dict, tensors: dict,
@@ -392,14 +392,14 @@ def load_quantized(path: str | Path, device: str | torch.device = "cpu",
     """A model with QLinears (weights, activation specs, input transforms) and attention
     quantizers rebuilt from a `save_quantized` directory; its outputs equal the saved model's."""
     path = Path(path)
-    cfg_d = json.loads((path / "config.json").read_text())
-    qcfg = cfg_d.pop("quantization_config", None)
+    hf_config = json.loads((path / "config.json").read_text())
+    qcfg = hf_config.pop("quantization_config", None)
     if qcfg is None or qcfg.get("format") != "pack-quantized":
         raise ValueError(f"{path} holds no pack-quantized model; load it with dllmq.load")
     ext = read_extension(qcfg, path)
-    cfg = DLLMConfig.from_hf(cfg_d)
+    mcfg = DLLMConfig.from_hf(hf_config)
     with torch.device("meta"):
-        model = build_model(cfg)
+        model = build_model(mcfg)
     with open_safetensors(path / FILE, device) as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     for k, t in tensors.items():

@@ -135,16 +135,16 @@ class MSEClip:
         return [1 - i / self.grid for i in range(int(self.maxshrink * self.grid))]
 
 
-def mse_clip_params(w: torch.Tensor, spec: QuantSpec, clip: MSEClip
+def mse_clip_params(w: torch.Tensor, qspec: QuantSpec, clip: MSEClip
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of w (R, n): scale and zero (R, 1) of the shrunk range p * [min, max] with the
     smallest sum |w - Q(w)|^norm, and the chosen p (R,). A later p replaces an earlier one only
     when strictly better, so a row where clipping cannot help keeps p = 1 (min-max)."""
-    if spec.clip_ratio < 1:
-        raise ValueError(f"clip_ratio={spec.clip_ratio} with an MSE clip search: the search picks "
+    if qspec.clip_ratio < 1:
+        raise ValueError(f"clip_ratio={qspec.clip_ratio} with an MSE clip search: the search picks "
                          "the ratio; leave the weight spec's clip_ratio at 1.0")
     w = w.float()  # (R, n)
-    row = QuantSpec(spec.bits, spec.sym, "channel")
+    row = QuantSpec(qspec.bits, qspec.sym, "channel")
     best = torch.full((w.shape[0],), float("inf"), device=w.device)
     scale = torch.ones(w.shape[0], 1, device=w.device)
     zero = torch.zeros(w.shape[0], 1, device=w.device)
@@ -160,20 +160,20 @@ def mse_clip_params(w: torch.Tensor, spec: QuantSpec, clip: MSEClip
     return scale, zero, shrink
 
 
-def _col_params(w: torch.Tensor, spec: QuantSpec, clip: MSEClip | None = None
+def _col_params(w: torch.Tensor, qspec: QuantSpec, clip: MSEClip | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale/zero (out, 1) for a slice of columns (one group, or all columns per channel);
     with `clip`, each row's range comes from the MSE search (per-tensor: one search over all)."""
-    if spec.granularity == "tensor":
+    if qspec.granularity == "tensor":
         if clip is None:
-            s, z = quant_params(w, spec)  # (1, 1)
+            s, z = quant_params(w, qspec)  # (1, 1)
         else:
-            s, z, _ = mse_clip_params(w.reshape(1, -1), spec, clip)
+            s, z, _ = mse_clip_params(w.reshape(1, -1), qspec, clip)
         return s.expand(w.shape[0], 1), z.expand(w.shape[0], 1)
     if clip is not None:
-        s, z, _ = mse_clip_params(w, spec, clip)
+        s, z, _ = mse_clip_params(w, qspec, clip)
         return s, z
-    s, z = quant_params(w, QuantSpec(spec.bits, spec.sym, "channel", clip_ratio=spec.clip_ratio))
+    s, z = quant_params(w, QuantSpec(qspec.bits, qspec.sym, "channel", clip_ratio=qspec.clip_ratio))
     return s, z  # (out, 1)
 
 
@@ -181,7 +181,7 @@ def _col_params(w: torch.Tensor, spec: QuantSpec, clip: MSEClip | None = None
 def gptq_quantize(
     W: torch.Tensor,
     H: torch.Tensor,
-    spec: QuantSpec,
+    qspec: QuantSpec,
     blocksize: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
@@ -194,11 +194,11 @@ def gptq_quantize(
     Returns the dequantized weight (W's dtype), uint8 codes, per-group scale/zero (out, G),
     g_idx when act-order reorders groups, and error = layer_error(W - Q, H) (undamped H).
     """
-    if spec.granularity == "token":
+    if qspec.granularity == "token":
         raise ValueError("GPTQ quantizes weights; use granularity 'group', 'channel' or 'tensor'")
     out_f, in_f = W.shape
-    spec = spec.for_features(in_f)
-    g = spec.group_len(in_f) if spec.granularity == "group" else in_f
+    qspec = qspec.for_features(in_f)
+    g = qspec.group_len(in_f) if qspec.granularity == "group" else in_f
     dtype = W.dtype
     W0 = W.detach().float()
     W = W0.clone()  # (out, in)
@@ -208,17 +208,17 @@ def gptq_quantize(
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
 
-    grouped = spec.granularity == "group"
+    grouped = qspec.granularity == "group"
     n_groups = in_f // g
     if grouped and static_groups:
-        sz = [_col_params(W[:, j * g:(j + 1) * g], spec, mse_clip) for j in range(n_groups)]
+        sz = [_col_params(W[:, j * g:(j + 1) * g], qspec, mse_clip) for j in range(n_groups)]
         scales = torch.cat([s for s, _ in sz], 1)  # (out, G)
         zeros = torch.cat([z for _, z in sz], 1)
     else:
         scales = torch.zeros(out_f, n_groups, device=W.device)
         zeros = torch.zeros(out_f, n_groups, device=W.device)
         if not grouped:
-            scales[:, :1], zeros[:, :1] = _col_params(W, spec, mse_clip)
+            scales[:, :1], zeros[:, :1] = _col_params(W, qspec, mse_clip)
 
     perm = None
     if act_order:
@@ -250,12 +250,12 @@ def gptq_quantize(
                 # (columns past the block still lack this block's pending updates: add them)
                 rest = W[:, i2:c + g] - Err1[:, :i] @ Hinv[i1:c, i2:c + g]
                 cols = torch.cat([W1[:, i:i + g], rest], 1)  # (out, g)
-                s, z = _col_params(cols, spec, mse_clip)
+                s, z = _col_params(cols, qspec, mse_clip)
                 scales[:, c // g], zeros[:, c // g] = s[:, 0], z[:, 0]
             if grouped or scale is None:
                 j = int(col_group[c])
                 scale, zero = scales[:, j], zeros[:, j]
-            qcode = torch.clamp(torch.round(w / scale) + zero, 0, spec.maxq)  # (out,)
+            qcode = torch.clamp(torch.round(w / scale) + zero, 0, qspec.maxq)  # (out,)
             q = (qcode - zero) * scale
             C1[:, i] = qcode
             Q[:, c] = q
@@ -271,7 +271,7 @@ def gptq_quantize(
         Q, codes = Q[:, inv], codes[:, inv]
         if grouped and not static_groups:
             g_idx = (inv.cpu() // g).to(torch.int32)  # column -> group in quantization order
-    return QuantResult(Q.to(dtype), codes, scales, zeros, spec, g_idx, layer_error(Q - W0, H0))
+    return QuantResult(Q.to(dtype), codes, scales, zeros, qspec, g_idx, layer_error(Q - W0, H0))
 
 
 # ---- wiring: the block walk -------------------------------------------------------------------
@@ -312,12 +312,12 @@ class GPTQConfig:
                              "picks the ratio; leave clip_ratio at 1.0 or set mse_clip=None")
 
 
-def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, arch: ArchSpec,
+def quantize_block_gptq(block: nn.Module, inputs: BlockInputs, spec: ArchSpec,
                         cfg: GPTQConfig) -> None:
     """GPTQ every selected linear of one block, the linears of one input group (ArchSpec:
     q/k/v, o, gate/up, down, in forward order) stacked."""
-    spec_of = arch.linear_name
-    groups = [tuple(k for k in grp.linears if k in cfg.kinds) for grp in arch.input_groups]
+    spec_of = spec.linear_name
+    groups = [tuple(k for k in grp.linears if k in cfg.kinds) for grp in spec.input_groups]
     groups = [grp for grp in groups if grp]
     stages = [[grp] for grp in groups] if cfg.true_sequential else [groups]
     for stage in stages:

@@ -97,73 +97,73 @@ def _log_clamp(group_size: int, features: int) -> None:
              features)
 
 
-def _grouped(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def _grouped(x: torch.Tensor, qspec: QuantSpec) -> torch.Tensor:
     """x (..., C) -> float32 view (R, G, g): R rows, G groups per row of g values."""
-    if spec.granularity == "tensor":
+    if qspec.granularity == "tensor":
         return x.reshape(1, 1, -1).float()
     C = x.shape[-1]
-    g = spec.group_len(C)
+    g = qspec.group_len(C)
     return x.reshape(-1, C // g, g).float()  # (R, G, g)
 
 
-def quant_params(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def quant_params(x: torch.Tensor, qspec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point per group: float32 tensors of shape (R, G).
 
     R = rows of x flattened to (-1, C) (1 for per-tensor), G = groups per row (1 unless
     granularity is "group"). Zeros are whole numbers stored as float32.
     """
-    xg = _grouped(x, spec)
-    xmin = xg.amin(dim=-1).clamp(max=0) * spec.clip_ratio  # (R, G)
-    xmax = xg.amax(dim=-1).clamp(min=0) * spec.clip_ratio
-    if spec.sym:
+    xg = _grouped(x, qspec)
+    xmin = xg.amin(dim=-1).clamp(max=0) * qspec.clip_ratio  # (R, G)
+    xmax = xg.amax(dim=-1).clamp(min=0) * qspec.clip_ratio
+    if qspec.sym:
         xmax = torch.maximum(xmax, -xmin)
         xmin = -xmax
     empty = (xmin == 0) & (xmax == 0)
     xmin = torch.where(empty, -1.0, xmin)
     xmax = torch.where(empty, 1.0, xmax)
-    scale = (xmax - xmin) / spec.maxq
-    if spec.sym:
-        zero = torch.full_like(scale, (spec.maxq + 1) / 2)
+    scale = (xmax - xmin) / qspec.maxq
+    if qspec.sym:
+        zero = torch.full_like(scale, (qspec.maxq + 1) / 2)
     else:
         zero = torch.round(-xmin / scale)
     return scale, zero
 
 
-def _broadcast(p: torch.Tensor, x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def _broadcast(p: torch.Tensor, x: torch.Tensor, qspec: QuantSpec) -> torch.Tensor:
     """Per-group params (R, G) -> (R, G, 1) against x's (R, G, g) view."""
-    return p.reshape(-1, p.shape[-1], 1) if spec.granularity != "tensor" else p.reshape(1, 1, 1)
+    return p.reshape(-1, p.shape[-1], 1) if qspec.granularity != "tensor" else p.reshape(1, 1, 1)
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qspec: QuantSpec) -> torch.Tensor:
     """Integer codes in [0, 2^b - 1] (uint8, same shape as x)."""
-    xg = _grouped(x, spec)
-    q = torch.clamp(torch.round(xg / _broadcast(scale, xg, spec)) + _broadcast(zero, xg, spec),
-                    0, spec.maxq)
+    xg = _grouped(x, qspec)
+    q = torch.clamp(torch.round(xg / _broadcast(scale, xg, qspec)) + _broadcast(zero, xg, qspec),
+                    0, qspec.maxq)
     return q.to(torch.uint8).reshape(x.shape)
 
 
-def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec,
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qspec: QuantSpec,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(codes - zero) * scale, cast to dtype."""
-    qg = _grouped(codes, spec)
-    x = (qg - _broadcast(zero, qg, spec)) * _broadcast(scale, qg, spec)
+    qg = _grouped(codes, qspec)
+    x = (qg - _broadcast(zero, qg, qspec)) * _broadcast(scale, qg, qspec)
     return x.reshape(codes.shape).to(dtype)
 
 
-def fake_quant(x: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def fake_quant(x: torch.Tensor, qspec: QuantSpec) -> torch.Tensor:
     """Quantize then dequantize with dynamic statistics of x itself (same shape and dtype).
 
     Fused into one expression so activation fake-quant allocates no uint8 codes.
     """
-    scale, zero = quant_params(x, spec)
-    return quantize_with(x, scale, zero, spec)
+    scale, zero = quant_params(x, qspec)
+    return quantize_with(x, scale, zero, qspec)
 
 
-def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
+def quantize_with(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qspec: QuantSpec) -> torch.Tensor:
     """Fake-quantize x with given (not recomputed) params; used by GPTQ column by column."""
-    xg = _grouped(x, spec)
-    s, z = _broadcast(scale, xg, spec), _broadcast(zero, xg, spec)
-    q = torch.clamp(torch.round(xg / s) + z, 0, spec.maxq)
+    xg = _grouped(x, qspec)
+    s, z = _broadcast(scale, xg, qspec), _broadcast(zero, xg, qspec)
+    q = torch.clamp(torch.round(xg / s) + z, 0, qspec.maxq)
     return ((q - z) * s).reshape(x.shape).to(x.dtype)
 
 
@@ -185,8 +185,8 @@ class QuantResult:
     error: float | None = None
 
 
-def quantize_weight(w: torch.Tensor, spec: QuantSpec) -> QuantResult:
+def quantize_weight(w: torch.Tensor, qspec: QuantSpec) -> QuantResult:
     """Round-to-nearest of a weight (out, in) under spec (the RTN baseline's math)."""
-    scale, zero = quant_params(w, spec)
-    codes = quantize(w, scale, zero, spec)
-    return QuantResult(dequantize(codes, scale, zero, spec, w.dtype), codes, scale, zero, spec)
+    scale, zero = quant_params(w, qspec)
+    codes = quantize(w, scale, zero, qspec)
+    return QuantResult(dequantize(codes, scale, zero, qspec, w.dtype), codes, scale, zero, qspec)

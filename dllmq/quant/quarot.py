@@ -170,35 +170,35 @@ def rotate_model(model: nn.Module, seed: int, online_down: bool = True,
     The ArchSpec's input groups say which linears read the residual stream (those of the
     norm-fed groups: q, k, v, gate, up) and which write it (those fed by a linear: o, down)."""
     check_rotatable(model, online_down, rotate_ov)
-    arch, mcfg = model.spec, model.config
+    spec, mcfg = model.spec, model.config
     C, H, D = mcfg.hidden_size, mcfg.num_heads, mcfg.head_dim
-    norm_groups = [g for g in arch.input_groups if g.source_is_norm]
+    norm_groups = [g for g in spec.input_groups if g.source_is_norm]
     readers = [k for g in norm_groups for k in g.linears]
-    writers = [k for g in arch.input_groups if not g.source_is_norm for k in g.linears]
-    emb = get_module(model, arch.embed)
+    writers = [k for g in spec.input_groups if not g.source_is_norm for k in g.linears]
+    emb = get_module(model, spec.embed)
     head = model.head_linear
     dev = emb.weight.device
     Q = random_hadamard_matrix(C, torch.Generator().manual_seed(seed), torch.float64, dev)
 
     rotate_input_side(emb, Q)
-    fuse_norm_into_linears(get_module(model, arch.final_norm), [head])
+    fuse_norm_into_linears(get_module(model, spec.final_norm), [head])
     rotate_input_side(head, Q)
     for block in model.blocks:
-        lin = {k: get_module(block, arch.linear_name(k)) for k in LINEAR_KINDS}
+        lin = {k: get_module(block, spec.linear_name(k)) for k in LINEAR_KINDS}
         for g in norm_groups:
-            fuse_norm_into_linears(get_module(block, arch.source_path(g)), [lin[k] for k in g.linears])
+            fuse_norm_into_linears(get_module(block, spec.source_path(g)), [lin[k] for k in g.linears])
         for k in readers:
             rotate_input_side(lin[k], Q)
         for k in writers:
             rotate_output_side(lin[k], Q)
         if online_down:
             absorb_input_transform(lin["down"], hadamard_transform)
-            as_qlinear(block, arch.down).input_transform = OnlineHadamard(mcfg.intermediate_size)
+            as_qlinear(block, spec.down).input_transform = OnlineHadamard(mcfg.intermediate_size)
         if rotate_ov:
             rotate_value_heads(lin["v"], D)
             absorb_input_transform(
                 lin["o"], lambda w: head_mix_hadamard(head_local_hadamard(w, H), H))
-            as_qlinear(block, arch.o).input_transform = HeadMixHadamard(H)
+            as_qlinear(block, spec.o).input_transform = HeadMixHadamard(H)
     log.info("QuaRot: rotated %d blocks (hidden %d, seed %d, online down %s, V/O %s)",
              len(model.blocks), C, seed, online_down, rotate_ov)
 
@@ -206,14 +206,14 @@ def rotate_model(model: nn.Module, seed: int, online_down: bool = True,
 def install_act_quant(model: nn.Module, act: QuantSpec | None, kv: QuantSpec | None) -> None:
     """Per-token activation fake-quant on every block linear input; K (rotated over the head
     dim, with q rotated alike so q . k is kept) and V fake-quantized when kv is set."""
-    arch = model.spec
+    spec = model.spec
     if act is not None:
         set_act_specs(model, act)
     if kv is not None:
         for block in model.blocks:
-            set_module(block, arch.q_hook, HeadActQuant(hadamard=True, spec=None))
-            set_module(block, arch.k_hook, HeadActQuant(hadamard=True, spec=kv))
-            set_module(block, arch.v_hook, HeadActQuant(hadamard=False, spec=kv))
+            set_module(block, spec.q_hook, HeadActQuant(hadamard=True, spec=None))
+            set_module(block, spec.k_hook, HeadActQuant(hadamard=True, spec=kv))
+            set_module(block, spec.v_hook, HeadActQuant(hadamard=False, spec=kv))
 
 
 def check_quarot(model: nn.Module, cfg: QuaRotConfig) -> None:

@@ -49,9 +49,9 @@ class RTNConfig:
 
 
 @torch.no_grad()
-def quantize_linear_rtn(block: nn.Module, path: str, spec: QuantSpec) -> QLinear:
+def quantize_linear_rtn(block: nn.Module, path: str, qspec: QuantSpec) -> QLinear:
     q = as_qlinear(block, path)
-    q.set_weight(quantize_weight(q.weight.data, spec.for_features(q.in_features)), "rtn")
+    q.set_weight(quantize_weight(q.weight.data, qspec.for_features(q.in_features)), "rtn")
     return q
 
 

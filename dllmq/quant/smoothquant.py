@@ -138,13 +138,13 @@ def smooth_block(model: nn.Module, block: nn.Module, act_absmax: dict[str, torch
                  groups: Iterable[str], alpha: float) -> dict[str, torch.Tensor]:
     """Fold SmoothQuant scales for `groups` into `block` in place; returns the scale per group
     (over the consumers' input channels)."""
-    arch, mcfg = model.spec, model.config
+    spec, mcfg = model.spec, model.config
     scales = {}
     for g in groups:
-        grp = arch.group(g)
-        lins = [get_module(block, arch.linear_name(k)) for k in grp.linears]
-        a = act_absmax[arch.linear_name(grp.linears[0])]
-        prod = get_module(block, arch.source_path(grp))
+        grp = spec.group(g)
+        lins = [get_module(block, spec.linear_name(k)) for k in grp.linears]
+        a = act_absmax[spec.linear_name(grp.linears[0])]
+        prod = get_module(block, spec.source_path(grp))
         if grp.source == "v" and mcfg.num_kv_heads != mcfg.num_heads:  # o reads v per head group
             H, Hkv = mcfg.num_heads, mcfg.num_kv_heads
             w_kv = gqa_fold(lins[0].weight.abs().amax(dim=0), H, Hkv)
@@ -164,11 +164,11 @@ def install_attn_quant(model: nn.Module, attn: QuantSpec, qk_hadamard: bool = Fa
                        qk_spec: QuantSpec | None = None) -> None:
     """q/k (after RoPE) and v fake-quantized per (token, head), as the authors' QuantMatMul;
     with qk_hadamard, q and k are first rotated over the head dimension (DuQuant's code)."""
-    arch = model.spec
+    spec = model.spec
     for block in model.blocks:
-        set_module(block, arch.q_hook, HeadActQuant(qk_hadamard, qk_spec or attn, per_head=True))
-        set_module(block, arch.k_hook, HeadActQuant(qk_hadamard, qk_spec or attn, per_head=True))
-        set_module(block, arch.v_hook, HeadActQuant(False, attn, per_head=True))
+        set_module(block, spec.q_hook, HeadActQuant(qk_hadamard, qk_spec or attn, per_head=True))
+        set_module(block, spec.k_hook, HeadActQuant(qk_hadamard, qk_spec or attn, per_head=True))
+        set_module(block, spec.v_hook, HeadActQuant(False, attn, per_head=True))
 
 
 @register(SmoothQuantConfig)

@@ -24,7 +24,7 @@ library only) isolated by the operating system, not by Python hooks:
   warning; the namespaces and limits still hold.
 - **Resource limits** set in the program's process and inherited by anything it starts: address
   space (`memory_mb`), CPU time (the timeout + 1 s), file size 1 MiB, 64 processes, 256 files,
-  no core dumps; the tmpfs working directory holds 64 MiB.
+  no core dumps; the tmpfs working directory holds 64 MiB, /dev/shm 16 MiB.
 - **Timeout**: the whole process tree dies with it. The program is process 2 under an init
   (process 1) whose exit makes the kernel kill every process left in the namespace, so a
   detached child holding stderr neither outlives the program nor stretches the timeout.
@@ -33,8 +33,8 @@ library only) isolated by the operating system, not by Python hooks:
 - **Environment**: only PATH, HOME, TMPDIR, LANG and PYTHONHASHSEED=0 reach the program.
 
 Availability is probed once per process (`isolation()`: a trivial program in the sandbox). Where
-no isolation is available (not Linux, no `unshare`, user namespaces disabled) `run_program`
-refuses with `SandboxUnavailable`, a one-line message naming the opt-out: setting the
+no isolation is available (not Linux; user namespaces disabled for a non-root user; a container
+that forbids unshare or mounts) `run_program` and `run_programs` refuse with `SandboxUnavailable`, a one-line message naming the opt-out: setting the
 environment variable `DLLMQ_UNSAFE_EXEC=1` runs programs without isolation (limits, timeout and
 output cap only) after a loud warning. The opt-out has no effect where the sandbox works.
 """
@@ -126,7 +126,10 @@ def _python() -> str:
 def _binds() -> list[str]:
     """Directories the sandbox shows read-only: the system's and the Python installation's."""
     paths = [p for p in SYSTEM_DIRS if os.path.lexists(p)]
-    for extra in (os.path.realpath(sys.base_prefix), os.path.dirname(_python())):
+    base = os.path.realpath(sys.base_prefix)
+    # a venv whose python is a copy, not a link, needs its pyvenv.cfg: show the venv too
+    venv = [] if _python().startswith(base + "/") else [os.path.realpath(sys.prefix)]
+    for extra in (base, *venv, os.path.dirname(_python())):
         if not any(extra == p or extra.startswith(p + "/") for p in paths):
             paths.append(extra)
     return paths
@@ -215,13 +218,18 @@ def isolation() -> Isolation:
     """Probe once per process whether programs can be isolated here, and how."""
     if not sys.platform.startswith("linux"):
         return Isolation(False, f"Linux namespaces are not available on {sys.platform}")
+    hidden = [p for p in _binds() if p == "/tmp" or p.startswith("/tmp/")]
+    if hidden:
+        return Isolation(False, f"Python lives under /tmp ({hidden[0]}), which the sandbox "
+                                "replaces with its working directory; use one installed elsewhere")
     probe = "import os\nassert os.getpid() == 2 and os.listdir('/proc/self/fd')\n"
     rc, err = _spawn(_child_argv(), _header(True, 10.0, DEFAULT_MEMORY_MB), probe, "/",
                      _env("/tmp"), 10.0)
     if rc != 0:
         why = _failure_reason(rc or 0, err) if rc is not None else "probe timed out"
         return Isolation(False, f"a probe program could not be isolated: {why}")
-    return Isolation(True, "user, mount, PID, network, IPC, UTS and cgroup namespaces")
+    return Isolation(True, "mount, PID, network, IPC, UTS and cgroup namespaces"
+                           + ("" if os.geteuid() == 0 else " in a user namespace"))
 
 
 def _child_argv() -> list[str]:

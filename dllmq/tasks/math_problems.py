@@ -115,14 +115,23 @@ def make_problem(rng: random.Random, steps: int, idx: str) -> Item:
     return Item(row=row, key=(start, tuple(ops)))
 
 
-def generate(seed: int, n_train: int = 20000, n_test: int = 400,
+# The first N_TEST_FIRST test problems are drawn before the train split (the shipped tiny models
+# were trained on that train split); the rest of the test split is drawn after it from the same
+# stream, skipping every key already used, so growing n_test never changes train or few-shot.
+N_TEST_FIRST = 400
+
+
+def generate(seed: int, n_train: int = 20000, n_test: int = 1000,
              n_fewshot: int = 16) -> dict[str, list[Item]]:
-    """Splits with difficulties 1-4 in equal shares (test exactly balanced), keys never repeated."""
+    """Splits with difficulties 1-4 in equal shares (test exactly balanced), keys never repeated.
+    Test items N_TEST_FIRST.. are drawn after train (see N_TEST_FIRST): the test split's prefix
+    and the train and few-shot splits are the same for any n_test."""
     rng = random.Random(f"math-{seed}")
     seen: set[tuple] = set()
     splits: dict[str, list[Item]] = {}
-    for name, n in (("test", n_test), ("fewshot", n_fewshot), ("train", n_train)):
-        items: list[Item] = []
+    first = min(n_test, N_TEST_FIRST)
+    for name, n in (("test", first), ("fewshot", n_fewshot), ("train", n_train), ("test", n_test)):
+        items: list[Item] = splits.get(name, [])
         tries = 0
         while len(items) < n:
             steps = 1 + len(items) % 4

@@ -38,9 +38,6 @@ MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND = 32, 1024, 2048, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME = 1 << 14, 1 << 18, 1 << 21
 MNT_DETACH = 2
 SIGKILL = 9   # on every Linux architecture; `signal` is not imported (enum costs milliseconds)
-# statvfs f_flag bits -> the mount flags a read-only remount must keep (locked by the kernel)
-_KEEP = {os.ST_NOEXEC: MS_NOEXEC, os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME,
-         os.ST_RELATIME: MS_RELATIME}
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 PR_CAPBSET_DROP, PR_SET_SECUREBITS, PR_SET_NO_NEW_PRIVS, PR_CAP_AMBIENT = 24, 28, 38, 47
 PR_SET_PDEATHSIG, PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 1, 22, 2
@@ -72,7 +69,10 @@ def _mount(src, target, fstype, flags, data=None):
 
 def _bind_ro(src: str, target: str) -> None:
     _mount(src, target, None, MS_BIND)
-    keep = sum(ms for st, ms in _KEEP.items() if os.statvfs(target).f_flag & st)
+    # statvfs f_flag bits -> the mount flags a read-only remount must keep (locked by the kernel)
+    kept = {os.ST_NOEXEC: MS_NOEXEC, os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME,
+            os.ST_RELATIME: MS_RELATIME}
+    keep = sum(ms for st, ms in kept.items() if os.statvfs(target).f_flag & st)
     _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | keep)
 
 
@@ -181,7 +181,8 @@ def main() -> None:
     size = int(data[:8], 16)
     cfg, program = marshal.loads(data[8:8 + size]), data[8 + size:]
     os.umask(0o022)
-    _check(_libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig")   # dies with the evaluator
+    if sys.platform.startswith("linux"):   # die with the evaluator
+        _check(_libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "pdeathsig")
     try:
         if cfg["isolate"]:
             launcher = os.getpid()
@@ -203,7 +204,8 @@ def main() -> None:
     _set_limits(cfg["limits"])
     if cfg["bpf"]:
         _load_seccomp(cfg["bpf"])
-    sys.stdin = open(os.devnull)   # noqa: SIM115 (the program's stdin for its whole run)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)   # the program's stdin (and its children's)
+    sys.stdin = open(0, closefd=False)   # noqa: SIM115 (open for the program's whole run)
     main_module = types.ModuleType("__main__")
     main_module.__file__ = os.path.abspath("program.py")
     sys.modules["__main__"], sys.argv = main_module, ["program.py"]

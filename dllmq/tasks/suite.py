@@ -7,6 +7,7 @@ files. Same seed, same bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -44,6 +45,14 @@ def build_suite(seed: int = DEFAULT_SEED) -> Suite:
     items = {"qa": qa_splits, "math": math_problems.generate(seed),
              "code": code_problems.generate(seed)}
     return Suite(seed=seed, world=world, items=items)
+
+
+@functools.cache
+def shared_suite(seed: int = DEFAULT_SEED) -> Suite:
+    """`build_suite(seed)`, built once per process and shared (read it, never change it): the
+    embedded tasks and the embedded calibration text of one evaluation read the same items, and
+    building them twice cost a large part of a CPU `eval` run."""
+    return build_suite(seed)
 
 
 def write_suite(out_dir: str | Path, seed: int = DEFAULT_SEED, suite: Suite | None = None) -> list[Path]:

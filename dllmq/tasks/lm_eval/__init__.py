@@ -1,7 +1,7 @@
 """dllmq's lm-eval task files: the paper's ten tasks and the embedded suite.
 
     from dllmq.tasks.lm_eval import task_manager, paper_task_settings
-    tm = task_manager(data_dir="../shared/data/benchmarks")       # or $DLLMQ_DATA_DIR, or the Hub
+    tm = task_manager(data_dir="/data/benchmarks")                # or $DLLMQ_DATA_DIR, or the Hub
     lm_eval.simple_evaluate(model=lm, tasks=["paper_arc_easy"], task_manager=tm)
     paper_task_settings("arc_easy").mc_num                         # 128 (Appendix A)
 
@@ -81,6 +81,24 @@ def check_task_names(names: list[str], manager: TaskManager) -> None:
                                    f"or tag (paper tasks: {', '.join(paper_task_names())}){hint}")
 
 
+def check_runnable(tasks: dict, confirm_run_unsafe_code: bool, num_fewshot: int | None = None,
+                   unsafe_flag: str = "--confirm-run-unsafe-code") -> None:
+    """Before any model loads, for lm-eval's built tasks (`TaskManager.load(...)["tasks"]`):
+    a task that executes model-written programs needs the confirmation (`unsafe_flag` names
+    how the caller gives it), and `num_fewshot` must not exceed a task's few-shot documents
+    (lm-eval would fail, or a paper task ignore it). Raises ValueError with one line."""
+    for name, task in tasks.items():
+        if getattr(task, "UNSAFE_CODE", False) and not confirm_run_unsafe_code:
+            raise ValueError(f"task {name} executes model-written programs; give {unsafe_flag} "
+                             "to allow it")
+        if num_fewshot:
+            docs = task.fewshot_docs()
+            n = len(docs) if docs is not None else 0
+            if n < num_fewshot:
+                raise ValueError(f"num_fewshot {num_fewshot}: task {name} has {n} few-shot "
+                                 "documents; give at most that many")
+
+
 def load_tasks(names: list[str], data_dir: str | Path | None = None,
                manager: TaskManager | None = None) -> dict:
     """Task objects for `names` (lm-eval's TaskManager.load result), names checked first."""
@@ -90,6 +108,6 @@ def load_tasks(names: list[str], data_dir: str | Path | None = None,
 
 
 __all__ = ["DATA_DIR_ENV", "DATA_DIR_KEY", "LM_EVAL_TASK_DIRS", "TASK_DIR", "LocalDataError", "TaskSettings",
-           "UnknownTaskError", "all_paper_settings", "dream_generation_settings", "check_task_names", "load_tasks",
+           "UnknownTaskError", "all_paper_settings", "check_runnable", "check_task_names", "dream_generation_settings", "load_tasks",
            "local_dataset", "paper_task_names", "paper_task_settings", "resolve_data_dir",
            "task_dir", "task_manager"]

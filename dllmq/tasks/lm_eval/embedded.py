@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from functools import cache
 from pathlib import Path
 
 import datasets
@@ -58,12 +57,10 @@ def read_split(category: str, split: str, directory: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-@cache
 def _generated(seed: int):
-    from dllmq.tasks import build_suite
+    from dllmq.tasks.suite import shared_suite
 
-    log.info("generating the embedded suite (seed %d) in process", seed)
-    return build_suite(seed)
+    return shared_suite(seed)  # generated in process once, shared with the calibration text
 
 
 def generated_split(category: str, split: str, seed: int | None = None) -> list[dict]:

@@ -1,0 +1,385 @@
+"""Real low-bit execution vs the official code: one GPU, one run, 8B-shaped random weights.
+
+    python bench/bench_kernels.py --official DIR --layers 8 --out-dir tables
+
+DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
+modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM
+DuQuant/models/), llada_generate.py, llada_get_log_likelihood.py (ML-GSAI/LLaDA generate.py,
+get_log_likelihood.py). Writes bench_kernels.csv (arch, backend, measure, batch, value, unit)
+and bench_kernels.md (every ratio to official-bf16), rewritten after each backend so a run cut
+short keeps what it measured.
+
+Backends (each built from the same seeded random bf16 weights, LLaDA-8B / Dream-7B shapes):
+official-bf16 (official modeling code, eager), bf16 (dllmq eager), bf16-compiled
+(dllmq.kernels.compile_blocks), w8a8-fp8 (realize "fp8" + compile), w8a8-fp8-quarot (QuaRot
+rotation only, then fp8: the online FFN-down and V/O Hadamards run in the step), w8a8-int8
+(w8a8-rtn, the paper's asymmetric W8A8 format, realize "int8" + compile), w4a16
+(w4a16g128-rtn, realize "w4a16": the Triton dequantize-GEMM, + compile), w4a16-dequant (the
+same weights, unpacked to bf16 per layer and multiplied by cuBLAS, + compile).
+Measures: forward_tok_s (batch 8 x 512, full logits), step_ms (prompt 256 + gen 256, block 32,
+one step per block: 8 steps timed and averaged; LLaDA's sampler for LLaDA, Dream's for Dream,
+which has no blocks), likelihood_s per request (prefix 100 + target 20, mc 128, batch 32: four
+forwards of 32 rows per request), weight_gib (parameters + buffers, at the full depth: the
+measured bytes outside the blocks + full depth x the measured bytes of one block, exact since
+every block has the same size), peak_gib (torch.cuda.max_memory_allocated over the backend's
+measures, at the benchmarked depth).
+--layers N runs N blocks instead of 32 / 28 (times then cover N blocks + embedding + head).
+--tiny runs everything on CPU with tiny shapes (no Triton; a check of the script itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import importlib
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dllmq.kernels import compile_blocks, realize, weight_bytes  # noqa: E402
+from dllmq.likelihood import loglikelihood  # noqa: E402
+from dllmq.models import tiny_config  # noqa: E402
+from dllmq.quant import QuaRotConfig, quantize_  # noqa: E402
+from dllmq.sampling import DreamSamplerConfig, LLaDASamplerConfig, generate  # noqa: E402
+
+from bench.bench_models import dream_7b, llada_8b, random_model_on  # noqa: E402
+
+log = logging.getLogger("bench_kernels")
+BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "w8a8-fp8", "w8a8-fp8-quarot", "w8a8-int8",
+            "w4a16", "w4a16-dequant")
+OFFICIAL = ("modeling_llada.py", "configuration_llada.py", "modeling_dream.py",
+            "configuration_dream.py", "dream_generation_utils.py", "llada_generate.py",
+            "llada_get_log_likelihood.py")
+UNITS = {"forward_tok_s": "tok/s", "step_ms": "ms", "likelihood_s": "s", "weight_gib": "GiB",
+         "peak_gib": "GiB"}
+HIGHER_IS_BETTER = {"forward_tok_s"}
+
+
+def import_official(d: Path, tmp: Path) -> dict:
+    pkg = tmp / "official_dllm"
+    pkg.mkdir()
+    for f in OFFICIAL:
+        if not (d / f).is_file():
+            raise SystemExit(f"{d / f} not found; --official must hold {', '.join(OFFICIAL)}")
+        shutil.copy(d / f, pkg / f)
+    (pkg / "__init__.py").write_text("")
+    sys.path.insert(0, str(tmp))
+    import transformers
+
+    transformers.ROPE_INIT_FUNCTIONS.setdefault("default", default_rope)
+    return {f[:-3]: importlib.import_module(f"official_dllm.{f[:-3]}") for f in OFFICIAL}
+
+
+def default_rope(config, device=None, **_kw):
+    """transformers 4.x `_compute_default_rope_parameters`, which transformers 5 dropped from
+    ROPE_INIT_FUNCTIONS (the official Dream code looks it up as "default")."""
+    dim = config.hidden_size // config.num_attention_heads
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float().to(device)
+                                       / dim))
+    return inv, 1.0
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t) / reps
+
+
+# ---- building each backend ------------------------------------------------------------------
+def official_model(mods: dict, ours, device):
+    cfg = ours.config
+    hf = cfg.to_hf()
+    if cfg.model_type == "llada":
+        hf.update(init_device="cpu", use_cache=False)
+        oc = mods["configuration_llada"].LLaDAConfig(**hf)
+        oc.use_cache = False
+        with torch.device("meta"):
+            model = mods["modeling_llada"].LLaDAModelLM(oc, init_params=False)
+        model.load_state_dict(ours.state_dict(), assign=True, strict=True)
+    else:
+        oc = mods["configuration_dream"].DreamConfig(**hf)
+        oc._attn_implementation = "sdpa"
+        with torch.device(device):
+            model = mods["modeling_dream"].DreamModel(oc).to(ours.dtype)
+        model.load_state_dict(ours.state_dict(), strict=True)
+    return model.to(device).eval()
+
+
+def build(backend: str, cfg, device, dtype, mods: dict):
+    model = random_model_on(cfg, device, dtype, seed=0)
+    if backend == "official-bf16":
+        official = official_model(mods, model, device)
+        del model
+        return official
+    if backend == "w8a8-fp8-quarot":
+        quantize_(model, (QuaRotConfig(act=None),), None, progress=False)
+    elif backend == "w8a8-int8":
+        quantize_(model, "w8a8-rtn", None, progress=False)
+    elif backend.startswith("w4a16"):
+        quantize_(model, "w4a16g128-rtn", None, progress=False)
+    if backend.startswith("w8a8-fp8"):
+        realize(model, "fp8")
+    elif backend == "w8a8-int8":
+        realize(model, "int8")
+    elif backend.startswith("w4a16"):
+        realize(model, "w4a16", w4a16_mode="dequant" if backend == "w4a16-dequant" else "triton")
+    if backend not in ("bf16",):
+        compile_blocks(model)
+    return model
+
+
+# ---- the measures ---------------------------------------------------------------------------
+def forward_fn(model, backend, x):
+    if backend == "official-bf16":
+        return lambda: model(input_ids=x).logits
+    return lambda: model(x)
+
+
+def step_fn(model, backend, mods, prompt, gen, block, steps):
+    cfg = model.config
+    if backend == "official-bf16" and cfg.model_type == "llada":
+        return lambda: mods["llada_generate"].generate(
+            model, prompt, steps=steps, gen_length=gen, block_length=block,
+            mask_id=cfg.mask_token_id)
+    if backend == "official-bf16":
+        gu = mods["dream_generation_utils"]
+        # transformers 5 calls validate(user_set_attributes=...), which the official class
+        # (written for 4.x) does not accept; validation checks arguments only
+        gu.DreamGenerationConfig.validate = lambda self, *args, **kwargs: None
+        gcfg = gu.DreamGenerationConfig(mask_token_id=cfg.mask_token_id,
+                                        pad_token_id=cfg.pad_token_id,
+                                        eos_token_id=cfg.eos_token_id,
+                                        bos_token_id=cfg.bos_token_id, max_new_tokens=gen,
+                                        steps=steps, eps=1e-3, alg="origin", temperature=0.0,
+                                        return_dict_in_generate=True)
+        return lambda: model.diffusion_generate(prompt, generation_config=gcfg)
+    scfg = (LLaDASamplerConfig(gen_length=gen, steps=steps, block_length=block)
+            if cfg.model_type == "llada" else DreamSamplerConfig(max_new_tokens=gen, steps=steps))
+    return lambda: generate(model, prompt, scfg)
+
+
+def likelihood_fn(model, backend, mods, reqs, mc, bs, device):
+    if backend == "official-bf16":
+        if model.config.model_type != "llada":
+            raise NotImplementedError("Dream's official likelihood is an lm-eval class (QDLM "
+                                      "dream_base), not run here")
+        ll = mods["llada_get_log_likelihood"]
+        return lambda: [ll.get_log_likelihood(model, torch.tensor(c, device=device),
+                                              torch.tensor(t, device=device), mc_num=mc,
+                                              batch_size=bs, mask_id=model.config.mask_token_id)
+                        for c, t in reqs]
+    return lambda: loglikelihood(model, reqs, mc_num=mc, batch_size=bs, rows_per_forward=bs)
+
+
+def block_bytes(model, backend) -> tuple[int, int]:
+    """(bytes outside the blocks, bytes of one block)."""
+    if backend == "official-bf16":
+        blocks = (model.model.transformer.blocks if model.config.model_type == "llada"
+                  else model.model.layers)
+    else:
+        blocks = model.blocks
+    total, one = weight_bytes(model), weight_bytes(blocks[0])
+    return total - len(blocks) * one, one
+
+
+def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, reps, emit):
+    t0 = time.perf_counter()
+    model = build(backend, cfg, device, dtype, mods)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    outside, one = block_bytes(model, backend)
+    emit(arch, backend, "weight_gib", "", (outside + full_layers * one) / 2**30)
+    V = cfg.vocab_size - 2
+    g = torch.Generator().manual_seed(1)
+    fb, fl, P, G, blk, steps, mc, bs, n_req, pre, tgt = shapes
+    x = torch.randint(0, V, (fb, fl), generator=g).to(device)
+    measures = [
+        ("forward_tok_s", fb, lambda: fb * fl / timed(forward_fn(model, backend, x), device, reps)),
+    ]
+    for b in (1, fb):
+        prompt = torch.randint(0, V, (b, P), generator=g).to(device)
+        measures.append(("step_ms", b, lambda prompt=prompt: 1000 * timed(
+            step_fn(model, backend, mods, prompt, G, blk, steps), device, 1) / steps))
+    reqs = [(torch.randint(0, V, (pre,), generator=g).tolist(),
+             torch.randint(0, V, (tgt,), generator=g).tolist()) for _ in range(n_req)]
+    measures.append(("likelihood_s", bs, lambda: timed(
+        likelihood_fn(model, backend, mods, reqs, mc, bs, device), device, 1) / n_req))
+    with torch.no_grad():
+        for measure, batch, fn in measures:
+            try:
+                emit(arch, backend, measure, batch, fn())
+            except Exception as e:  # a benchmark reports a failed measure and goes on
+                log.error("%s %s %s failed: %s: %s", arch, backend, measure, type(e).__name__, e)
+                emit(arch, backend, measure, batch, None, f"{type(e).__name__}: {e}"[:160])
+    if device.type == "cuda":
+        emit(arch, backend, "peak_gib", fb, torch.cuda.max_memory_allocated() / 2**30)
+    log.info("%s %s done in %.1f s", arch, backend, time.perf_counter() - t0)
+
+
+def release(device) -> None:
+    """Free the last backend's model, compiled code and cached blocks before the next."""
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- kernel checks (GPU) --------------------------------------------------------------------
+@torch.no_grad()
+def kernel_checks(device) -> list[str]:
+    """Triton kernels against the torch reference on 8B-sized operands (printed in the .md)."""
+    from dllmq.kernels.fp8 import fp8_rowwise_reference
+    from dllmq.kernels.int4 import W4A16Linear
+    from dllmq.kernels.triton_kernels import fp8_rowwise
+    from dllmq.quant import QLinear, QuantSpec, quantize_weight
+
+    out = []
+    g = torch.Generator(device).manual_seed(0)
+    x = torch.randn(4096, 12288, device=device, generator=g, dtype=torch.bfloat16) * 3
+    q, s = fp8_rowwise(x)
+    qr, sr = fp8_rowwise_reference(x)
+    out.append(f"fp8 row-wise Triton vs torch: scales equal {bool(torch.equal(s, sr))}, codes "
+               f"differing {(q.float() != qr.float()).sum().item()} of {q.numel()}")
+    w = torch.randn(4096, 12288, device=device, generator=g, dtype=torch.bfloat16) * 0.02
+    ql = QLinear(w, None)
+    ql.set_weight(quantize_weight(w, QuantSpec(4, granularity="group", group_size=128)), "rtn")
+    lin = W4A16Linear(ql)
+    for M in (512, 4096):
+        a = torch.randn(M, 12288, device=device, generator=g, dtype=torch.bfloat16)
+        y = lin(a)
+        ref = a.float() @ lin.dequantized_weight(torch.bfloat16).float().T
+        rel = ((y.float() - ref).norm() / ref.norm()).item()
+        out.append(f"w4a16 Triton vs fp32 reference (M {M}, 12288 -> 4096): rel. error {rel:.2e} "
+                   f"(bf16 output rounding: ~2e-3)")
+    return out
+
+
+# ---- output ---------------------------------------------------------------------------------
+def write(rows, notes, out_dir: Path, header: str, fb: int, bs: int) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "bench_kernels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arch", "backend", "measure", "batch", "value", "unit"])
+        for r in rows:
+            if r["value"] is not None:
+                w.writerow([r["arch"], r["backend"], r["measure"], r["batch"],
+                            f"{r['value']:.6g}", UNITS[r["measure"]]])
+    md = [header, ""]
+    cols = [("forward_tok_s", fb), ("step_ms", 1), ("step_ms", fb), ("likelihood_s", bs),
+            ("weight_gib", ""), ("peak_gib", fb)]
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        got = {(r["backend"], r["measure"], r["batch"]): r for r in rows if r["arch"] == arch}
+        md += [f"## {arch}", "", "| backend | " + " | ".join(
+            f"{m} ({UNITS[m]}{', batch ' + str(b) if b != '' else ''})" for m, b in cols) + " |",
+               "|---" * (len(cols) + 1) + "|"]
+        for backend in dict.fromkeys(r["backend"] for r in rows if r["arch"] == arch):
+            cells = []
+            for m, b in cols:
+                r = got.get((backend, m, b))
+                base = got.get(("official-bf16", m, b))
+                if r is None:
+                    cells.append("")
+                elif r["value"] is None:
+                    cells.append(f"failed: {r['error']}")
+                elif base is None or base["value"] is None or backend == "official-bf16":
+                    cells.append(f"{r['value']:.4g}")
+                else:
+                    ratio = (r["value"] / base["value"] if m in HIGHER_IS_BETTER
+                             else base["value"] / r["value"])
+                    cells.append(f"{r['value']:.4g} ({ratio:.2f}x)")
+            md.append(f"| {backend} | " + " | ".join(cells) + " |")
+        md.append("")
+    md += ["Ratios: speed-up over official-bf16 for times and throughput (higher is faster); "
+           "for memory, how many times smaller than official-bf16 (higher is smaller).", ""]
+    md += [f"- {n}" for n in notes]
+    (out_dir / "bench_kernels.md").write_text("\n".join(md) + "\n")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--official", type=Path, required=True)
+    ap.add_argument("--out-dir", type=Path, default=REPO / "tables")
+    ap.add_argument("--archs", default="llada,Dream")
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--layers", type=int, default=None, help="blocks per model (default: full)")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--tiny", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    backends = a.backends.split(",")
+    bad = sorted(set(backends) - set(BACKENDS))
+    if bad:
+        raise SystemExit(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+    archs = a.archs.split(",")
+    if not set(archs) <= {"llada", "Dream"}:
+        raise SystemExit(f"--archs {a.archs!r}: use llada and/or Dream")
+    device = torch.device("cpu" if a.tiny else "cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device; pass --tiny for the CPU check of the script")
+    dtype = torch.float32 if a.tiny else torch.bfloat16
+    if a.tiny:
+        shapes = (2, 64, 16, 32, 8, 4, 8, 4, 2, 10, 4)
+        configs = {k: tiny_config(k, vocab_size=128, hidden_size=64, intermediate_size=256,
+                                  max_position=1024, mask_token_id=127, eos_token_id=126,
+                                  pad_token_id=126, bos_token_id=125) for k in archs}
+    else:
+        shapes = (8, 512, 256, 256, 32, 8, 128, 32, 4, 100, 20)
+        configs = {"llada": llada_8b(), "Dream": dream_7b()}
+    rows, notes = [], []
+
+    def emit(arch, backend, measure, batch, value, error=None):
+        rows.append(dict(arch=arch, backend=backend, measure=measure, batch=batch, value=value,
+                         error=error))
+        if value is not None:
+            log.info("%s %s %s batch %s: %.4g %s", arch, backend, measure, batch, value,
+                     UNITS[measure])
+
+    dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    header = (f"# Real low-bit execution vs the official code ({dev}, "
+              f"torch {torch.__version__}, random weights)\n\nCommand: `python bench/bench_kernels.py "
+              f"--official DIR{' --layers ' + str(a.layers) if a.layers else ''}"
+              f"{' --tiny' if a.tiny else ''}`; one run, every number measured in it.")
+    if device.type == "cuda":
+        notes += kernel_checks(device)
+        for n in notes:
+            log.info("%s", n)
+    with tempfile.TemporaryDirectory() as tmp:
+        mods = import_official(a.official, Path(tmp)) if "official-bf16" in backends else {}
+        for arch in archs:
+            full = configs[arch]
+            cfg = replace(full, num_layers=a.layers) if a.layers else full
+            notes.append(f"{arch}: {cfg.num_layers} of {full.num_layers} blocks timed"
+                         f" (hidden {cfg.hidden_size}, FFN {cfg.intermediate_size}, vocab "
+                         f"{cfg.vocab_size}); weight_gib is for all {full.num_layers} blocks.")
+            for backend in backends:
+                run_backend(arch, backend, cfg, full.num_layers, device, dtype, mods, shapes,
+                            a.reps, emit)
+                release(device)
+                write(rows, notes, a.out_dir, header, shapes[0], shapes[7])
+    write(rows, notes, a.out_dir, header, shapes[0], shapes[7])
+    print((a.out_dir / "bench_kernels.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
