@@ -8,8 +8,8 @@ seconds per item, taken from the store, most specific first:
    run on the same device and dtype;
 2. the same, any recipe (quantization changes a linear's values, not its cost, except for
    online transforms);
-3. with neither, a short calibration run: the cell itself on 1 and on `calib_items` items,
-   timed and not stored, giving a fixed cost per cell plus a cost per item (`calibrate=False`
+3. with neither, a short calibration run: the cell itself on 1 and on `calib_items` items
+   (after a 1-item warm-up), timed and not stored, giving a fixed cost per cell plus a cost per item (`calibrate=False`
    prints "?" instead).
 
 Items are lm-eval documents (a group's are summed over its tasks), so a rate transfers
@@ -77,7 +77,7 @@ def rates_from(results: list[Result]) -> tuple[dict, dict]:
 
 def _calibrate(grid, cell: Cell, tm, loaded, calib_items: int) -> tuple[float, float]:
     """(seconds per cell, seconds per item) from the cell run on 1 item, then on
-    `calib_items` items (the first run also warms up); nothing is stored."""
+    `calib_items` items, after a warm-up run on 1 item; nothing is stored."""
     import dataclasses
 
     from .harness import DLLMEvalLM
@@ -86,12 +86,13 @@ def _calibrate(grid, cell: Cell, tm, loaded, calib_items: int) -> tuple[float, f
     model, tok = build_model(grid, cell)
     lm = DLLMEvalLM(model=model, tokenizer=tok)
     points = []
-    for n in (1, max(2, calib_items)):
+    for n in (1, 1, max(2, calib_items)):  # the first run warms up and is not counted
         short = dataclasses.replace(cell, settings={**cell.settings, "limit": n})
         t0 = time.perf_counter()
         evaluate_cell(lm, short, tm, grid.confirm_run_unsafe_code)
         points.append((_items(loaded, n), time.perf_counter() - t0))
-    (n1, t1), (n2, t2) = points
+    log.debug("calibration points %s", points)
+    (n1, t1), (n2, t2) = points[1:]
     rate = max(0.0, (t2 - t1) / (n2 - n1)) if n2 > n1 else t2 / max(n2, 1)
     fixed = max(0.0, t1 - rate * n1)
     log.info("calibration run: %s %.3g s + %.3g s/item", cell.label(), fixed, rate)

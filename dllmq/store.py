@@ -21,9 +21,9 @@ two workers never hold the same cell. The owner renews its leases while it works
 whose lease expired, or whose owner process is gone (same host, pid not alive), is stale and
 the next worker takes it over, so a killed worker's cells are redone. `put` removes the
 claim; a finished cell is never claimed again. Several sweeps on one store therefore split
-the work between them. SQLite's locking is not reliable over NFS/Lustre: on a cluster keep
-the store on the node running the workers (one host, many GPUs), or give each node its own
-store file and read them together (`Store.merge_from`).
+the work between them. SQLite's locking is not reliable over NFS: keep the store on a local
+or lock-safe file system that all workers see (one host with many GPUs: any local disk).
+One store file per node, merged by readers, is not implemented.
 
     store = Store("results.sqlite")
     cell = Cell("tiny-llada-instruct", "w4a16g128-gptq", "arc_easy", {"mc_num": 128}, seed=0,
