@@ -52,7 +52,12 @@ from dllmq.models import tiny_config  # noqa: E402
 from dllmq.quant import QuaRotConfig, quantize_  # noqa: E402
 from dllmq.sampling import DreamSamplerConfig, LLaDASamplerConfig, generate  # noqa: E402
 
-from bench.bench_models import dream_7b, llada_8b, random_model_on  # noqa: E402
+from bench.bench_models import (  # noqa: E402
+    dream_7b,
+    llada_8b,
+    random_model_on,
+    seconds_per_call,
+)
 
 log = logging.getLogger("bench_kernels")
 BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "w8a8-fp8", "w8a8-fp8-quarot", "w8a8-int8",
@@ -89,20 +94,9 @@ def default_rope(config, device=None, **_kw):
     return inv, 1.0
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn, device, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    sync(device)
-    return (time.perf_counter() - t) / reps
+def timed(fn, device, reps: int) -> float:
+    """Seconds per call after one warm-up call (bench_models.seconds_per_call)."""
+    return seconds_per_call(fn, device, reps, warmup=1)
 
 
 # ---- building each backend ------------------------------------------------------------------
