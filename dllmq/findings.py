@@ -1,7 +1,7 @@
 """The paper's findings F0-F8 (shared/paper/README.md) judged from a run's own numbers.
 
 Each finding is a set of numeric sub-claims (`report.Check`): a relative drop against a
-threshold, or a difference between two methods against zero, each with its *paired* standard
+threshold, or a gap between two relative drops against a margin, each with its *paired* standard
 error (`dllmq.stats`: both cells answered the same items with the same seeds, and the
 comparison is made item by item). A sub-claim holds or fails only when its interval
 (value ± 2 se) lies wholly on one side of the threshold; otherwise it is within noise. Claims
@@ -14,6 +14,14 @@ Sign convention: a drop is positive when the quantized model is worse.
 Thresholds: "near-lossless" = relative drop below 4 % (the paper calls 4-bit near-lossless
 with drops up to ~3.5 %, i.e. negligible or moderate); "significant" = drop above 4 %;
 "collapse" = accuracy below 10 % of full precision (a drop above 90 %).
+Comparisons ("X beats Y", "math degrades more than QA", "instruct is more robust") are gaps
+between two relative drops, in points of relative drop, judged against MARGIN = 4 points, the
+near-lossless threshold: "X beats Y" holds when drop(Y) - drop(X) lies wholly above 4 (X keeps
+more of FP's accuracy by more than a negligible amount) and does not hold when it lies wholly
+below 4 (X is at most negligibly better, equal or worse). Against a margin of 0, two methods
+that are truly equal could never be told apart at any number of items; the margin makes "no
+meaningful difference" a decidable answer (an equivalence test, one-sided). findings.md also
+counts what a zero margin would decide, so the effect of this choice is visible.
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .report import Check, Numbers, combine, fmt, parse_recipe
+from .report import NOISE, Check, Numbers, combine, fmt, parse_recipe
 
 NEAR_LOSSLESS = 4.0
 SIGNIFICANT = 4.0
 COLLAPSE_PCT_OF_FP = 10.0
+MARGIN = 4.0  # points of relative drop: the smallest gap between two drops that counts
 
 
 @dataclass
@@ -52,10 +61,12 @@ def _drop_check(n: Numbers, model: str, recipe: str, cat: str, op: str, thr: flo
     return None if d is None else Check(f"{model} {recipe} {cat} drop %", d[0], d[1], op, thr)
 
 
-def _diff_check(n: Numbers, model: str, r1: str, r2: str, cat: str) -> Check | None:
-    """accuracy(r1) - accuracy(r2) > 0 (points, paired)."""
-    d = n.diff(model, r1, r2, cat)
-    return None if d is None else Check(f"{model} {cat}: {r1} - {r2} (points)", d[0], d[1], ">", 0.0)
+def _beats_check(n: Numbers, model: str, winner: str, loser: str, cat: str,
+                 margin: float) -> Check | None:
+    """`winner` beats `loser`: drop(loser) - drop(winner) > margin (points of relative drop, paired)."""
+    d = n.drop_gap(model, loser, model, winner, cat)
+    return None if d is None else Check(f"{model} {cat}: drop {loser} - drop {winner}", d[0], d[1],
+                                        ">", margin)
 
 
 def _keep(checks) -> list[Check]:
@@ -78,9 +89,11 @@ def judge(
     categories: Mapping[str, str],
     roles: Mapping[str, str],
     outliers: pd.DataFrame | None = None,
+    margin: float = MARGIN,
 ) -> list[Finding]:
     """roles: {"llada_base", "llada_instruct", "dream_base", "ar"} -> model name (any subset).
-    outliers: rows (model, kind, peak_to_median, massive_token_spread) for F0."""
+    outliers: rows (model, kind, peak_to_median, massive_token_spread) for F0. margin: the
+    comparisons' margin in points of relative drop (module docstring)."""
     n = Numbers(df, categories)
     llada = [roles[k] for k in ("llada_base", "llada_instruct") if k in roles]
     dream = roles.get("dream_base")
@@ -129,9 +142,9 @@ def judge(
         for bits in (4, 3):
             g, a = _with(n.recipes(m), method="GPTQ", wbits=bits), _with(n.recipes(m), method="AWQ", wbits=bits)
             if g and a:
-                f3.checks += _keep(_diff_check(n, m, g[0], a[0], c) for c in n.cats() if not (bits == 3 and c == "code"))
+                f3.checks += _keep(_beats_check(n, m, g[0], a[0], c, margin) for c in n.cats() if not (bits == 3 and c == "code"))
                 if bits == 3:
-                    f3_awq += _keep([_diff_check(n, m, a[0], g[0], "code")])
+                    f3_awq += _keep([_beats_check(n, m, a[0], g[0], "code", margin)])
     if f3_awq:
         main, sub = combine(f3.checks, majority=True), combine(f3_awq, majority=True)
         f3.checks += f3_awq
@@ -145,7 +158,7 @@ def judge(
             for rot in ("QuaRot", "DuQuant"):
                 rr = _with(n.recipes(m), method=rot, wbits=w, abits=a)
                 if sq and rr:
-                    f4.checks += _keep(_diff_check(n, m, rr[0], sq[0], c) for c in n.cats())
+                    f4.checks += _keep(_beats_check(n, m, rr[0], sq[0], c, margin) for c in n.cats())
         sq4 = _with(n.recipes(m), method="SmoothQuant", wbits=4, abits=4)
         for c in ("math", "code"):
             d = n.drop(m, sq4[0], c) if sq4 else None
@@ -159,7 +172,7 @@ def judge(
         for w, a in ((8, 8), (4, 4)):
             d, q = _with(n.recipes(m), method="DuQuant", wbits=w, abits=a), _with(n.recipes(m), method="QuaRot", wbits=w, abits=a)
             if d and q:
-                f5.checks += _keep(_diff_check(n, m, d[0], q[0], c) for c in n.cats())
+                f5.checks += _keep(_beats_check(n, m, d[0], q[0], c, margin) for c in n.cats())
     found.append(f5)
 
     f6 = Finding("F6", "Math and code degrade more than general QA", majority=True)
@@ -169,7 +182,7 @@ def judge(
             for c in ("math", "code"):
                 dc = n.drop(m, r, c)
                 if dq and dc:  # different items: independent, variances add
-                    f6.checks.append(Check(f"{m} {r}: drop {c} - drop qa", *stats.independent_diff(dc, dq), ">", 0.0))
+                    f6.checks.append(Check(f"{m} {r}: drop {c} - drop qa", *stats.independent_diff(dc, dq), ">", margin))
     found.append(f6)
 
     f7 = Finding("F7", "The instruct model is more robust than the base model", majority=True)
@@ -179,7 +192,7 @@ def judge(
             for c in n.cats():
                 d = n.drop_between_models(b, i, r, c)
                 if d:
-                    f7.checks.append(Check(f"{r} {c}: drop base - drop instruct", d[0], d[1], ">", 0.0))
+                    f7.checks.append(Check(f"{r} {c}: drop base - drop instruct", d[0], d[1], ">", margin))
     found.append(f7)
 
     f8 = Finding("F8", "Dream: W4 near-lossless, W3 significant even on QA; GPTQ beats AWQ")
@@ -190,12 +203,20 @@ def judge(
         for bits in (4, 3):
             g, a = _with(wo, method="GPTQ", wbits=bits), _with(wo, method="AWQ", wbits=bits)
             if g and a:
-                f8.checks += _keep([_diff_check(n, dream, g[0], a[0], "qa")])
+                f8.checks += _keep([_beats_check(n, dream, g[0], a[0], "qa", margin)])
     found.append(f8)
     return found
 
 
-def findings_markdown(found: Sequence[Finding]) -> str:
+def decided(found: Sequence[Finding], keys: Sequence[str] = tuple(f"F{i}" for i in range(1, 9))) -> tuple[int, int]:
+    """(decided, all) sub-claims of the findings `keys` (F1-F8 by default)."""
+    vs = [c.verdict for f in found if f.key in keys for c in f.checks]
+    return sum(v != NOISE for v in vs), len(vs)
+
+
+def findings_markdown(found: Sequence[Finding], at_zero_margin: Sequence[Finding] | None = None) -> str:
+    """The findings table and each finding's sub-claims. `at_zero_margin`: the same run judged
+    with margin 0 (`judge(..., margin=0)`), whose decided share is stated for comparison."""
     lines = ["# Findings F0-F8, judged from this run's numbers", "",
              "Every comparison is paired: the FP and quantized cells answered the same items with the "
              "same seeds, and drops and differences carry the paired standard error (`dllmq.stats`). "
@@ -204,7 +225,18 @@ def findings_markdown(found: Sequence[Finding]) -> str:
              "is within noise. Claims about \"most\" cases use a majority of their sub-claims. No "
              "multiple-comparison correction: a sub-claim on its threshold is wrongly decided with "
              "probability about 2.3 %, so each finding below states how many such decisions to expect. "
-             "Generated by `dllmq.findings.judge`; thresholds in its docstring.", "",
+             "Comparisons between two methods, two categories or two models are gaps between relative "
+             f"drops judged against a margin of {MARGIN:g} points (the near-lossless threshold): \"X beats Y\" "
+             f"holds when drop(Y) - drop(X) lies wholly above {MARGIN:g}, and does not hold when it lies "
+             f"wholly below (X is at most negligibly better). "
+             "Generated by `dllmq.findings.judge`; thresholds in its docstring.", ""]
+    d, t = decided(found)
+    line = f"Decided: {d} of {t} F1-F8 sub-claims ({100 * d / t:.0f} %)." if t else "No F1-F8 sub-claim measured."
+    if at_zero_margin is not None and t:
+        dz, tz = decided(at_zero_margin)
+        line += (f" With a zero margin (\"X beats Y\" = drop(Y) - drop(X) > 0) {dz} of {tz} would be "
+                 f"decided ({100 * dz / tz:.0f} %): a true gap near 0 can never be told from 0.")
+    lines += [line, "",
              "| finding | claim | verdict | sub-claims (holds / fails / noise) |", "|---|---|---|---|"]
     for f in found:
         vs = [c.verdict for c in f.checks]
@@ -221,4 +253,4 @@ def findings_markdown(found: Sequence[Finding]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Finding", "Numbers", "findings_markdown", "fmt", "judge"]
+__all__ = ["MARGIN", "Finding", "Numbers", "decided", "findings_markdown", "fmt", "judge"]

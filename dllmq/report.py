@@ -149,12 +149,14 @@ class Numbers:
         d, se = stats.category_diff(p)
         return 100 * d, 100 * se
 
-    def drop_between_models(self, m1: str, m2: str, recipe: str, cat: str) -> tuple[float, float] | None:
-        """drop(m1) - drop(m2) under one recipe. Both models answered the same items, so the four
-        cells are paired: by the linearised drops for one task, a joint bootstrap for several."""
-        q = self._pairs(m1, recipe, m2, recipe, cat)
+    def drop_gap(self, m1: str, r1: str, m2: str, r2: str, cat: str) -> tuple[float, float] | None:
+        """drop(m1, r1) - drop(m2, r2), in points of relative drop (positive: the first drops
+        more). All four cells (the two quantized ones and their models' FP) answered the same
+        items, so they are paired: by the linearised drops for one task, a joint paired
+        bootstrap for several. Two recipes of one model share its FP cell."""
+        q = self._pairs(m1, r1, m2, r2, cat)
         f = self._pairs(m1, FP_RECIPE, m2, FP_RECIPE, cat)
-        if q is None or f is None or self._pairs(m1, recipe, m1, FP_RECIPE, cat) is None:
+        if q is None or f is None or self._pairs(m1, r1, m1, FP_RECIPE, cat) is None:
             return None  # (the last check also proves all four cells share their items)
         tasks = [(qa, fa, qb, fb) for (qa, qb), (fa, fb) in zip(q, f, strict=True)]
         if len(tasks) == 1:
@@ -165,6 +167,10 @@ class Numbers:
             return 100 * (fa - qa) / fa - 100 * (fb - qb) / fb
         est, se, _lo, _hi = stats.paired_bootstrap(tasks, stat)
         return est, se
+
+    def drop_between_models(self, m1: str, m2: str, recipe: str, cat: str) -> tuple[float, float] | None:
+        """drop(m1) - drop(m2) under one recipe (`drop_gap` of the two models)."""
+        return self.drop_gap(m1, recipe, m2, recipe, cat)
 
     def mean_drop(self, cells: Sequence[tuple[str, str, str]]) -> tuple[float, float]:
         """Mean of the relative drops of several (model, recipe, group) cells, with a paired

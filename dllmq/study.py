@@ -131,12 +131,39 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
             "axes": dict(axes or {}),
         }, f"{params['preset']} preset, {role}")
+        workers = int(params.get("workers", 1))
+        if workers > 1:
+            _run_workers(grid, store, workers, params, progress)
         report = run_sweep(grid, store, progress=progress)
         rows += result_rows(store, report.done, role, cat_of, metric_of, axes)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
     return average_seeds(df, ["model", "role", "recipe", "task", "category", "metric", *(axes or {})])
+
+
+def _run_workers(grid, store, workers: int, params: dict[str, Any], progress: bool) -> None:
+    """The grid's missing cells computed by `workers` local worker processes
+    (`dllmq.executors.run_local`): on CPU each with params["threads"] torch threads (a tiny
+    model's forward gains little from a second thread, a second process almost 2x); on one GPU,
+    all on it (a tiny model leaves an H200 mostly idle, and its code execution and lm-eval work
+    run on the CPU). Nothing is started when the store holds every cell."""
+    from .executors import _cells, run_local
+    from .sweep import task_manager
+
+    tm = task_manager(grid)
+    cells = _cells(grid, store, tm)
+    if not {c.cell_id for c in cells} - store.stored_ids():
+        return
+    devices = None
+    if params["device"] != "cpu":
+        index = params["device"].partition(":")[2] or "0"
+        devices = [index] * workers
+    failed = run_local(grid, store.path, workers, progress=progress, devices=devices,
+                       threads=params.get("threads"), tm=tm)
+    if failed:
+        raise RuntimeError(f"{failed} of {workers} workers failed (their log is above); the "
+                           "finished cells are stored: run the notebook again to resume")
 
 
 def result_rows(store, results, role: str, cat_of: dict[str, str], metric_of: dict[str, str],

@@ -78,6 +78,6 @@ if outliers is not None:
     outliers = outliers[outliers["input"] == "clean"]
 roles = {role: name for role, name in P["models"].items()}
 found = judge(df, category_of(P), roles, outliers)
-md = findings_markdown(found)
+md = findings_markdown(found, at_zero_margin=judge(df, category_of(P), roles, outliers, margin=0.0))
 write_text(tab_dir / "findings.md", md)
 print(md)

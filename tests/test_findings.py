@@ -145,3 +145,52 @@ def test_rank_is_deterministic(tmp_path):
 
     df = _frame(_store(tmp_path, {"fp16": PLAN["fp16"], "w3a16g128-gptq": PLAN["w3a16g128-gptq"]}, n=60))
     assert rank_drops(df, ("setting", "method")).equals(rank_drops(df, ("setting", "method")))
+
+
+def test_equal_methods_are_decided_by_the_margin_and_never_at_zero(tmp_path):
+    # GPTQ and AWQ truly equal (0 % drop both): "GPTQ beats AWQ" does not hold with the 4-point
+    # margin at 2000 items, and stays within noise against a zero margin at any item count
+    plan = {k: PLAN[k] for k in ("fp16", "w4a16g128-gptq", "w4a16g128-awq")}
+    df = _frame(_store(tmp_path, plan, n=2000))
+    f3 = {x.key: x for x in judge(df, CATS, ROLES)}["F3"]
+    w4 = [c for c in f3.checks if "w4a16" in c.what]
+    assert w4 and all(c.verdict == "does not hold" for c in w4), [c.line() for c in w4]
+    assert all(c.threshold == 4.0 and abs(c.value) < 4.0 for c in w4)
+    f3_zero = {x.key: x for x in judge(df, CATS, ROLES, margin=0.0)}["F3"]
+    assert all(c.verdict == "within noise" for c in f3_zero.checks if "w4a16" in c.what)
+
+
+def test_a_method_better_by_more_than_the_margin_beats_the_other(tmp_path):
+    plan = {**PLAN, "w3a16g128-gptq": {"qa": 0, "math": 0, "code": 0},
+            "w3a16g128-awq": {"qa": 15, "math": 15, "code": 15}}
+    df = _frame(_store(tmp_path, plan))
+    f3 = {x.key: x for x in judge(df, CATS, ROLES)}["F3"]
+    w3 = [c for c in f3.checks if "w3a16" in c.what and "code" not in c.what]
+    # the gap is drop(AWQ) - drop(GPTQ) = 15 points of relative drop
+    assert w3 and all(c.value == pytest.approx(15.0, abs=0.5) for c in w3)  # (item rounding)
+    assert all(c.verdict == "holds" for c in w3), [c.line() for c in w3]
+    awq_code = [c for c in f3.checks if "code" in c.what and "drop w3a16g128-gptq - drop w3a16g128-awq" in c.what]
+    assert awq_code and all(c.verdict == "does not hold" for c in awq_code)
+
+
+def test_drop_gap_is_the_difference_of_the_drops(tmp_path):
+    from dllmq.report import Numbers
+    df = _frame(_store(tmp_path, {**PLAN, "w3a16g128-awq": {"qa": 20, "math": 10, "code": 5}}, n=200))
+    n = Numbers(df, CATS)
+    for cat in ("qa", "math", "code"):
+        gap = n.drop_gap("base", "w3a16g128-awq", "base", "w3a16g128-gptq", cat)
+        d1, d2 = n.drop("base", "w3a16g128-awq", cat), n.drop("base", "w3a16g128-gptq", cat)
+        assert gap[0] == pytest.approx(d1[0] - d2[0], abs=1e-9)
+        assert 0 < gap[1] < d1[1] + d2[1]  # paired: below the sum of the two se
+
+
+def test_markdown_states_the_decided_share_and_the_zero_margin_one(tmp_path):
+    plan = {k: PLAN[k] for k in ("fp16", "w4a16g128-gptq", "w4a16g128-awq")}
+    df = _frame(_store(tmp_path, plan, n=2000))
+    found, zero = judge(df, CATS, ROLES), judge(df, CATS, ROLES, margin=0.0)
+    from dllmq.findings import decided
+    d, t = decided(found)
+    dz, _ = decided(zero)
+    assert dz < d <= t
+    md = findings_markdown(found, at_zero_margin=zero)
+    assert f"Decided: {d} of {t} F1-F8 sub-claims" in md and "With a zero margin" in md and f" {dz} of {t} would be" in md
