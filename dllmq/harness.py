@@ -144,7 +144,7 @@ class EvalSettings:
 
 SETTING_NAMES = tuple(f.name for f in dataclasses.fields(EvalSettings))
 CONSTRUCTOR_ARGS = ("pretrained", "recipe", "calib", "calib_samples", "calib_seqlen", "calib_seed",
-                    "device", "dtype", "max_batch_size", "task_settings")
+                    "device", "dtype", "max_batch_size", "task_settings", "progress")
 
 
 def sampler_config(model_type: str, s: EvalSettings) -> LLaDASamplerConfig | DreamSamplerConfig:
@@ -392,7 +392,9 @@ class DLLMEvalLM(LM):
     Either `pretrained` (a shipped name, a local checkpoint or a Hub id; then `recipe` and
     the `calib*` args quantize it after loading) or a ready `model` + `tokenizer` (quantize
     it yourself with `dllmq.quant.quantize_`). `task_settings=False` turns off the paper's
-    per-task settings (see the module docstring). Remaining keyword args: `EvalSettings`.
+    per-task settings (see the module docstring). `progress=False` hides the per-request
+    progress bars (for a caller that shows its own, such as the sweep; lm-eval's CLI shows them
+    unless given `--model_args progress=False`). Remaining keyword args: `EvalSettings`.
     """
 
     def __init__(
@@ -410,6 +412,7 @@ class DLLMEvalLM(LM):
         dtype: str | torch.dtype | None = None,
         max_batch_size: int | None = None,
         task_settings: bool = True,
+        progress: bool = True,
         **settings: Any,
     ):
         super().__init__()
@@ -428,6 +431,7 @@ class DLLMEvalLM(LM):
         self.settings = EvalSettings(**settings)
         self.explicit = frozenset(settings)  # given by the user: no task setting overrides these
         self.task_settings = task_settings
+        self.progress = progress
         self._per_task: dict[str | None, tuple[EvalSettings, frozenset[str]]] = {}
         self.defaults = model_defaults(pretrained) if model is None else ModelDefaults()
         self.accelerator = self._distributed()
@@ -622,7 +626,7 @@ class DLLMEvalLM(LM):
                         len(pairs), self.max_length)
         out: list[float] = []
         chunk = 64  # requests per progress-bar step; each chunk's samples fill whole batches
-        bar = tqdm(total=len(fitted), desc=desc, disable=disable_tqdm or self.rank != 0)
+        bar = tqdm(total=len(fitted), desc=desc, disable=disable_tqdm or not self.progress or self.rank != 0)
         for i in range(0, len(fitted), chunk):
             part = fitted[i:i + chunk]
             draws = [draw_masks(len(c), len(t), r.mc_num, r.mc_batch or min(r.mc_num, r.batch_size),
@@ -691,7 +695,7 @@ class DLLMEvalLM(LM):
         out: list[str | None] = [None] * len(requests)
         gen = torch.Generator(self.device).manual_seed(self.settings.seed)
         bar = tqdm(total=len(requests), desc="dllmq generate_until",
-                   disable=disable_tqdm or self.rank != 0)
+                   disable=disable_tqdm or not self.progress or self.rank != 0)
         bs = self.settings.batch_size
         for (cfg,), idx in groups.items():
             idx = sorted(idx, key=lambda j: -len(prepared[j][0]))  # similar lengths together

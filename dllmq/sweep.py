@@ -669,8 +669,9 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                         model, tok = build_model(grid, cell, cache_dir)
                         if isinstance(build, Cell):
                             store.release(owner, build)
-                        lm, lm_of = harness.DLLMEvalLM(model=model, tokenizer=tok), (cell.model,
-                                                                                     cell.recipe)
+                        # its per-request bars off while the sweep shows its own
+                        lm = harness.DLLMEvalLM(model=model, tokenizer=tok, progress=not progress)
+                        lm_of = (cell.model, cell.recipe)
                     bar.set_postfix_str(cell.label())
                     try:
                         metrics, samples, wall = evaluate_cell(lm, cell, tm,
