@@ -88,6 +88,39 @@ def _model_type(name: str) -> str:
     return read_config(resolve(name)).model_type
 
 
+def study_grid(params: dict[str, Any], role: str, recipes, categories=("qa", "math", "code"),
+               axes: dict[str, list] | None = None):
+    """The sweep grid `run_study` evaluates for one role: its model x recipes x the categories'
+    tasks, the chat template as a per-task setting (so each recipe is quantized once for all of
+    the role's tasks), Dream without LLaDA's sampler-only settings."""
+    from .harness import foreign_settings
+    from .models import arch_spec
+    from .sweep import parse_grid
+
+    name = params["models"][role]
+    dream = arch_spec(_model_type(name)).family == "dream"
+    chat_cats = set(params.get("chat_template", {}).get(role, []))
+    # one sweep per role with the chat template as a per-task setting, so each recipe is
+    # quantized once for all of the role's tasks
+    tasks = []
+    for cat in categories:
+        for t in task_specs(params, [cat]):
+            t["settings"]["apply_chat_template"] = cat in chat_cats
+            if dream:
+                t["settings"] = {k: v for k, v in t["settings"].items()
+                                 if k not in foreign_settings("dream")}
+            tasks.append(t)
+    return parse_grid({
+        "models": [name], "recipes": list(recipes), "tasks": tasks,
+        "seeds": list(params.get("seeds", [0])),
+        "settings": {"limit": params["limit"]},
+        "include_path": [str(repo_path(p)) for p in params.get("include_path", [])],
+        "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
+        "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
+        "axes": dict(axes or {}),
+    }, f"{params['preset']} preset, {role}")
+
+
 def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
               progress: bool = True, axes: dict[str, list] | None = None):
     """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
@@ -97,40 +130,18 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
 
     The chat template is applied to the categories params["chat_template"][role] lists (the
     instruct model's generation tasks), never guessed. Dream models get the task settings
-    without LLaDA's sampler-only keys (block_length, remasking, cfg_scale)."""
+    without LLaDA's sampler-only keys (block_length, remasking, cfg_scale). With
+    params["workers"] > 1 the missing cells are computed by local worker processes first."""
     import pandas as pd
 
-    from .harness import foreign_settings
-    from .models import arch_spec
     from .store import Store
-    from .sweep import parse_grid, run_sweep
+    from .sweep import run_sweep
 
     store = Store(repo_path(params["store"]))
     cat_of, metric_of = category_of(params), params["metrics"]
     rows = []
     for role in roles:
-        name = params["models"][role]
-        dream = arch_spec(_model_type(name)).family == "dream"
-        chat_cats = set(params.get("chat_template", {}).get(role, []))
-        # one sweep per role with the chat template as a per-task setting, so each recipe is
-        # quantized once for all of the role's tasks
-        tasks = []
-        for cat in categories:
-            for t in task_specs(params, [cat]):
-                t["settings"]["apply_chat_template"] = cat in chat_cats
-                if dream:
-                    t["settings"] = {k: v for k, v in t["settings"].items()
-                                     if k not in foreign_settings("dream")}
-                tasks.append(t)
-        grid = parse_grid({
-            "models": [name], "recipes": list(recipes), "tasks": tasks,
-            "seeds": list(params.get("seeds", [0])),
-            "settings": {"limit": params["limit"]},
-            "include_path": [str(repo_path(p)) for p in params.get("include_path", [])],
-            "include_defaults": False, "calib": dict(params["calib"]), "device": params["device"],
-            "confirm_run_unsafe_code": True,  # code tasks run generated programs in a sandbox
-            "axes": dict(axes or {}),
-        }, f"{params['preset']} preset, {role}")
+        grid = study_grid(params, role, recipes, categories, axes)
         workers = int(params.get("workers", 1))
         if workers > 1:
             _run_workers(grid, store, workers, params, progress)
