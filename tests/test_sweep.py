@@ -465,3 +465,53 @@ def test_shards_refused_in_one_line_before_work(shard_env, tmp_path, change, mes
         run_sweep(grid, grid.store, progress=False, tm=shard_env["tm"])
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "r.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_kill_one_of_three_local_workers_with_shards_then_rerun(shard_env, tmp_path):
+    """Issue 13's kill test with shards: 3 local workers on a sharded grid, one SIGKILLed once
+    a shard is stored, the grid rerun: every shard and cell stored exactly once, metrics and
+    per-item samples bit-identical to one worker's unsharded run."""
+    over = {"seeds": [0, 1], "shard_size": 2}
+    ref = _shard_grid(shard_env, tmp_path / "ref", "llada", seeds=[0, 1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of the 3 workers gets
+    try:
+        run_sweep(ref, ref.store, progress=False, tm=shard_env["tm"])
+    finally:
+        torch.set_num_threads(threads)
+    grid = _shard_grid(shard_env, tmp_path / "run", "llada", **over)
+    cmd = [sys.executable, "-m", "dllmq", "sweep", str(tmp_path / "run" / "grid.yaml"),
+           "--executor", "local", "--workers", "3", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    killed = None
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and killed is None:
+            assert proc.poll() is None, "the sweep ended before a worker could be killed"
+            if grid.store.exists():
+                store = Store(grid.store)
+                live = [c for c in store.claims() if not c.stale()]
+                if store.results(shards=True) and live:
+                    killed = live[0]
+                    os.kill(killed.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None
+    assert proc.returncode != 0 and "1 of 3 workers failed" in err, err[-2000:]
+    rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    store, want = Store(grid.store), Store(ref.store)
+    store.check()
+    rows = store.results(shards=True)
+    assert len(rows) == len({r.cell.cell_id for r in rows}) == 4 + 4 * 3  # cells + shards, once
+    assert not store.claims()
+    assert {c.cell_id for c in store.cells()} == {c.cell_id for c in want.cells()}
+    for cell in want.cells():
+        assert store.get(cell).metrics == want.get(cell).metrics
+        assert store.samples(cell) == want.samples(cell)
+    assert len({r.worker for r in rows if r.cell.shard is not None}) >= 2
