@@ -46,15 +46,10 @@ class CellPlan:
 
 
 def _items(loaded: Mapping[str, Any], limit: Any) -> int:
-    n = 0
-    for task in loaded.get("tasks", {}).values():
-        docs = len(task.eval_docs)
-        if isinstance(limit, float) and limit <= 1.0:
-            docs = int(limit * docs)
-        elif limit is not None:
-            docs = min(int(limit), docs)
-        n += docs
-    return n
+    """Documents a cell evaluates (`dllmq.sweep.n_docs`: lm-eval's rounding of a fraction)."""
+    from .sweep import n_docs
+
+    return n_docs(loaded, limit)
 
 
 def _rate_key(cell: Cell, recipe: bool) -> tuple:
