@@ -56,8 +56,9 @@ def test_plan_uses_stored_rates_and_marks_stored_cells(env, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=False, reason="not reliable yet: on the shared 2-core box the estimate "
-                   "was +0 %, then +87 %, +78 %, +63 % of the measured time; cells of a few "
-                   "seconds are within timing noise, and generation costs per batch, not per item")
+                   "was +0 %, then +87 %, +78 %, +63 %, later +28 % and +17 % of the measured "
+                   "time (always over); cells of a few seconds are within timing noise, and "
+                   "generation costs per batch, not per item")
 def test_plan_estimate_within_30_percent_of_measured(env, tmp_path):
     """Issue 13: plan's estimate (calibration runs on 1 and 3 items, empty store) against the
     evaluation time the sweep then measures for the same grid."""
