@@ -12,7 +12,8 @@ later run). What runs the workers:
   GPUs per worker). Each array task is one worker.
 
 While workers run, the launching process shows progress over the whole grid from the store:
-cells done / running (claimed by a live worker) / left, and the time left at the rate of the
+units of work (cells, or the shards of a sharded cell) done / running (claimed by a live
+worker) / left, and the time left at the rate of the
 cells finished so far (`progress_line`).
 """
 
@@ -92,11 +93,15 @@ def run_worker(spec: dict[str, Any]) -> int:
 
 
 def _cells(grid, store: Store, tm=None) -> list[Cell]:
-    """Validate once in the launcher (bad input fails here, before any worker starts)."""
-    from .sweep import keyed_cells, task_manager, validate
+    """Validate once in the launcher (bad input fails here, before any worker starts); the
+    units of work whose progress is shown: cells, and the shards of sharded cells."""
+    from .sweep import keyed_cells, shards_of, task_manager, validate
 
     tm = tm or task_manager(grid)
-    return keyed_cells(grid, validate(grid, tm), cache=store)
+    checked = validate(grid, tm)
+    cells = keyed_cells(grid, checked, cache=store)
+    sharded = shards_of(grid, checked, cells)
+    return [u for c in cells for u in sharded.get(c, [c])]
 
 
 def _watch(store: Store, cells: list[Cell], alive, workers: int, progress: bool,

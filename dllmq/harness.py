@@ -36,9 +36,12 @@ task name (the authors' wrapper did that). Unknown model args raise with the val
 
 Data parallel: under `accelerate launch` each process loads the model on its device and lm-eval
 splits requests by rank and gathers through `all_gather`/`gather_object` below.
-Seeded: likelihood draws per request (above); generation draws from a fresh generator seeded
-with `seed` per call, so the same settings give the same numbers on CPU (sampled generation,
-temperature > 0, depends on the batch a prompt lands in; greedy decoding does not).
+Seeded: likelihood draws per request (above); requests are batched only within a block of
+`doc_block` documents (lm-eval's doc_id) and each block's generation draws from its own
+generator seeded by (seed, task, block), so the same settings give the same numbers on CPU
+and a document's result does not depend on the documents outside its block (item-range
+shards, `for_docs`, are bit-identical to one run; the data-parallel split of requests by rank
+is not: sampled generation there depends on the rank's blocks).
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ from .sampling import DreamSamplerConfig, LLaDASamplerConfig, generate
 log = logging.getLogger(__name__)
 
 NO_QUANT = "fp16"  # the recipe name meaning "leave the model as loaded"
+# What the request batching and seeding computes, in every stored cell key (dllmq.sweep): a
+# change of it changes stored numbers, so it is bumped and old rows are never served as new.
+# 2: batches and generation generators per block of `doc_block` documents (item-range shards).
+HARNESS_REVISION = 2
 # The sampler settings each family takes besides the shared gen_length, steps and temperature:
 # the one statement of "Dream has no block_length / remasking" (and LLaDA no alg, top_p, ...).
 FAMILY_SAMPLER_KEYS = {"llada": ("block_length", "remasking", "cfg_scale"),
@@ -97,7 +104,11 @@ class EvalSettings:
     max_length: context length (None: the model's max_position).
     truncate: left-truncate contexts longer than max_length, as lm-eval's HF model does (with a
       warning); False (default): such a request is an error naming the task and the lengths.
-    seed: seeds the torch.Generator of every call.
+    seed: seeds the likelihood draws (per request) and generation (per block of documents).
+    doc_block: documents per block (lm-eval's doc_id // doc_block, per task): requests are
+      batched only within a block and each block's generation draws from its own generator,
+      so a document's result depends on its block only, never on the other documents of the
+      call (what makes item-range shards of a multiple of doc_block bit-identical to one run).
     Sampler (gen_length 256 = lm-eval's max_gen_toks default; steps and block_length None =
     gen_length; the rest None = the sampler's default): LLaDA uses block_length, remasking;
     Dream uses alg, alg_temp, eps, top_p, top_k.
@@ -111,6 +122,7 @@ class EvalSettings:
     max_length: int | None = None
     truncate: bool = False
     seed: int = 1234
+    doc_block: int = 32
     gen_length: int = 256
     steps: int | None = None
     block_length: int | None = None
@@ -128,6 +140,8 @@ class EvalSettings:
             if v is not None and "float" in str(f.type) and isinstance(v, int) \
                     and not isinstance(v, bool):
                 object.__setattr__(self, f.name, float(v))
+        if self.doc_block < 1:
+            raise ValueError(f"doc_block={self.doc_block} must be >= 1")
         if self.mc_num < 1 or self.batch_size < 1 or (self.mc_batch or 1) < 1:
             raise ValueError(f"mc_num={self.mc_num}, mc_batch={self.mc_batch} and batch_size="
                              f"{self.batch_size} must be >= 1")
@@ -240,6 +254,12 @@ def request_seed(seed: int, context: list[int], continuation: list[int]) -> int:
     estimate does not depend on which other requests share the call, their order, the data
     parallel split or the limit."""
     h = hashlib.sha256(f"{seed}|{context}|{continuation}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def block_seed(seed: int, task: str | None, block: int | None) -> int:
+    """The seed of one document block's generation draws (`EvalSettings.doc_block`)."""
+    h = hashlib.sha256(f"{seed}|{task}|{block}".encode()).digest()
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
@@ -462,6 +482,7 @@ class DLLMEvalLM(LM):
         self.tokenizer = tokenizer
         self.recipe = recipe
         self.pretrained = pretrained
+        self.docs: tuple[int, int] | None = None  # `for_docs`: compute only these documents
         self.max_length = self.settings.max_length or model.config.max_position
         # fail now, not after an hour of likelihoods: the sampler settings must be valid
         check_sampler(model.config.model_type, self.settings)
@@ -488,6 +509,33 @@ class DLLMEvalLM(LM):
         new.max_length = new.settings.max_length or self.model.config.max_position
         check_sampler(self.model.config.model_type, new.settings)
         return new
+
+    def for_docs(self, start: int, stop: int) -> DLLMEvalLM:
+        """A copy that computes only the requests of documents start <= doc_id < stop (an
+        item-range shard; both multiples of doc_block, or stop the task's end) and answers the
+        others with placeholders (log-likelihood 0, empty text) that the caller drops. lm-eval
+        still builds every request, so few-shot contexts are those of the whole task."""
+        if start < 0 or stop <= start:
+            raise ValueError(f"document range [{start}, {stop}) is empty")
+        if start % self.settings.doc_block:
+            raise ValueError(f"a shard starts at document {start}, not a multiple of doc_block "
+                             f"{self.settings.doc_block}")
+        new = self.with_settings()
+        new.docs = (start, stop)
+        return new
+
+    def _blocks(self, requests) -> dict[tuple, list[int]]:
+        """{(task, doc_id // doc_block): indices of its requests}, in order, for the requests
+        this LM computes (all, or those in `docs`). A request without a doc_id (a direct
+        call, not through lm-eval) is in block (task, None)."""
+        out: dict[tuple, list[int]] = {}
+        b = self.settings.doc_block
+        for i, r in enumerate(requests):
+            d = getattr(r, "doc_id", None)
+            if self.docs is not None and (d is None or not self.docs[0] <= d < self.docs[1]):
+                continue
+            out.setdefault((_task(r), None if d is None else d // b), []).append(i)
+        return out
 
     # ---- lm-eval plumbing -----------------------------------------------------------
     @property
@@ -603,10 +651,12 @@ class DLLMEvalLM(LM):
     def _mc_loglikelihood(self, pairs: list[tuple[list[int], list[int]]], desc: str,
                           disable_tqdm: bool = False,
                           settings: list[EvalSettings] | None = None,
-                          tasks: Sequence[str | None] = ()) -> list[float]:
+                          tasks: Sequence[str | None] = (),
+                          blocks: Sequence[list[int]] | None = None) -> list[float]:
         """`dllmq.likelihood`'s estimator (draws per request from `request_seed` with that
-        request's mc_num, then all samples packed into batches of batch_size rows); contexts
-        left-truncated to fit."""
+        request's mc_num, then the samples of up to 64 requests of one block of `blocks`
+        (lists of indices into `pairs`; None: one block) packed into batches of batch_size
+        rows); contexts left-truncated to fit."""
         s = self.settings
         per = settings or [s] * len(pairs)
         estimator = self.model.spec.family  # the likelihood's mask draw: "llada" | "dream"
@@ -624,57 +674,83 @@ class DLLMEvalLM(LM):
             self._too_long(len(long), len(pairs), max(long), tasks, "contexts")
             log.warning("%d of %d contexts left-truncated to fit max_length %d", len(long),
                         len(pairs), self.max_length)
-        out: list[float] = []
+        out: list[float] = [0.0] * len(fitted)
         chunk = 64  # requests per progress-bar step; each chunk's samples fill whole batches
-        bar = tqdm(total=len(fitted), desc=desc, disable=disable_tqdm or not self.progress or self.rank != 0)
-        for i in range(0, len(fitted), chunk):
-            part = fitted[i:i + chunk]
-            draws = [draw_masks(len(c), len(t), r.mc_num, r.mc_batch or min(r.mc_num, r.batch_size),
-                                torch.Generator().manual_seed(request_seed(r.seed, c, t)),
-                                estimator) for (c, t), r in zip(part, per[i:i + chunk], strict=True)]
-            out.extend(evaluate_masks(self.model, part, draws, s.cfg_scale, s.batch_size))
-            bar.update(len(part))
+        blocks = [list(range(len(fitted)))] if blocks is None else blocks
+        bar = tqdm(total=sum(map(len, blocks)), desc=desc,
+                   disable=disable_tqdm or not self.progress or self.rank != 0)
+        for block in blocks:  # batches never mix blocks: a block's numbers are its own
+            for i in range(0, len(block), chunk):
+                idx = block[i:i + chunk]
+                part = [fitted[j] for j in idx]
+                draws = [draw_masks(len(c), len(t), per[j].mc_num,
+                                    per[j].mc_batch or min(per[j].mc_num, per[j].batch_size),
+                                    torch.Generator().manual_seed(request_seed(per[j].seed, c, t)),
+                                    estimator) for j, (c, t) in zip(idx, part, strict=True)]
+                lls = evaluate_masks(self.model, part, draws, s.cfg_scale, s.batch_size)
+                for j, ll in zip(idx, lls, strict=True):
+                    out[j] = ll
+                bar.update(len(part))
         bar.close()
         return out
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        pairs = [self.encode_pair(*r.args) for r in requests]
+        """Per document block (`_blocks`); requests outside `docs` get (0.0, False)."""
+        blocks = list(self._blocks(requests).values())
+        sel = [i for b in blocks for i in b]
+        at = {i: k for k, i in enumerate(sel)}
+        reqs = [requests[i] for i in sel]
+        pairs = [self.encode_pair(*r.args) for r in reqs]
         lls = self._mc_loglikelihood(pairs, "dllmq loglikelihood", disable_tqdm,
-                                     [self.settings_for(_task(r)) for r in requests],
-                                     [_task(r) for r in requests])
-        if not self.settings.greedy_check:
-            return [(ll, False) for ll in lls]
-        greedy = greedy_check(self.model, [(self._fit(c, t), t) for c, t in pairs],
-                              self.settings.cfg_scale)
-        return list(zip(lls, greedy, strict=True))
+                                     [self.settings_for(_task(r)) for r in reqs],
+                                     [_task(r) for r in reqs],
+                                     [[at[i] for i in b] for b in blocks])
+        greedy = [False] * len(pairs)
+        if self.settings.greedy_check:
+            for b in blocks:
+                part = [pairs[at[i]] for i in b]
+                for i, g in zip(b, greedy_check(self.model, [(self._fit(c, t), t) for c, t in part],
+                                                self.settings.cfg_scale), strict=True):
+                    greedy[at[i]] = g
+        out = [(0.0, False)] * len(requests)
+        for k, i in enumerate(sel):
+            out[i] = (lls[k], greedy[k])
+        return out
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-        pairs, owner, per = [], [], []
-        for i, r in enumerate(requests):
-            (text,) = r.args
-            tokens = self.tok_encode(text, add_special_tokens=False)
-            for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
-                    token_list=tokens, prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length - 1, context_len=1)):  # ctx + cont <= max
-                pairs.append((list(ctx), list(cont)))
-                owner.append(i)
-                per.append(self.settings_for(_task(r)))
-        lls = self._mc_loglikelihood(pairs, "dllmq rolling ELBO", disable_tqdm, per)
+        pairs, owner, per, blocks = [], [], [], []
+        for block in self._blocks(requests).values():  # requests outside `docs` score 0.0
+            blocks.append([])
+            for i in block:
+                r = requests[i]
+                (text,) = r.args
+                tokens = self.tok_encode(text, add_special_tokens=False)
+                for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(
+                        token_list=tokens, prefix_token=self.prefix_token_id,
+                        max_seq_len=self.max_length - 1, context_len=1)):  # ctx + cont <= max
+                    blocks[-1].append(len(pairs))
+                    pairs.append((list(ctx), list(cont)))
+                    owner.append(i)
+                    per.append(self.settings_for(_task(r)))
+        lls = self._mc_loglikelihood(pairs, "dllmq rolling ELBO", disable_tqdm, per,
+                                     blocks=blocks)
         totals = [0.0] * len(requests)
         for i, ll in zip(owner, lls, strict=True):
             totals[i] += ll
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Requests grouped by their settings, batched by batch_size, each batch decoded with
-        one generator draw sequence (padded prompts decode as they would alone)."""
+        """Requests grouped by document block (`_blocks`) then by their settings, batched by
+        batch_size within a group (similar lengths together), each block decoded from its own
+        generator seeded with `block_seed` (padded prompts decode as they would alone), so a
+        document's text depends on its block only. Requests outside `docs` get ""."""
         c = self.model.config
         stop_ids = {c.eos_token_id} | ({c.eot_token_id} if c.eot_token_id is not None else set())
-        groups: dict[tuple, list[int]] = {}
+        cfgs = []
         prepared = []
-        for i, r in enumerate(requests):
+        for r in requests:
             context, gen_kwargs = r.args
             s, until = request_settings(self.settings_for(_task(r)), gen_kwargs,
                                         self._kept(_task(r)))
@@ -685,30 +761,36 @@ class DLLMEvalLM(LM):
                                  f"prompt in the context of {min(self.max_length, c.max_position)}")
             ids = self.tok_encode(context)
             prepared.append((ids, until, room))
-            groups.setdefault((cfg,), []).append(i)
+            cfgs.append(cfg)
         long = [len(ids) for ids, _, room in prepared if len(ids) > room]
         if long:
             self._too_long(len(long), len(requests), max(long), [_task(r) for r in requests],
                            "prompts (with the tokens to generate)")
             log.warning("%d prompts left-truncated to fit max_length", len(long))
         prepared = [(ids[-room:] if len(ids) > room else ids, until) for ids, until, room in prepared]
-        out: list[str | None] = [None] * len(requests)
-        gen = torch.Generator(self.device).manual_seed(self.settings.seed)
-        bar = tqdm(total=len(requests), desc="dllmq generate_until",
+        out: list[str] = [""] * len(requests)
+        blocks = self._blocks(requests)
+        bar = tqdm(total=sum(map(len, blocks.values())), desc="dllmq generate_until",
                    disable=disable_tqdm or not self.progress or self.rank != 0)
         bs = self.settings.batch_size
-        for (cfg,), idx in groups.items():
-            idx = sorted(idx, key=lambda j: -len(prepared[j][0]))  # similar lengths together
-            for k in range(0, len(idx), bs):
-                batch = idx[k:k + bs]
-                tokens = generate(self.model, [prepared[j][0] for j in batch], cfg,
-                                  generator=gen).tokens.tolist()
-                for j, toks in zip(batch, tokens, strict=True):
-                    end = next((n for n, t in enumerate(toks) if t in stop_ids), len(toks))
-                    text = self.tokenizer.decode(toks[:end], skip_special_tokens=True)
-                    out[j] = cut_at_stops(text, prepared[j][1])
-                    self.cache_hook.add_partial("generate_until", requests[j].args, out[j])
-                bar.update(len(batch))
+        for (task, block), members in blocks.items():
+            gen = torch.Generator(self.device).manual_seed(
+                block_seed(self.settings.seed, task, block))
+            groups: dict[Any, list[int]] = {}
+            for j in members:
+                groups.setdefault(cfgs[j], []).append(j)
+            for cfg, idx in groups.items():
+                idx = sorted(idx, key=lambda j: -len(prepared[j][0]))  # similar lengths together
+                for k in range(0, len(idx), bs):
+                    batch = idx[k:k + bs]
+                    tokens = generate(self.model, [prepared[j][0] for j in batch], cfg,
+                                      generator=gen).tokens.tolist()
+                    for j, toks in zip(batch, tokens, strict=True):
+                        end = next((n for n, t in enumerate(toks) if t in stop_ids), len(toks))
+                        text = self.tokenizer.decode(toks[:end], skip_special_tokens=True)
+                        out[j] = cut_at_stops(text, prepared[j][1])
+                        self.cache_hook.add_partial("generate_until", requests[j].args, out[j])
+                    bar.update(len(batch))
         bar.close()
         return out
 

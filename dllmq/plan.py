@@ -1,7 +1,8 @@
 """`python -m dllmq plan GRID.yaml`: the grid's cells, what the store holds, and the time left.
 
 For every cell: stored (with the wall time it took), running (claimed by a live worker), or to
-run, with an estimate. The estimate is the number of items the cell evaluates times a rate in
+run, with an estimate; a cell split into shards (the grid's `shard_size`, `dllmq.sweep`) shows
+its shards stored of all, and is estimated on the items of the shards left. The estimate is the number of items the cell evaluates times a rate in
 seconds per item, taken from the store, most specific first:
 
 1. cells of the same checkpoint (content), recipe, task and settings (all but limit and seed),
@@ -40,18 +41,15 @@ class CellPlan:
     status: str  # stored | running | todo
     seconds: float | None  # stored: measured; todo/running: estimated (None: unknown)
     source: str  # "stored", "same recipe", "any recipe", "calibration run", "-"
+    shards: int = 0  # shards of a sharded cell (0: not split)
+    shards_stored: int = 0
 
 
 def _items(loaded: Mapping[str, Any], limit: Any) -> int:
-    n = 0
-    for task in loaded.get("tasks", {}).values():
-        docs = len(task.eval_docs)
-        if isinstance(limit, float) and limit <= 1.0:
-            docs = int(limit * docs)
-        elif limit is not None:
-            docs = min(int(limit), docs)
-        n += docs
-    return n
+    """Documents a cell evaluates (`dllmq.sweep.n_docs`: lm-eval's rounding of a fraction)."""
+    from .sweep import n_docs
+
+    return n_docs(loaded, limit)
 
 
 def _rate_key(cell: Cell, recipe: bool) -> tuple:
@@ -101,22 +99,29 @@ def _calibrate(grid, cell: Cell, tm, loaded, calib_items: int) -> tuple[float, f
 
 def plan_grid(grid, store: Store | None, tm=None, calibrate: bool = True,
               calib_items: int = 3) -> list[CellPlan]:
-    from .sweep import keyed_cells, task_manager, validate
+    from .sweep import keyed_cells, shards_of, task_manager, validate
 
     tm = tm or task_manager(grid)
     checked = validate(grid, tm)
     cells = keyed_cells(grid, checked, cache=store)
-    stored = {r.cell.cell_id: r for r in store.results()} if store is not None else {}
+    sharded = shards_of(grid, checked, cells)
+    stored = {r.cell.cell_id: r for r in store.results(shards=True)} if store is not None else {}
     running = {c.cell_id for c in store.claims() if not c.stale()} if store is not None else set()
     by_recipe, any_recipe = rates_from(list(stored.values()))
     calibrated: dict[tuple, tuple[float, float]] = {}
     out = []
     for cell in cells:
         items = _items(checked.tasks[cell.task], cell.settings.get("limit"))
+        shards = sharded.get(cell, [])
+        done = [u for u in shards if u.cell_id in stored]
         if cell.cell_id in stored:
-            out.append(CellPlan(cell, items, "stored", stored[cell.cell_id].wall_s, "stored"))
+            out.append(CellPlan(cell, items, "stored", stored[cell.cell_id].wall_s, "stored",
+                                len(shards), len(done)))
             continue
-        status = "running" if cell.cell_id in running else "todo"
+        left = [u for u in shards if u.cell_id not in stored]
+        status = "running" if ({u.cell_id for u in left} | {cell.cell_id}) & running else "todo"
+        n_left = sum(b - a for a, b in (u.shard for u in left)) if shards else items
+        units = len(left) if shards else 1
         rate, source = by_recipe.get(_rate_key(cell, True)), "same recipe"
         if rate is None:
             rate, source = any_recipe.get(_rate_key(cell, False)), "any recipe"
@@ -126,8 +131,9 @@ def plan_grid(grid, store: Store | None, tm=None, calibrate: bool = True,
             if k not in calibrated:
                 calibrated[k] = _calibrate(grid, cell, tm, checked.tasks[cell.task], calib_items)
             (fixed, rate), source = calibrated[k], "calibration run"
-        out.append(CellPlan(cell, items, status, None if rate is None else fixed + rate * items,
-                            source if rate is not None else "-"))
+        out.append(CellPlan(cell, items, status,
+                            None if rate is None else fixed * units + rate * n_left,
+                            source if rate is not None else "-", len(shards), len(done)))
     return out
 
 
@@ -140,9 +146,10 @@ def _fmt(s: float | None) -> str:
 
 
 def plan_table(plans: list[CellPlan], workers: int = 1) -> str:
-    head = ["model", "recipe", "task", "seed", "items", "status", "time", "from"]
+    head = ["model", "recipe", "task", "seed", "items", "shards", "status", "time", "from"]
     rows = [[Path(p.cell.model).name, p.cell.recipe, p.cell.task, str(p.cell.seed), str(p.items),
-             p.status, _fmt(p.seconds), p.source] for p in plans]
+             f"{p.shards_stored}/{p.shards}" if p.shards else "-", p.status, _fmt(p.seconds),
+             p.source] for p in plans]
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
     lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths, strict=True)) for r in [head, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -150,7 +157,10 @@ def plan_table(plans: list[CellPlan], workers: int = 1) -> str:
     known = [p.seconds for p in left if p.seconds is not None]
     total = sum(known)
     unknown = len(left) - len(known)
-    lines.append(f"{len(plans)} cells: {len(plans) - len(left)} stored, "
+    n_shards = sum(p.shards for p in plans)
+    split = f" ({n_shards} shards, {sum(p.shards_stored for p in plans)} stored)" if n_shards \
+        else ""
+    lines.append(f"{len(plans)} cells{split}: {len(plans) - len(left)} stored, "
                  f"{sum(p.status == 'running' for p in plans)} running, "
                  f"{sum(p.status == 'todo' for p in plans)} to run; estimated {_fmt(total)} of "
                  f"evaluation" + (f" on {workers} workers: {_fmt(total / workers)} wall" if workers > 1

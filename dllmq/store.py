@@ -32,6 +32,10 @@ One store file per node, merged by readers, is not implemented.
         store.put(cell, {"acc": (0.61, 0.01)}, samples=[{"doc_id": 0, ...}])
     store.to_dataframe()  # one row per cell x metric
 
+A *shard* (`Cell.shard`, a cell's key plus an item range) is stored, claimed and leased like
+a cell; `results` and `to_dataframe` leave shard rows out (the sweep writes the cell's own row
+once its shards are stored).
+
 Metrics are stored as {name: {"value": v, "stderr": s}}; lm-eval's "acc,none" style
 names are kept as given.
 """
@@ -157,8 +161,15 @@ class Cell:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Cell) and self.cell_id == other.cell_id
 
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """(start, stop) documents of a shard (`dllmq.sweep.shard_cell`), None for a cell."""
+        r = self.key.get("shard")
+        return None if r is None else (int(r[0]), int(r[1]))
+
     def label(self) -> str:
-        return f"{self.model} {self.recipe} {self.task} seed {self.seed}"
+        part = "" if self.shard is None else f" items {self.shard[0]}-{self.shard[1] - 1}"
+        return f"{self.model} {self.recipe} {self.task} seed {self.seed}{part}"
 
 
 @dataclass(frozen=True)
@@ -418,9 +429,10 @@ class Store:
                 "r.cell_id = ? ORDER BY s.idx", (cell.cell_id,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
-    def results(self, **where: Any) -> list[Result]:
+    def results(self, shards: bool = False, **where: Any) -> list[Result]:
         """All results (legacy rows included), optionally filtered on key columns
-        (model=..., task=..., cell_id=...)."""
+        (model=..., task=..., cell_id=...). Shards of a sharded cell (`Cell.shard`: rows the
+        sweep assembles the cell's row from) only with `shards=True`."""
         unknown = sorted(set(where) - set(FILTER_COLUMNS))
         if unknown:
             raise StoreError(f"cannot filter on {', '.join(unknown)}; filter on "
@@ -431,7 +443,7 @@ class Store:
         sql += " ORDER BY id"
         with self._open() as con:
             rows = con.execute(sql, tuple(where.values())).fetchall()
-        return [_result(r) for r in rows]
+        return [x for x in map(_result, rows) if shards or x.cell.shard is None]
 
     def cells(self, **where: Any) -> list[Cell]:
         return [r.cell for r in self.results(**where)]

@@ -17,6 +17,7 @@
     calib: {samples: 16, w4a16g128-awq: {seqlen: 256}}   # optional; default: each recipe's own
                                         # (plain keys: every recipe; a recipe's entry: that one)
     device: cpu                         # optional
+    shard_size: 256                     # optional: split cells of more items into item ranges
 
 `load_grid` checks the file's shape, `validate` checks it against the world (tasks exist,
 recipes exist, local data files exist, generation fits each model's context, sampler settings
@@ -29,9 +30,22 @@ device and dtype, the dllmq and lm-eval versions: `dllmq.store`, `dllmq.fingerpr
 `dllmq.executors`), the model is loaded and quantized with exactly the key's calibration once
 per model x recipe (only if one of its cells is missing; cached next to the store in the
 export format for other workers), each cell is one `simple_evaluate` call on one task,
-committed to the store when it completes. The unit of work is the cell: big tasks are not
-split into item ranges (few-shot examples of lm-eval's default sampler and sampled
-generation draw from one stream per task or call, so a split would change the results).
+committed to the store when it completes.
+
+Shards: with `shard_size` (default none: the unit of work is the cell, which is right on the
+CPU default preset), a cell of more than shard_size items (lm-eval documents, after `limit`)
+is split into item ranges [0, shard_size), [shard_size, 2 shard_size), ...; each shard is a
+unit of work claimed, leased, stored and resumed like a cell (a store row keyed by the cell's
+key plus its range, `Store.results` leaves shard rows out), and the cell's row (metrics,
+stderrs, every item's sample) is assembled from its shards once all are stored
+(`assemble`). lm-eval still builds every request of the task, so few-shot contexts are those
+of the whole task, and the harness computes only the shard's documents
+(`DLLMEvalLM.for_docs`), batching and seeding per block of `doc_block` documents: with
+shard_size a multiple of doc_block, a sharded cell is bit-identical on CPU to the same cell
+run whole (tests/test_sweep.py). A cell's metrics are recomputed from its items with
+lm-eval's own `mean` and `mean_stderr`, so only tasks whose every metric is a mean of
+per-item scores can be sharded (not perplexities, not groups with aggregate metrics): others
+are refused in one line before any work.
 
 Cell settings are the grid's settings, the task's and the axis values, as given (defaults are
 not filled in). The cell's seed seeds the model's
@@ -48,6 +62,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -78,7 +93,8 @@ log = logging.getLogger(__name__)
 EVAL_KEYS = ("limit", "num_fewshot", "apply_chat_template", "fewshot_as_multiturn")
 SETTING_KEYS = EVAL_KEYS + SETTING_NAMES
 GRID_KEYS = ("store", "models", "recipes", "tasks", "seeds", "settings", "axes", "include_path",
-             "include_defaults", "data_dir", "confirm_run_unsafe_code", "calib", "device", "dtype")
+             "include_defaults", "data_dir", "confirm_run_unsafe_code", "calib", "device", "dtype",
+             "shard_size")
 CALIB_KEYS = ("source", "samples", "seqlen", "seed")
 
 
@@ -108,6 +124,7 @@ class Grid:
     calib: Mapping[str, Any] = field(default_factory=dict)
     device: str | None = None
     dtype: str | None = None
+    shard_size: int | None = None  # split cells of more items into shards of this many
 
     def cells(self) -> list[Cell]:
         """All cells, grouped by model then recipe (the order they run in)."""
@@ -200,6 +217,9 @@ def parse_grid(raw: Any, where: str = "grid", base: Path | None = None) -> Grid:
     if data_dir is not None:
         data_dir = base / data_dir if not Path(data_dir).is_absolute() else Path(data_dir)
         _need(data_dir.is_dir(), f"{where}: data_dir {data_dir} is not a directory")
+    shard_size = raw.get("shard_size")
+    _need(shard_size is None or (type(shard_size) is int and shard_size >= 1),
+          f"{where}: `shard_size` must be a positive number of items (or absent: no shards)")
     return Grid(
         models=_str_list(raw, "models", where), recipes=_str_list(raw, "recipes", where),
         tasks=tuple(tasks), seeds=tuple(seeds),
@@ -208,7 +228,7 @@ def parse_grid(raw: Any, where: str = "grid", base: Path | None = None) -> Grid:
         store=None if store is None else (base / store if not Path(store).is_absolute() else Path(store)),
         include_path=include, include_defaults=inc_def, data_dir=data_dir,
         confirm_run_unsafe_code=unsafe, calib=dict(calib),
-        device=raw.get("device"), dtype=raw.get("dtype"))
+        device=raw.get("device"), dtype=raw.get("dtype"), shard_size=shard_size)
 
 
 def load_grid(path: str | Path) -> Grid:
@@ -374,7 +394,7 @@ def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
     checkpoint's content fingerprint, the task's config + documents fingerprint and the
     versions (`dllmq.fingerprint`). `cache` keeps file digests (the store does)."""
     from .fingerprint import checkpoint_fingerprint, task_fingerprint, versions
-    from .harness import resolve_calibration
+    from .harness import HARNESS_REVISION, resolve_calibration
     from .models.io import read_config, resolve
 
     vers = versions()
@@ -392,9 +412,106 @@ def keyed_cells(grid: Grid, checked: Checked, cache=None) -> list[Cell]:
             calib[c.model, c.recipe] = resolve_calibration(
                 c.recipe, c.model, grid.calib, checked.configs[c.model].max_position)
         key = {"calib": calib[c.model, c.recipe], "checkpoint": mfp[c.model],
-               "task": tfp[c.task], "versions": vers, "runtime": runtime}
+               "task": tfp[c.task], "versions": vers, "runtime": runtime,
+               "harness": HARNESS_REVISION}
         out.append(dataclasses.replace(c, key=key))
     return out
+
+
+# ---- shards ----------------------------------------------------------------------------------------
+def n_docs(loaded: Mapping[str, Any], limit: Any) -> int:
+    """Documents lm-eval evaluates for a loaded task (summed over a group's tasks) at `limit`
+    (a count, or a fraction < 1 of the documents, rounded up as lm-eval does)."""
+    n = 0
+    for task in loaded.get("tasks", {}).values():
+        docs = len(task.eval_docs)
+        if isinstance(limit, float) and limit < 1.0:
+            docs = int(math.ceil(docs * limit))
+        elif limit is not None:
+            docs = min(int(limit), docs)
+        n += docs
+    return n
+
+
+def _shardable(loaded: Mapping[str, Any], name: str) -> str | None:
+    """Why a loaded task cannot be sharded (None: it can): one task, no group aggregates,
+    every metric aggregated by lm-eval's `mean` of per-item scores."""
+    from lm_eval.api.metrics import mean
+
+    tasks = loaded.get("tasks", {})
+    if len(tasks) != 1:
+        return f"it is a group of {len(tasks)} tasks"
+    for g, obj in loaded.get("groups", {}).items():
+        cfg = getattr(obj, "config", obj)
+        agg = cfg.get("aggregate_metric_list") if isinstance(cfg, Mapping) \
+            else getattr(cfg, "aggregate_metric_list", None)
+        if agg:
+            return f"group {g} aggregates its metrics"
+    (task,) = tasks.values()
+    other = {m: getattr(f, "__name__", str(f)) for m, f in task.aggregation().items() if f is not mean}
+    if other:
+        m, f = next(iter(other.items()))
+        return f"metric {m} aggregates by {f}, not a mean of per-item scores"
+    return None
+
+
+def shard_cell(cell: Cell, start: int, stop: int) -> Cell:
+    """The shard of a cell for documents start <= doc_id < stop: the cell's key plus the range."""
+    return dataclasses.replace(cell, key={**cell.key, "shard": [start, stop]})
+
+
+def shards_of(grid: Grid, checked: Checked, cells: Sequence[Cell]) -> dict[Cell, list[Cell]]:
+    """{cell: its shards} for the cells of more than `grid.shard_size` items (none without
+    shard_size). Raises GridError (one line) for a cell that would be split but cannot be
+    (`_shardable`) or a shard_size that is not a multiple of the cell's doc_block."""
+    out: dict[Cell, list[Cell]] = {}
+    if grid.shard_size is None:
+        return out
+    for cell in cells:
+        loaded = checked.tasks[cell.task]
+        n = n_docs(loaded, cell.settings.get("limit"))
+        if n <= grid.shard_size:
+            continue
+        why = _shardable(loaded, cell.task)
+        _need(why is None, f"task {cell.task} ({n} items) cannot be split into shards of "
+                           f"{grid.shard_size}: {why}; raise shard_size to {n} or more")
+        block = int(cell.settings.get("doc_block") or EvalSettings().doc_block)
+        _need(grid.shard_size % block == 0, f"shard_size {grid.shard_size} is not a multiple of "
+                                            f"doc_block {block} (task {cell.task}); give one")
+        out[cell] = [shard_cell(cell, a, min(a + grid.shard_size, n))
+                     for a in range(0, n, grid.shard_size)]
+    return out
+
+
+def metrics_from_samples(keys: Sequence[str], samples: Sequence[Mapping[str, Any]],
+                         leaf: str | None = None) -> dict[str, tuple[float, float | None]]:
+    """Metrics named as `metrics_of` names them ("acc,none", "leaf/acc,none") recomputed from
+    per-item samples as lm-eval does (`mean`, and `mean_stderr` for more than one item), items
+    in the samples' order."""
+    from lm_eval.api.metrics import mean, mean_stderr
+
+    out: dict[str, tuple[float, float | None]] = {}
+    for key in keys:
+        name = key.split("/", 1)[1] if leaf is not None and key.startswith(f"{leaf}/") else key
+        metric, _, filt = name.partition(",")
+        items = [x[metric] for x in samples if x.get("filter") == filt and metric in x]
+        if not items:
+            raise RuntimeError(f"no per-item {metric} ({filt}) in the samples to assemble {key}")
+        out[key] = (float(mean(items)), float(mean_stderr(items)) if len(items) > 1 else None)
+    return out
+
+
+def assemble(parts: Sequence[tuple[Sequence[str], list[dict], float | None]]
+             ) -> tuple[dict[str, tuple[float, float | None]], list[dict], float]:
+    """A cell's (metrics, samples, wall seconds) from its shards' (metric names, samples, wall
+    seconds), shards in range order: samples ordered as lm-eval logs them (filter by filter,
+    documents in order), metrics recomputed over all items (`metrics_from_samples`)."""
+    samples = [x for _, xs, _ in parts for x in xs]
+    rank = {f: i for i, f in reversed(list(enumerate(x.get("filter") for x in samples)))}
+    samples.sort(key=lambda x: rank[x.get("filter")])  # stable: documents stay in order
+    leaf = next((x["task"] for x in samples if "task" in x), None)
+    return (metrics_from_samples(list(parts[0][0]), samples, leaf), samples,
+            sum(w or 0.0 for _, _, w in parts))
 
 
 # ---- running -------------------------------------------------------------------------------------
@@ -480,14 +597,19 @@ def _mean_pm(pairs: list[tuple[float, float | None]]) -> str:
 def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False
                   ) -> tuple[dict, list[dict], float]:
     """One `simple_evaluate` on one task with the cell's settings: (metrics, samples, seconds).
-    The cell's model settings are explicit model args, so they win over the task's."""
+    The cell's model settings are explicit model args, so they win over the task's. A shard
+    (`Cell.shard`) computes only its documents; its samples are those documents' and its
+    metrics are recomputed from them (`metrics_from_samples`)."""
     import lm_eval
 
     s = dict(cell.settings)
     model_s = {k: v for k, v in s.items() if k in SETTING_NAMES}
+    model = lm.with_settings(seed=cell.seed, **model_s)
+    if cell.shard is not None:
+        model = model.for_docs(*cell.shard)
     t0 = time.perf_counter()
     res = lm_eval.simple_evaluate(
-        model=lm.with_settings(seed=cell.seed, **model_s), tasks=[cell.task], task_manager=tm,
+        model=model, tasks=[cell.task], task_manager=tm,
         limit=s.get("limit"), num_fewshot=s.get("num_fewshot"),
         apply_chat_template=s.get("apply_chat_template", False),
         fewshot_as_multiturn=s.get("fewshot_as_multiturn", False),
@@ -496,7 +618,12 @@ def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False
     if res is None:  # a non-zero rank under data parallel
         return {}, [], wall
     samples = [compact_sample(t, x) for t, xs in res.get("samples", {}).items() for x in xs]
-    return metrics_of(res, cell.task), samples, wall
+    metrics = metrics_of(res, cell.task)
+    if cell.shard is not None:
+        a, b = cell.shard
+        samples = [x for x in samples if a <= x["doc_id"] < b]
+        metrics = metrics_from_samples(list(metrics), samples, samples[0]["task"])
+    return metrics, samples, wall
 
 
 LEASE_S = 120.0  # a claim's lease; the owner renews it every LEASE_S / 4 while it works
@@ -624,17 +751,21 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
             check_writable(store)
         tm = tm or task_manager(grid)
         checked = validate(grid, tm)
+        shards_of(grid, checked, grid.cells())  # refuses a split that cannot be, before any file
         if store is not None and not isinstance(store, Store):
             store = Store(store)
         cells = keyed_cells(grid, checked, cache=store)
+        sharded = shards_of(grid, checked, cells)
     except StoreError as e:
         raise GridError(str(e)) from None
     report = SweepReport()
     t0 = time.perf_counter()
     stored = store.stored_ids() if store is not None else set()
-    todo = [c for c in cells if c.cell_id not in stored]
-    report.skipped = len(cells) - len(todo)
-    log.info("sweep: %d cells, %d already stored, %d to run", len(cells), report.skipped, len(todo))
+    missing = [c for c in cells if c.cell_id not in stored]
+    todo = [u for c in missing for u in sharded.get(c, [c]) if u.cell_id not in stored]
+    report.skipped = len(cells) - len(missing)
+    log.info("sweep: %d cells, %d already stored, %d to run (%d units of work)", len(cells),
+             report.skipped, len(missing), len(todo))
     groups = [list(g) for _, g in itertools.groupby(todo, key=lambda c: (c.model, c.recipe))]
     if groups:
         k = start % len(groups)
@@ -644,9 +775,11 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
         cache_dir = quantized_cache_dir(store.path)
         cache_dir.mkdir(exist_ok=True)
     results: dict[Cell, Result] = {}
+    parts: dict[Cell, tuple[list[str], list[dict], float]] = {}  # shards, without a store
     owner = _owner(new_owner)
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
     beat = _Heartbeat(store, owner, lease_s) if store is not None else contextlib.nullcontext()
+    lm = None
     with beat:
         pending = [c for g in groups for c in g]
         while pending:
@@ -683,6 +816,8 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                     if lm.rank == 0:
                         if store is not None:
                             store.put(cell, metrics, samples, wall_s=wall, worker=owner)
+                        elif cell.shard is not None:
+                            parts[cell] = (list(metrics), samples, wall)
                         else:
                             results[cell] = Result(cell, {k: {"value": v, "stderr": e}
                                                           for k, (v, e) in metrics.items()},
@@ -693,6 +828,19 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
             if pending:
                 bar.set_postfix_str(f"waiting for {len(pending)} cell(s) other workers hold")
                 time.sleep(POLL_S)
+        for cell, shards in sharded.items():  # every shard is stored now: assemble the cell
+            if cell.cell_id in stored or (lm is not None and lm.rank != 0):
+                continue
+            if store is None:
+                metrics, samples, wall = assemble([parts[u] for u in shards])
+                results[cell] = Result(cell, {k: {"value": v, "stderr": e}
+                                              for k, (v, e) in metrics.items()},
+                                       len(samples), wall, "")
+            elif not store.has(cell):
+                got = [(store.get(u), store.samples(u)) for u in shards]
+                metrics, samples, wall = assemble([(list(r.metrics), xs, r.wall_s)
+                                                   for r, xs in got])
+                store.put(cell, metrics, samples, wall_s=wall, worker=owner)
     bar.close()
     if store is not None:
         wanted = {c.cell_id for c in cells}
@@ -744,7 +892,7 @@ def grid_to_raw(grid: Grid) -> dict[str, Any]:
     for name in ("store", "data_dir"):
         if getattr(grid, name) is not None:
             raw[name] = str(Path(getattr(grid, name)).resolve())
-    for name in ("device", "dtype"):
+    for name in ("device", "dtype", "shard_size"):
         if getattr(grid, name) is not None:
             raw[name] = getattr(grid, name)
     return raw

@@ -380,3 +380,138 @@ def test_a_worker_waits_while_another_quantizes_the_same_model(env, tmp_path, mo
     report = run_sweep(grid, store, progress=False, tm=tm, cache_models=True)
     assert report.ran == 2
     assert order == [("fp16", False), ("w4a16g128-rtn", True)]
+
+
+# ---- shards ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shard_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    tasks = write_tasks(root, n_docs=6)
+    return {"llada": make_model_dir(root / "tiny-llada"),
+            "dream": make_model_dir(root / "tiny-dream", model_type="Dream"), "tasks": tasks,
+            "tm": TaskManager(include_path=str(tasks), include_defaults=False)}
+
+
+def _shard_grid(env, tmp_path, model, **over):
+    """A QA cell (multiple choice by likelihood) and a sampled generation cell (temperature >
+    0: every block's generator matters) of 6 documents, in blocks of 2."""
+    raw = {"store": "r.sqlite", "models": [str(env[model])], "recipes": ["fp16"],
+           "tasks": ["tiny_mc", {"task": "tiny_gen", "settings": {"gen_length": 8,
+                                                                  "temperature": 0.7}}],
+           "seeds": [0], "settings": {"limit": 6, "mc_num": 4, "batch_size": 3, "doc_block": 2},
+           "include_path": [str(env["tasks"])], "include_defaults": False, "device": "cpu"}
+    raw.update(over)
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(raw))
+    return load_grid(tmp_path / "grid.yaml")
+
+
+@pytest.mark.parametrize("model", ["llada", "dream"])
+def test_sharded_cells_are_bit_identical_to_unsharded(shard_env, tmp_path, model):
+    whole = _shard_grid(shard_env, tmp_path / "whole", model)
+    split = _shard_grid(shard_env, tmp_path / "split", model, shard_size=4)  # [0, 4) + [4, 6)
+    run_sweep(whole, whole.store, progress=False, tm=shard_env["tm"])
+    report = run_sweep(split, split.store, progress=False, tm=shard_env["tm"])
+    a, b = Store(whole.store), Store(split.store)
+    assert report.ran == 4 and len(report.done) == 2
+    assert {c.cell_id for c in a.cells()} == {c.cell_id for c in b.cells()}  # same cells
+    for cell in a.cells():
+        assert b.get(cell).metrics == a.get(cell).metrics  # bit for bit, stderr included
+        assert b.samples(cell) == a.samples(cell)  # every item: scores, responses, hashes
+        assert [s["doc_id"] for s in b.samples(cell)] == list(range(6))
+    shards = [r.cell for r in b.results(shards=True) if r.cell.shard is not None]
+    assert sorted(c.shard for c in shards) == [(0, 4), (0, 4), (4, 6), (4, 6)]
+    assert len(a.results(shards=True)) == 2  # the unsharded store holds cells only
+    # the sampled generations are not all alike: the blocks' generators are in play
+    gen = next(c for c in a.cells() if c.task == "tiny_gen")
+    assert len({str(s["filtered_resps"]) for s in a.samples(gen)}) > 1
+    # without a store the sharded cells assemble in memory to the same numbers
+    mem = run_sweep(split, None, progress=False, tm=shard_env["tm"])
+    assert {r.cell.cell_id: r.metrics for r in mem.done} == \
+        {c.cell_id: a.get(c).metrics for c in a.cells()}
+
+
+def test_a_killed_shard_run_resumes_with_stored_shards_kept(shard_env, tmp_path, monkeypatch):
+    grid = _shard_grid(shard_env, tmp_path, "llada", tasks=["tiny_mc"], shard_size=2)
+    real, calls = sweep.evaluate_cell, []
+
+    def dies_on_third(lm, cell, *a):
+        calls.append(cell.shard)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(lm, cell, *a)
+
+    monkeypatch.setattr(sweep, "evaluate_cell", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(grid, grid.store, progress=False, tm=shard_env["tm"])
+    store = Store(grid.store)
+    assert store.cells() == [] and len(store.results(shards=True)) == 2 and not store.claims()
+    calls.clear()
+    report = run_sweep(grid, store, progress=False, tm=shard_env["tm"])
+    assert calls == [(4, 6)] and report.ran == 1  # only the missing shard
+    (cell,) = store.cells()
+    assert [s["doc_id"] for s in store.samples(cell)] == list(range(6))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tasks": ["tiny_ppl"], "settings": {"limit": 3, "mc_num": 2}, "shard_size": 2},
+     "metric word_perplexity aggregates by weighted_perplexity"),
+    ({"shard_size": 3}, "shard_size 3 is not a multiple of doc_block 2"),
+    ({"shard_size": 0}, "`shard_size` must be a positive number"),
+])
+def test_shards_refused_in_one_line_before_work(shard_env, tmp_path, change, message):
+    with pytest.raises(GridError) as e:
+        grid = _shard_grid(shard_env, tmp_path, "llada", **change)
+        run_sweep(grid, grid.store, progress=False, tm=shard_env["tm"])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_kill_one_of_three_local_workers_with_shards_then_rerun(shard_env, tmp_path):
+    """Issue 13's kill test with shards: 3 local workers on a sharded grid, one SIGKILLed once
+    a shard is stored, the grid rerun: every shard and cell stored exactly once, metrics and
+    per-item samples bit-identical to one worker's unsharded run."""
+    over = {"seeds": [0, 1], "shard_size": 2}
+    ref = _shard_grid(shard_env, tmp_path / "ref", "llada", seeds=[0, 1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each of the 3 workers gets
+    try:
+        run_sweep(ref, ref.store, progress=False, tm=shard_env["tm"])
+    finally:
+        torch.set_num_threads(threads)
+    grid = _shard_grid(shard_env, tmp_path / "run", "llada", **over)
+    cmd = [sys.executable, "-m", "dllmq", "sweep", str(tmp_path / "run" / "grid.yaml"),
+           "--executor", "local", "--workers", "3", "--threads", "1"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    killed = None
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and killed is None:
+            assert proc.poll() is None, "the sweep ended before a worker could be killed"
+            if grid.store.exists():
+                store = Store(grid.store)
+                live = [c for c in store.claims() if not c.stale()]
+                if store.results(shards=True) and live:
+                    killed = live[0]
+                    os.kill(killed.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None
+    assert proc.returncode != 0 and "1 of 3 workers failed" in err, err[-2000:]
+    rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    store, want = Store(grid.store), Store(ref.store)
+    store.check()
+    rows = store.results(shards=True)
+    assert len(rows) == len({r.cell.cell_id for r in rows}) == 4 + 4 * 3  # cells + shards, once
+    assert not store.claims()
+    assert {c.cell_id for c in store.cells()} == {c.cell_id for c in want.cells()}
+    for cell in want.cells():
+        assert store.get(cell).metrics == want.get(cell).metrics
+        assert store.samples(cell) == want.samples(cell)
+    assert len({r.worker for r in rows if r.cell.shard is not None}) >= 2
