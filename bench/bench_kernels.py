@@ -2,6 +2,10 @@
 
     python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
 
+Committed: tables/bench_kernels.{md,csv} (--layers 8, every backend, the earlier code: w4a16
+with a bf16 head, mean timings) and tables/bench_kernels_full.{md,csv} (full depth, median of 5,
+int4 head; the backends a 160 s device budget reached: official-bf16, bf16-compiled, w4a16).
+
 DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
 modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM
 DuQuant/models/), llada_generate.py, llada_get_log_likelihood.py (ML-GSAI/LLaDA generate.py,
@@ -271,7 +275,7 @@ def kernel_checks(device) -> list[str]:
     w = torch.randn(4096, 12288, device=device, generator=g, dtype=torch.bfloat16) * 0.02
     ql = QLinear(w, None)
     ql.set_weight(quantize_weight(w, QuantSpec(4, granularity="group", group_size=128)), "rtn")
-    lin = W4A16Linear(ql)
+    lin = W4A16Linear(ql, mode="triton")
     for M in (512, 4096):
         a = torch.randn(M, 12288, device=device, generator=g, dtype=torch.bfloat16)
         y = lin(a)

@@ -155,8 +155,10 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
         block.compile(mode=mode, dynamic=dynamic, backend=backend)
     head = model.head_linear
     if isinstance(head, W4A16Linear):
-        head.compile(mode=None if mode == "reduce-overhead" else mode, dynamic=dynamic,
-                     backend=backend)  # the head's window changes its M from step to step
+        # its number of rows changes with the sampler's window and the likelihood's positions:
+        # automatic dynamic shapes (one recompile, then a graph for any M), no CUDA graphs
+        head.compile(mode=None if mode == "reduce-overhead" else mode, dynamic=None,
+                     backend=backend)
     return model
 
 

@@ -22,6 +22,11 @@ The choice is plain Python on static shapes, so torch.compile traces it as a con
 expand=1 loads each packed word once ((BLOCK_K/8) x BLOCK_N words per tile) and broadcasts it
 to the eight codes it holds in registers; expand=0 loads the word once per code (eight loads,
 served by L1).
+Measured on one H200 (tables/bench_kernels_full.md, its notes): even tuned, this kernel runs
+2.2-2.5x slower than cuBLAS bf16 at M = 4096 and 2.5-4.4x at M = 512 on the 8B shapes, so the
+"dequant" mode (one fused unpack kernel + cuBLAS) is realize's default. A likely cause, not
+verified: the dequantized operand is B, held in registers, which Hopper's wgmma cannot read
+(only A may come from registers); swapping the operands (y^T = W_hat x^T) is the next try.
 """
 
 from __future__ import annotations
@@ -177,7 +182,7 @@ def tune_w4a16(shapes, device, group_size: int = 128, dtype=torch.bfloat16) -> l
         w = ((codes.t().reshape(G, group_size, N).float() - zero_t[:, None].float())
              * scale_t[:, None]).reshape(K, N).to(dtype)  # (K, N)
         ref = x.float() @ w.float()
-        t_cublas = do_bench(lambda x=x, w=w: x @ w, warmup=10, rep=40, return_mode="median")
+        t_cublas = do_bench(lambda x=x, w=w: x @ w, warmup=5, rep=25, return_mode="median")
         best = None
         for cfg in W4A16_CONFIGS:
             if K % cfg[2] or group_size % cfg[2]:
@@ -189,7 +194,7 @@ def tune_w4a16(shapes, device, group_size: int = 128, dtype=torch.bfloat16) -> l
                     log.warning("w4a16 config %s at %s: rel. error %.2e, rejected", cfg, (M, N, K), err)
                     continue
                 t = do_bench(partial(w4a16_matmul, x, packed_t, scale_t, zero_t, group_size, cfg),
-                             warmup=10, rep=40, return_mode="median")
+                             warmup=5, rep=25, return_mode="median")
             except Exception as e:  # a config Triton cannot build here is skipped, and said
                 log.warning("w4a16 config %s at %s failed: %s: %s", cfg, (M, N, K),
                             type(e).__name__, str(e)[:200])
