@@ -407,3 +407,20 @@ def test_cuda_int4_head_model_matches_cpu(mode, bound):
     with torch.no_grad():
         a, b = cpu(x), gpu(x.cuda()).cpu()
     assert ((a - b).abs().max() / a.abs().max()).item() < bound
+
+
+def test_compile_blocks_compiles_an_int4_head_to_the_same_logits():
+    """compile_blocks also compiles a W4A16Linear head (automatic dynamic shapes: the samplers'
+    windows and the likelihood's positions change its rows); dynamo's eager backend on CPU."""
+    from dllmq.kernels import compile_blocks
+
+    torch._dynamo.reset()
+    eager = realize(_model("llada", "w4a16g128-rtn"), "w4a16", head="int4")
+    compiled = compile_blocks(copy.deepcopy(eager), backend="eager")
+    assert hasattr(compiled.head_linear, "_compiled_call_impl") and \
+        compiled.head_linear._compiled_call_impl is not None
+    x = _ids("llada")
+    with torch.no_grad():
+        assert torch.equal(eager(x), compiled(x))
+        assert torch.equal(eager(x[:, :9]), compiled(x[:, :9]))
+    torch._dynamo.reset()
