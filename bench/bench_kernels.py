@@ -1,6 +1,10 @@
 """Real low-bit execution vs the official code: one GPU, one run, 8B-shaped random weights.
 
-    python bench/bench_kernels.py --official DIR --layers 8 --out-dir tables
+    python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
+
+Committed: tables/bench_kernels.{md,csv} (--layers 8, every backend, the earlier code: w4a16
+with a bf16 head, mean timings) and tables/bench_kernels_full.{md,csv} (full depth, median of 5,
+int4 head; the backends a 160 s device budget reached: official-bf16, bf16-compiled, w4a16).
 
 DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
 modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM
@@ -14,16 +18,23 @@ official-bf16 (official modeling code, eager), bf16 (dllmq eager), bf16-compiled
 (dllmq.kernels.compile_blocks), w8a8-fp8 (realize "fp8" + compile), w8a8-fp8-quarot (QuaRot
 rotation only, then fp8: the online FFN-down and V/O Hadamards run in the step), w8a8-int8
 (w8a8-rtn, the paper's asymmetric W8A8 format, realize "int8" + compile), w4a16
-(w4a16g128-rtn, realize "w4a16": the Triton dequantize-GEMM, + compile), w4a16-dequant (the
-same weights, unpacked to bf16 per layer and multiplied by cuBLAS, + compile).
+(w4a16g128-rtn, realize "w4a16" with head="int4": the Triton dequantize-GEMM, its tiles tuned
+at the run's shapes first (triton_kernels.tune_w4a16), for the blocks and the LM head, the
+embedding a gather of packed rows; + compile), w4a16-dequant (the same weights, each layer
+unpacked to bf16 when it runs, in one kernel fused by torch.compile, then cuBLAS),
+bf16-graphs (bf16-compiled with mode "reduce-overhead": CUDA graphs).
+Timing: every number is the median over --reps calls after one warm-up call (which compiles).
 Measures: forward_tok_s (batch 8 x 512, full logits), step_ms (prompt 256 + gen 256, block 32,
-one step per block: 8 steps timed and averaged; LLaDA's sampler for LLaDA, Dream's for Dream,
-which has no blocks), likelihood_s per request (prefix 100 + target 20, mc 128, batch 32: four
-forwards of 32 rows per request), weight_gib (parameters + buffers, at the full depth: the
+one step per block: a call runs the 8 steps, step_ms = its median / 8; LLaDA's sampler for
+LLaDA, Dream's for Dream, which has no blocks), likelihood_s per request (prefix 100 + target
+20, mc 128, batch 32: a call scores one request, four forwards of 32 rows), weight_gib
+(parameters + buffers, at the full depth: the
 measured bytes outside the blocks + full depth x the measured bytes of one block, exact since
 every block has the same size), peak_gib (torch.cuda.max_memory_allocated over the backend's
 measures, at the benchmarked depth).
 --layers N runs N blocks instead of 32 / 28 (times then cover N blocks + embedding + head).
+The loop runs backend by backend, both architectures each; --budget S starts no new backend
+after S seconds (a device lease ends cleanly, with what it measured written).
 --tiny runs everything on CPU with tiny shapes (no Triton; a check of the script itself).
 """
 
@@ -55,13 +66,14 @@ from dllmq.sampling import DreamSamplerConfig, LLaDASamplerConfig, generate  # n
 from bench.bench_models import (  # noqa: E402
     dream_7b,
     llada_8b,
+    median_seconds_per_call,
     random_model_on,
-    seconds_per_call,
 )
 
 log = logging.getLogger("bench_kernels")
-BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "w8a8-fp8", "w8a8-fp8-quarot", "w8a8-int8",
-            "w4a16", "w4a16-dequant")
+BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "bf16-graphs", "w8a8-fp8", "w8a8-fp8-quarot",
+            "w8a8-int8", "w4a16", "w4a16-dequant")
+MEASURES = ("forward_tok_s", "step_ms", "likelihood_s")
 OFFICIAL = ("modeling_llada.py", "configuration_llada.py", "modeling_dream.py",
             "configuration_dream.py", "dream_generation_utils.py", "llada_generate.py",
             "llada_get_log_likelihood.py")
@@ -95,8 +107,8 @@ def default_rope(config, device=None, **_kw):
 
 
 def timed(fn, device, reps: int) -> float:
-    """Seconds per call after one warm-up call (bench_models.seconds_per_call)."""
-    return seconds_per_call(fn, device, reps, warmup=1)
+    """Median seconds per call over reps calls after one warm-up call."""
+    return median_seconds_per_call(fn, device, reps, warmup=1)
 
 
 # ---- building each backend ------------------------------------------------------------------
@@ -136,8 +148,11 @@ def build(backend: str, cfg, device, dtype, mods: dict):
     elif backend == "w8a8-int8":
         realize(model, "int8")
     elif backend.startswith("w4a16"):
-        realize(model, "w4a16", w4a16_mode="dequant" if backend == "w4a16-dequant" else "triton")
-    if backend not in ("bf16",):
+        mode = "dequant" if backend == "w4a16-dequant" or device.type != "cuda" else "triton"
+        realize(model, "w4a16", w4a16_mode=mode, head="int4")
+    if backend == "bf16-graphs":
+        compile_blocks(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    elif backend != "bf16":
         compile_blocks(model)
     return model
 
@@ -196,7 +211,8 @@ def block_bytes(model, backend) -> tuple[int, int]:
     return total - len(blocks) * one, one
 
 
-def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, reps, emit):
+def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, reps, emit,
+                measures_on=MEASURES):
     t0 = time.perf_counter()
     model = build(backend, cfg, device, dtype, mods)
     if device.type == "cuda":
@@ -214,11 +230,12 @@ def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, re
     for b in (1, fb):
         prompt = torch.randint(0, V, (b, P), generator=g).to(device)
         measures.append(("step_ms", b, lambda prompt=prompt: 1000 * timed(
-            step_fn(model, backend, mods, prompt, G, blk, steps), device, 1) / steps))
+            step_fn(model, backend, mods, prompt, G, blk, steps), device, reps) / steps))
     reqs = [(torch.randint(0, V, (pre,), generator=g).tolist(),
              torch.randint(0, V, (tgt,), generator=g).tolist()) for _ in range(n_req)]
     measures.append(("likelihood_s", bs, lambda: timed(
-        likelihood_fn(model, backend, mods, reqs, mc, bs, device), device, 1) / n_req))
+        likelihood_fn(model, backend, mods, reqs, mc, bs, device), device, reps) / n_req))
+    measures = [m for m in measures if m[0] in measures_on]
     with torch.no_grad():
         for measure, batch, fn in measures:
             try:
@@ -258,7 +275,7 @@ def kernel_checks(device) -> list[str]:
     w = torch.randn(4096, 12288, device=device, generator=g, dtype=torch.bfloat16) * 0.02
     ql = QLinear(w, None)
     ql.set_weight(quantize_weight(w, QuantSpec(4, granularity="group", group_size=128)), "rtn")
-    lin = W4A16Linear(ql)
+    lin = W4A16Linear(ql, mode="triton")
     for M in (512, 4096):
         a = torch.randn(M, 12288, device=device, generator=g, dtype=torch.bfloat16)
         y = lin(a)
@@ -267,6 +284,19 @@ def kernel_checks(device) -> list[str]:
         out.append(f"w4a16 Triton vs fp32 reference (M {M}, 12288 -> 4096): rel. error {rel:.2e} "
                    f"(bf16 output rounding: ~2e-3)")
     return out
+
+
+def tune_shapes(cfgs) -> list[str]:
+    """Tune the w4a16 Triton tiles at each distinct block-linear (N, K) of the benchmarked
+    architectures, at M = 512 (a batch-1 step) and 4096 (batch 8 x 512)."""
+    from dllmq.kernels.triton_kernels import tune_w4a16
+
+    nk = []
+    for c in cfgs:
+        C, F_, kv = c.hidden_size, c.intermediate_size, c.num_kv_heads * c.head_dim
+        nk += [(C, C), (kv, C), (F_, C), (C, F_)]
+    shapes = [(M, N, K) for N, K in dict.fromkeys(nk) for M in (512, 4096)]
+    return tune_w4a16(shapes, torch.device("cuda"))
 
 
 # ---- output ---------------------------------------------------------------------------------
@@ -317,7 +347,9 @@ def main(argv=None):
     ap.add_argument("--archs", default="llada,Dream")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--layers", type=int, default=None, help="blocks per model (default: full)")
-    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5, help="timed calls per measure (median)")
+    ap.add_argument("--measures", default=",".join(MEASURES))
+    ap.add_argument("--budget", type=float, default=None, help="seconds; no new backend after")
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -325,6 +357,11 @@ def main(argv=None):
     bad = sorted(set(backends) - set(BACKENDS))
     if bad:
         raise SystemExit(f"unknown backend(s) {bad}; choose from {', '.join(BACKENDS)}")
+    measures_on = a.measures.split(",")
+    if not set(measures_on) <= set(MEASURES):
+        raise SystemExit(f"--measures {a.measures!r}: choose from {', '.join(MEASURES)}")
+    if a.reps < 1:
+        raise SystemExit(f"--reps {a.reps}: use at least 1")
     archs = a.archs.split(",")
     if not set(archs) <= {"llada", "Dream"}:
         raise SystemExit(f"--archs {a.archs!r}: use llada and/or Dream")
@@ -333,12 +370,12 @@ def main(argv=None):
         raise SystemExit("no CUDA device; pass --tiny for the CPU check of the script")
     dtype = torch.float32 if a.tiny else torch.bfloat16
     if a.tiny:
-        shapes = (2, 64, 16, 32, 8, 4, 8, 4, 2, 10, 4)
+        shapes = (2, 64, 16, 32, 8, 4, 8, 4, 1, 10, 4)
         configs = {k: tiny_config(k, vocab_size=128, hidden_size=64, intermediate_size=256,
                                   max_position=1024, mask_token_id=127, eos_token_id=126,
                                   pad_token_id=126, bos_token_id=125) for k in archs}
     else:
-        shapes = (8, 512, 256, 256, 32, 8, 128, 32, 4, 100, 20)
+        shapes = (8, 512, 256, 256, 32, 8, 128, 32, 1, 100, 20)
         configs = {"llada": llada_8b(), "Dream": dream_7b()}
     rows, notes = [], []
 
@@ -350,25 +387,36 @@ def main(argv=None):
                      UNITS[measure])
 
     dev = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    command = " ".join(["python bench/bench_kernels.py --official DIR"] + [
+        arg for arg in (argv if argv is not None else sys.argv[1:])
+        if arg not in ("--official", str(a.official))])
     header = (f"# Real low-bit execution vs the official code ({dev}, "
-              f"torch {torch.__version__}, random weights)\n\nCommand: `python bench/bench_kernels.py "
-              f"--official DIR{' --layers ' + str(a.layers) if a.layers else ''}"
-              f"{' --tiny' if a.tiny else ''}`; one run, every number measured in it.")
+              f"torch {torch.__version__}, random weights)\n\nCommand: `{command}`; one run, every "
+              f"number measured in it, each the median of {a.reps} timed calls after a warm-up call.")
+    t_start = time.perf_counter()
     if device.type == "cuda":
         notes += kernel_checks(device)
+        if "w4a16" in backends:
+            notes += tune_shapes(configs[k] for k in archs)
         for n in notes:
             log.info("%s", n)
+    cfgs = {}
+    for arch in archs:
+        full = configs[arch]
+        cfgs[arch] = replace(full, num_layers=a.layers) if a.layers else full
+        notes.append(f"{arch}: {cfgs[arch].num_layers} of {full.num_layers} blocks timed"
+                     f" (hidden {full.hidden_size}, FFN {full.intermediate_size}, vocab "
+                     f"{full.vocab_size}); weight_gib is for all {full.num_layers} blocks.")
     with tempfile.TemporaryDirectory() as tmp:
         mods = import_official(a.official, Path(tmp)) if "official-bf16" in backends else {}
-        for arch in archs:
-            full = configs[arch]
-            cfg = replace(full, num_layers=a.layers) if a.layers else full
-            notes.append(f"{arch}: {cfg.num_layers} of {full.num_layers} blocks timed"
-                         f" (hidden {cfg.hidden_size}, FFN {cfg.intermediate_size}, vocab "
-                         f"{cfg.vocab_size}); weight_gib is for all {full.num_layers} blocks.")
-            for backend in backends:
-                run_backend(arch, backend, cfg, full.num_layers, device, dtype, mods, shapes,
-                            a.reps, emit)
+        for backend in backends:
+            if a.budget is not None and time.perf_counter() - t_start > a.budget:
+                notes.append(f"not run (--budget {a.budget:g} s spent): {backend} and after")
+                log.warning("budget spent: %s and the backends after it not run", backend)
+                break
+            for arch in archs:
+                run_backend(arch, backend, cfgs[arch], configs[arch].num_layers, device, dtype,
+                            mods, shapes, a.reps, emit, measures_on)
                 release(device)
                 write(rows, notes, a.out_dir, header, shapes[0], shapes[7])
     write(rows, notes, a.out_dir, header, shapes[0], shapes[7])

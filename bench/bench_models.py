@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -129,6 +130,22 @@ def seconds_per_call(fn: Callable[[], object], device: torch.device, iters: int,
         fn()
     sync(device)
     return (time.perf_counter() - t0) / iters
+
+
+def median_seconds_per_call(fn: Callable[[], object], device: torch.device, iters: int,
+                            warmup: int = 1) -> float:
+    """The median over `iters` calls of one call's seconds (each call synchronized), after
+    `warmup` untimed calls (compilation, CUDA-graph capture, allocator growth)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
 @torch.no_grad()

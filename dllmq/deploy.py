@@ -7,6 +7,9 @@ adapter the study uses, and returns per-item scores; `paired_summary` compares t
 item by item (accuracy of each, the share of items scored identically, the paired difference
 and its standard error). The real and fake twins use the same codes, so they can differ only
 where float rounding moved an activation across a rounding boundary (tests/test_kernels.py).
+`recipe` quantizes the model (fake quant) before the backends realize it, and VARIANTS names
+realize options as backends: `paired_accuracy("tiny-llada-base", ("w4a16", "w4a16-int4-head"),
+recipe="w4a16g128-rtn")` pairs the int4 LM head and embedding with the float ones.
 """
 
 from __future__ import annotations
@@ -21,14 +24,21 @@ import torch
 from .harness import DLLMEvalLM
 from .kernels import realize
 from .models import load, load_tokenizer
+from .quant import quantize_
 from .sweep import Grid, TaskSpec, task_manager
+
+# backend names beyond dllmq.kernels.BACKENDS: (backend, realize options)
+VARIANTS = {"w4a16-int4-head": ("w4a16", {"head": "int4"})}
 
 
 def paired_accuracy(model_name: str, backends: Sequence[str | None] = (None, "fp8-fake", "fp8"),
                     task: str = "dllmq_qa", limit: int = 100, mc_num: int = 4, seed: int = 0,
-                    device: str = "cpu") -> dict[str | None, list[float]]:
-    """{backend: per-item scores (task order)} for one model and one task."""
+                    device: str = "cpu", recipe: str | None = None) -> dict[str | None, list[float]]:
+    """{backend: per-item scores (task order)} for one model and one task; a backend is None
+    (the model as loaded, or as `recipe` fake-quantized it), a kernels backend or a VARIANTS name."""
     base = load(model_name, device=device, dtype=torch.float32)
+    if recipe is not None:
+        quantize_(base, recipe, None, progress=False)
     tok = load_tokenizer(model_name)
     tm = task_manager(Grid(models=(model_name,), recipes=("fp16",), tasks=(TaskSpec(task),),
                            include_defaults=False))
@@ -36,7 +46,8 @@ def paired_accuracy(model_name: str, backends: Sequence[str | None] = (None, "fp
     for backend in backends:
         model = copy.deepcopy(base)
         if backend is not None:
-            realize(model, backend)
+            name, options = VARIANTS.get(backend, (backend, {}))
+            realize(model, name, **options)
         lm = DLLMEvalLM(model=model, tokenizer=tok, mc_num=mc_num, seed=seed)
         res = lm_eval.simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=limit,
                                       log_samples=True, bootstrap_iters=0)

@@ -260,3 +260,167 @@ def test_realized_weights_take_less_memory():
     blocks = lambda m: weight_bytes(m.blocks)  # noqa: E731
     # 4-bit codes + fp32 scale + uint8 zero per group (64 or 128 values here), norms in fp32
     assert blocks(w4) < 0.25 * blocks(fp)
+
+
+# ---- int4 LM head and embedding (realize(..., "w4a16", head="int4")) -------------------------
+W4A16_HEAD = (RTNConfig(weight=QuantSpec(4, sym=False, granularity="group", group_size=128),
+                        lm_head=True),)
+
+
+def _fake_vocab_int4(model):
+    """The fake-quant twin of head="int4", built from the primitives: the embedding table and a
+    float head replaced by their RTN-g128 fake-quant values (a QLinear head is already that)."""
+    from dllmq.kernels.int4 import VOCAB_SPEC
+
+    emb = model.parts()[0]
+    emb.weight.data = quantize_weight(emb.weight.data, VOCAB_SPEC.for_features(emb.weight.shape[1])).weight
+    head = model.head_linear
+    if head is not None and not isinstance(head, QLinear):
+        head.weight.data = quantize_weight(head.weight.data,
+                                           VOCAB_SPEC.for_features(head.in_features)).weight
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("recipe", ["w4a16g128-rtn", W4A16_HEAD], ids=["float-head", "rtn-head"])
+def test_int4_head_equals_its_fake_quant(arch, recipe):
+    """head="int4" multiplies by exactly the fake-quant head and looks up exactly the fake-quant
+    table rows (the same `dequantize`): on CPU the logits and greedy tokens are bit-identical."""
+    from dllmq.kernels import Int4Embedding
+
+    fake = _model(arch, recipe)
+    real = realize(copy.deepcopy(fake), "w4a16", head="int4")
+    _fake_vocab_int4(fake)
+    assert isinstance(real.head_linear, W4A16Linear) and isinstance(real.parts()[0], Int4Embedding)
+    x = _ids(arch)
+    with torch.no_grad():
+        r, f = real(x), fake(x)
+    assert torch.equal(r, f)
+    fp = _model(arch)  # and the int4 head does change the function (the check can fail)
+    with torch.no_grad():
+        assert not torch.equal(realize(_model(arch, "w4a16g128-rtn"), "w4a16")(x), r)
+        assert not torch.equal(fp(x), r)
+    cfg = (LLaDASamplerConfig(gen_length=16, steps=8, block_length=8) if arch == "llada" else
+           DreamSamplerConfig(max_new_tokens=16, steps=8))
+    prompts = _ids(arch, batch=2, length=8)
+    a = generate(real, prompts, cfg, torch.Generator().manual_seed(0)).tokens
+    b = generate(fake, prompts, cfg, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+
+
+def test_int4_embedding_gathers_the_dequantized_rows():
+    from dllmq.kernels import Int4Embedding
+    from dllmq.kernels.int4 import int4_qlinear
+
+    table = torch.randn(50, 256, generator=torch.Generator().manual_seed(6))
+    q = int4_qlinear(table, "emb")
+    emb = Int4Embedding(q, "emb")
+    assert emb.weight_packed.shape == (50, 32) and emb.weight_scale.shape == (50, 2)
+    assert torch.equal(emb.weight, q.weight)  # the whole table = the fake-quant table
+    ids = torch.tensor([[3, 3, 49], [0, 17, 8]])
+    assert torch.equal(emb(ids), q.weight[ids])
+
+
+def test_int4_head_on_a_tied_llada_serves_embedding_and_head():
+    """A tied LLaDA has no head module: its head reads the int4 embedding's dequantized table."""
+    cfg = tiny_config("llada", hidden_size=64, intermediate_size=256, tie_word_embeddings=True)
+    fake = random_model(cfg, seed=0)
+    quantize_(fake, "w4a16g128-rtn", None, progress=False)
+    real = realize(copy.deepcopy(fake), "w4a16", head="int4")
+    _fake_vocab_int4(fake)
+    x = _ids("llada")
+    with torch.no_grad():
+        assert torch.equal(real(x), fake(x))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_export_load_realize_int4_head_equals_in_memory(tmp_path, arch):
+    """The RTN head travels in the compressed-tensors export (a config group targets it, the
+    `ignore` list is empty) and realizes to the same buffers and logits."""
+    import json
+
+    model = _model(arch, W4A16_HEAD)
+    save_quantized(model, tmp_path)
+    qcfg = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert qcfg["ignore"] == [] and any(model.spec.lm_head in g["targets"]
+                                        for g in qcfg["config_groups"].values())
+    loaded = realize(load_quantized(tmp_path, "cpu", torch.float32), "w4a16", head="int4")
+    realize(model, "w4a16", head="int4")
+    sa, sb = model.state_dict(), loaded.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = _ids(arch)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+def test_int4_head_refusals_and_memory():
+    from dllmq.kernels import weight_bytes
+
+    with pytest.raises(ValueError, match="head='int4' is a w4a16 option"):
+        realize(_model("llada"), "fp8", head="int4")
+    with pytest.raises(ValueError, match="head='bf16' unknown"):
+        realize(_model("llada", "w4a16g128-rtn"), "w4a16", head="bf16")
+    fp = _model("llada")
+    float_head = realize(_model("llada", "w4a16g128-rtn"), "w4a16")
+    int4_head = realize(_model("llada", "w4a16g128-rtn"), "w4a16", head="int4")
+    with pytest.raises(ValueError, match="already realized"):
+        realize(int4_head, "w4a16", head="int4")
+    # fp32 on CPU: 4-bit codes + fp32 scale + uint8 zero per row group of 64 -> 4.6 of 32 bits
+    vocab = lambda m: weight_bytes(m) - weight_bytes(m.blocks)  # noqa: E731
+    assert vocab(int4_head) < 0.16 * vocab(fp) and vocab(float_head) == vocab(fp)
+
+
+# ---- GPU paths (skipped without CUDA; run on the device by the benchmark's session) ---------
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_cuda_w4a16_triton_configs_match_the_dequantized_weight():
+    from dllmq.kernels import triton_kernels as tk
+
+    q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None, K=1024, N=384,
+                 bias=False)
+    lin = W4A16Linear(q, mode="triton").cuda()
+    w = lin.dequantized_weight(torch.bfloat16).float()
+    for M in (7, 512):
+        x = torch.randn(M, 1024, device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+                        ).bfloat16()
+        ref = x.float() @ w.T
+        for cfg in tk.W4A16_CONFIGS:
+            y = tk.w4a16_matmul(x, lin.weight_packed_t, lin.weight_scale_t, lin.weight_zero_t,
+                                128, cfg)
+            rel = ((y.float() - ref).norm() / ref.norm()).item()
+            assert rel < 5e-3, (cfg, M, rel)  # bf16 output rounding: ~2e-3
+        dq = W4A16Linear(q, mode="dequant").cuda()
+        assert ((dq(x).float() - ref).norm() / ref.norm()).item() < 5e-3
+
+
+@cuda
+@pytest.mark.parametrize("mode,bound", [("dequant", 1e-4), ("triton", 1e-2)])
+def test_cuda_int4_head_model_matches_cpu(mode, bound):
+    """fp32 model: "dequant" runs cuBLAS fp32 (float rounding only); Triton's tl.dot on fp32
+    operands uses TF32 (10-bit mantissa, ~1e-3 per product), hence its looser bound."""
+    model = _model("llada", "w4a16g128-rtn")
+    cpu = realize(copy.deepcopy(model), "w4a16", head="int4")
+    gpu = realize(copy.deepcopy(model).cuda(), "w4a16", head="int4", w4a16_mode=mode)
+    x = _ids("llada")
+    with torch.no_grad():
+        a, b = cpu(x), gpu(x.cuda()).cpu()
+    assert ((a - b).abs().max() / a.abs().max()).item() < bound
+
+
+def test_compile_blocks_compiles_an_int4_head_to_the_same_logits():
+    """compile_blocks also compiles a W4A16Linear head (automatic dynamic shapes: the samplers'
+    windows and the likelihood's positions change its rows); dynamo's eager backend on CPU."""
+    from dllmq.kernels import compile_blocks
+
+    torch._dynamo.reset()
+    eager = realize(_model("llada", "w4a16g128-rtn"), "w4a16", head="int4")
+    compiled = compile_blocks(copy.deepcopy(eager), backend="eager")
+    assert hasattr(compiled.head_linear, "_compiled_call_impl") and \
+        compiled.head_linear._compiled_call_impl is not None
+    x = _ids("llada")
+    with torch.no_grad():
+        assert torch.equal(eager(x), compiled(x))
+        assert torch.equal(eager(x[:, :9]), compiled(x[:, :9]))
+    torch._dynamo.reset()

@@ -16,6 +16,12 @@ dequantizes each (BLOCK_K x BLOCK_N) tile in registers, then accumulates in fp32
 
 Memory: 4 bits per weight + an fp32 scale and a uint8 zero point per group of 128, i.e. 4.31
 bits per weight (0.27x of bf16). Zero points are kept as uint8, not packed, for simplicity.
+
+The two vocab-sized matrices (LM head and input embedding, 2 x 1 GiB of LLaDA-8B's 15 GiB in
+bf16) can take the same format (`realize(model, "w4a16", head="int4")`): the head becomes a
+W4A16Linear, the embedding an `Int4Embedding`, which gathers the packed rows of the tokens it
+looks up and dequantizes only those (the same `dequantize`, so its rows equal the fake-quant
+table's rows exactly).
 """
 
 from __future__ import annotations
@@ -25,10 +31,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from dllmq.quant.export import pack_int32, unpack_int32
-from dllmq.quant.primitives import QuantSpec, dequantize
+from dllmq.quant.primitives import QuantSpec, dequantize, quantize_weight
 from dllmq.quant.qlinear import QLinear
 
 MODES = ("dequant", "triton")
+# the w4a16g128 recipes' weight spec (RTNConfig's default): what an int4 head and embedding get
+# when the model carries no quantized head of its own
+VOCAB_SPEC = QuantSpec(4, sym=False, granularity="group", group_size=128)
+
+
+def unpack4_t(packed_t: torch.Tensor) -> torch.Tensor:
+    """(K/8, N) int32 words -> (K, N) int32 codes, code k at bits 4 (k mod 8) of word k // 8:
+    the same codes as `unpack_int32(packed_t.t(), 4, K).t()`, by elementwise shifts only (no
+    gather, no int64), which torch.compile fuses into the dequantization."""
+    shifts = torch.arange(0, 32, 4, device=packed_t.device, dtype=torch.int32)
+    q = (packed_t.unsqueeze(1) >> shifts.view(1, 8, 1)) & 0xF  # (K/8, 8, N)
+    return q.reshape(-1, packed_t.shape[1])  # (K, N)
 
 
 def check_w4a16(q: QLinear, name: str) -> None:
@@ -73,13 +91,21 @@ class W4A16Linear(nn.Module):
         return dequantize(codes, self.weight_scale_t.t(), self.weight_zero_t.t().float(), self.spec,
                           dtype)
 
+    def dequantized_weight_t(self, dtype: torch.dtype) -> torch.Tensor:
+        """W_hat^T (K, N) in dtype, the values of `dequantized_weight` (the same fp32 (q - z) * s,
+        then the cast) in the kernel layout: what the "dequant" mode multiplies by."""
+        G, N = self.weight_scale_t.shape
+        q = unpack4_t(self.weight_packed_t).view(G, -1, N).float()  # (G, g, N)
+        z = self.weight_zero_t.view(G, 1, N).float()
+        return ((q - z) * self.weight_scale_t.view(G, 1, N)).reshape(-1, N).to(dtype)  # (K, N)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
         if self.mode == "triton" and not x.is_cuda:
             raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'dequant' on CPU")
         if self.mode == "dequant":
-            return F.linear(x, self.dequantized_weight(x.dtype), self.bias)
+            return F.linear(x, self.dequantized_weight_t(x.dtype).t(), self.bias)
         from . import triton_kernels  # needs triton, which CUDA builds of torch ship with
 
         lead = x.shape[:-1]
@@ -92,3 +118,52 @@ class W4A16Linear(nn.Module):
     def extra_repr(self) -> str:
         return (f"{self.in_features} -> {self.out_features}, w4a16 packed int4 "
                 f"{self.spec.describe()}, mode={self.mode}")
+
+
+def int4_qlinear(weight: torch.Tensor, name: str, spec: QuantSpec = VOCAB_SPEC) -> QLinear:
+    """RTN of a float (out, in) matrix under `spec` as a weight-only QLinear (the fake-quant twin
+    of what W4A16Linear / Int4Embedding run)."""
+    q = QLinear(weight.detach(), None)
+    try:
+        q.set_weight(quantize_weight(weight.detach(), spec.for_features(weight.shape[1])), "rtn")
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return q
+
+
+class Int4Embedding(nn.Module):
+    """An embedding table in packed int4 (rows = tokens, groups along the hidden dim), looked up
+    by gathering the packed rows of the requested tokens and dequantizing those rows only:
+
+        E_hat[t, c] = (q[t, c] - z[t, c // g]) * s[t, c // g]
+
+    Buffers in the export's row layout: weight_packed (V, C/8) int32, weight_scale (V, G) fp32,
+    weight_zero (V, G) uint8. `weight` (the whole dequantized table) serves a head tied to it."""
+
+    def __init__(self, q: QLinear, name: str = "embedding"):
+        super().__init__()
+        check_w4a16(q, name)
+        self.num_embeddings, self.embedding_dim = q.out_features, q.in_features
+        self.spec: QuantSpec = q.weight_spec.for_features(q.in_features)
+        if self.spec.granularity == "tensor":
+            raise ValueError(f"{name}: per-tensor 4-bit weights are not supported; use group or channel")
+        self.register_buffer("weight_packed", pack_int32(q.codes, 4))  # (V, C/8)
+        self.register_buffer("weight_scale", q.scale.float().contiguous())  # (V, G)
+        self.register_buffer("weight_zero", q.zero.to(torch.uint8).contiguous())  # (V, G)
+        self.out_dtype = q.weight.dtype
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """E_hat (V, C) in the table's dtype (a tied LM head multiplies by it)."""
+        codes = unpack_int32(self.weight_packed, 4, self.embedding_dim)
+        return dequantize(codes, self.weight_scale, self.weight_zero.float(), self.spec, self.out_dtype)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1)  # (T,)
+        codes = unpack_int32(self.weight_packed[flat], 4, self.embedding_dim)  # (T, C)
+        rows = dequantize(codes, self.weight_scale[flat], self.weight_zero[flat].float(), self.spec,
+                          self.out_dtype)
+        return rows.reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings} x {self.embedding_dim}, packed int4 {self.spec.describe()}"

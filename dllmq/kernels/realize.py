@@ -5,7 +5,7 @@ the integer grid allows). `realize` is the separate execution path: it reads the
 path left (QLinear codes, scales, zero points, online input transforms; the same state
 `save_quantized` writes and `load_quantized` rebuilds) and installs modules that run low-bit
 arithmetic. It walks the blocks through the ArchSpec; the LM head and embeddings stay as they
-are. Backends:
+are, except under "w4a16" with head="int4" (below). Backends:
 
 - "fp8":  W8A8 e4m3 through `torch._scaled_mm` (fp8.Fp8Linear). Every block linear, a plain
   nn.Linear or a QLinear, becomes fp8; a QLinear's online input transform (QuaRot's Hadamard,
@@ -20,6 +20,15 @@ are. Backends:
   DuQuant recipes); computes exactly what the QLinear does, up to float rounding.
 - "w4a16": packed int4 weights with a dequantize-GEMM (int4.W4A16Linear), for 4-bit weight-only
   QLinears (the W4A16 RTN/GPTQ/AWQ recipes); only the packed codes stay resident.
+  With head="int4" the two vocab-sized matrices take the same packed format: the LM head
+  becomes a W4A16Linear and the input embedding an int4.Int4Embedding (a gather of the packed
+  rows of the looked-up tokens, dequantized row by row). Their codes: a head the recipe already
+  quantized to 4 bits (RTNConfig(lm_head=True); `save_quantized` exports it, `load_quantized`
+  reads it back) is used as it is; a float head, and the embedding (which no recipe quantizes),
+  get RTN under int4.VOCAB_SPEC (asymmetric, groups of 128, the w4a16g128 recipes' spec) here.
+  The trade-off: LLaDA-8B's weights shrink from 5.4 to 4.0 GiB (0.36x -> 0.27x of bf16), at the
+  accuracy cost of RTN-quantizing the logits' matrix (tables/deploy_int4_head.md measures it on
+  the tiny models); the default head="float" keeps both matrices as they are.
 Any block linear a backend cannot run raises one line naming it; plain nn.Linears that a
 recipe left in float stay float under "int8" and "w4a16" (logged).
 
@@ -39,13 +48,14 @@ from dllmq.models import LINEAR_KINDS, get_module, set_module
 from dllmq.quant.qlinear import QLinear
 
 from .fp8 import FakeFp8Linear, Fp8Linear
-from .int4 import W4A16Linear
+from .int4 import Int4Embedding, W4A16Linear, int4_qlinear
 from .int8 import Int8Linear
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("fp8", "fp8-fake", "int8", "w4a16")
-REAL_MODULES = (Fp8Linear, FakeFp8Linear, Int8Linear, W4A16Linear)
+HEADS = ("float", "int4")
+REAL_MODULES = (Fp8Linear, FakeFp8Linear, Int8Linear, W4A16Linear, Int4Embedding)
 
 
 def _fp8(cls: type, mod: nn.Module, name: str) -> nn.Module:
@@ -74,16 +84,43 @@ def _convert(backend: str, mod: nn.Module, name: str, w4a16_mode: str) -> nn.Mod
     return W4A16Linear(mod, name, mode=w4a16_mode)
 
 
+def vocab_int4(model: nn.Module, w4a16_mode: str) -> list[tuple[str, nn.Module]]:
+    """[(model path, new module)] for head="int4": the LM head and the input embedding."""
+    spec, plan = model.spec, []
+    head = model.head_linear
+    if head is not None:
+        if isinstance(head, REAL_MODULES):
+            raise ValueError(f"{spec.lm_head} is already realized ({type(head).__name__}); "
+                             "realize a model once")
+        if not (isinstance(head, QLinear) and head.weight_spec is not None):
+            if not isinstance(head, nn.Linear | QLinear):
+                raise TypeError(f"{spec.lm_head} is a {type(head).__name__}, expected nn.Linear or QLinear")
+            head = int4_qlinear(head.weight, spec.lm_head)
+        plan.append((spec.lm_head, W4A16Linear(head, spec.lm_head, mode=w4a16_mode)))
+    emb = get_module(model, spec.embed)
+    if not isinstance(emb, nn.Embedding):
+        raise TypeError(f"{spec.embed} is a {type(emb).__name__}, expected nn.Embedding "
+                        "(realize a model once)")
+    plan.append((spec.embed, Int4Embedding(int4_qlinear(emb.weight, spec.embed), spec.embed)))
+    return plan
+
+
 @torch.no_grad()
-def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant") -> nn.Module:
+def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
+            head: str = "float") -> nn.Module:
     """Swap every block linear of `model` for `backend`'s real module, in place; returns model.
 
     w4a16_mode: "dequant" (unpack each layer's codes to a 16-bit weight when it runs, then
     cuBLAS / CPU BLAS; under torch.compile the unpacking is one fused kernel) or "triton" (the
-    fused dequantize-GEMM kernel, CUDA only). On an H200 "dequant" was the faster of the two
-    (tables/bench_kernels.md, LLaDA step at batch 8: 1.06x of bf16-compiled, Triton 2.4x)."""
+    fused dequantize-GEMM kernel, CUDA only); tables/bench_kernels.md times both.
+    head: "float" (the LM head and embedding stay as they are) or "int4" (w4a16 only: both in
+    packed int4, module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} unknown; use one of {BACKENDS}")
+    if head not in HEADS:
+        raise ValueError(f"head={head!r} unknown; use one of {HEADS}")
+    if head == "int4" and backend != "w4a16":
+        raise ValueError(f"head='int4' is a w4a16 option; backend {backend!r} keeps the head float")
     plan = []
     for i, block in enumerate(model.blocks):  # convert all first, swap after: no half-realized model
         for kind in LINEAR_KINDS:
@@ -94,22 +131,34 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant") -> n
                 plan.append((block, path, new))
             else:
                 log.info("realize %s: %s stays float (the recipe did not quantize it)", backend, name)
+    vocab = vocab_int4(model, w4a16_mode) if head == "int4" else []
     for block, path, new in plan:
         set_module(block, path, new)
-    log.info("realize %s: %d block linears", backend, len(plan))
+    for path, new in vocab:
+        set_module(model, path, new)
+    log.info("realize %s: %d block linears%s", backend, len(plan),
+             f", {' and '.join(p for p, _ in vocab)} in int4" if vocab else "")
     return model
 
 
 def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool | None = False,
                    backend: str = "inductor") -> nn.Module:
-    """torch.compile every block in place (regional compilation); returns model.
+    """torch.compile every block in place (regional compilation), and a realized int4 LM head
+    (whose dequantization, eager, would materialize the whole 16-bit head); returns model.
 
     mode: torch.compile's mode (None: default; "max-autotune-no-cudagraphs" tunes GEMM tiles;
-    "reduce-overhead" adds CUDA graphs, for static shapes). dynamic=False specializes on each
-    (batch, length), which the samplers keep fixed within a generation. backend: torch.compile's
-    ("eager" traces without generating code: the CPU tests use it)."""
+    "reduce-overhead" adds CUDA graphs, which replay each block's kernels with one launch; the
+    samplers keep (batch, length) fixed within a generation, so the shapes are static).
+    dynamic=False specializes on each (batch, length). backend: torch.compile's ("eager" traces
+    without generating code: the CPU tests use it)."""
     for block in model.blocks:
         block.compile(mode=mode, dynamic=dynamic, backend=backend)
+    head = model.head_linear
+    if isinstance(head, W4A16Linear):
+        # its number of rows changes with the sampler's window and the likelihood's positions:
+        # automatic dynamic shapes (one recompile, then a graph for any M), no CUDA graphs
+        head.compile(mode=None if mode == "reduce-overhead" else mode, dynamic=None,
+                     backend=backend)
     return model
 
 

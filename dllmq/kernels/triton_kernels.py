@@ -13,15 +13,33 @@
   the group size, so one scale/zero per column serves a whole tile. The load-and-shift
   unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton `quant_linear.py`);
   the grouped program order is the Triton matmul tutorial's.
-Tile sizes are fixed (no autotuning, so a benchmark pays no tuning time): 128 x 128 x 64 tiles,
-8 warps, 4 stages for M > 64; 64 x 128 x 64 below.
+Tile sizes: `W4A16_CONFIGS` lists candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand)
+configurations; `tune_w4a16(shapes)` times each (triton.testing.do_bench, median), rejects any
+whose output differs from the fp32 reference by more than bf16 rounding, and remembers the
+fastest per (M, N, K); `w4a16_matmul` then uses the tuned configuration of the same (N, K) at the
+nearest tuned M, else the default (128 x 128 x 64, 8 warps, 4 stages; 64 x 128 x 64 for M <= 64).
+The choice is plain Python on static shapes, so torch.compile traces it as a constant.
+expand=1 loads each packed word once ((BLOCK_K/8) x BLOCK_N words per tile) and broadcasts it
+to the eight codes it holds in registers; expand=0 loads the word once per code (eight loads,
+served by L1).
+Measured on one H200 (tables/bench_kernels_full.md, its notes): even tuned, this kernel runs
+2.2-2.5x slower than cuBLAS bf16 at M = 4096 and 2.5-4.4x at M = 512 on the 8B shapes, so the
+"dequant" mode (one fused unpack kernel + cuBLAS) is realize's default. A likely cause, not
+verified: the dequantized operand is B, held in registers, which Hopper's wgmma cannot read
+(only A may come from registers); swapping the operands (y^T = W_hat x^T) is the next try.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+from functools import partial
+
 import torch
 import triton
 import triton.language as tl
+
+log = logging.getLogger(__name__)
 
 E4M3 = torch.float8_e4m3fn  # fp8.E4M3 (not imported: fp8 imports this module)
 
@@ -61,7 +79,8 @@ def fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 @triton.jit
 def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_bk,
                   stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                  EXPAND: tl.constexpr):
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -76,12 +95,21 @@ def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_
     m_ok = offs_m < M
     n_ok = offs_n < N
     a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :]
-    b_ptrs = b_ptr + (offs_k[:, None] // 8).to(tl.int64) * stride_bk + offs_n[None, :]
+    if EXPAND:
+        offs_w = tl.arange(0, BLOCK_K // 8)
+        b_ptrs = b_ptr + offs_w[:, None].to(tl.int64) * stride_bk + offs_n[None, :]
+    else:
+        b_ptrs = b_ptr + (offs_k[:, None] // 8).to(tl.int64) * stride_bk + offs_n[None, :]
     shifts = (offs_k[:, None] % 8) * 4  # (BLOCK_K, 1)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
-        words = tl.load(b_ptrs, mask=n_ok[None, :], other=0)  # (BLOCK_K, BLOCK_N) int32
+        if EXPAND:
+            w8 = tl.load(b_ptrs, mask=n_ok[None, :], other=0)  # (BLOCK_K / 8, BLOCK_N) int32
+            words = tl.reshape(tl.broadcast_to(w8[:, None, :], (BLOCK_K // 8, 8, BLOCK_N)),
+                               (BLOCK_K, BLOCK_N))  # row k holds word k // 8
+        else:
+            words = tl.load(b_ptrs, mask=n_ok[None, :], other=0)  # (BLOCK_K, BLOCK_N) int32
         q = (words >> shifts) & 0xF
         g = (k0 // GROUP_SIZE) * N  # < 2^31: G * N is the size of the scale tensor
         s = tl.load(s_ptr + g + offs_n, mask=n_ok, other=0.0)
@@ -94,24 +122,89 @@ def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand)
+W4A16_CONFIGS = (
+    (128, 128, 64, 8, 4, 0), (128, 128, 64, 8, 4, 1), (128, 256, 64, 8, 3, 1),
+    (256, 128, 64, 8, 3, 1), (128, 128, 128, 8, 3, 1), (128, 64, 64, 4, 4, 1),
+    (64, 128, 64, 4, 4, 0), (64, 256, 64, 8, 4, 1),
+)
+_TUNED: dict[tuple[int, int, int], tuple] = {}  # filled by tune_w4a16 only
+
+
+def _config(M: int, N: int, K: int) -> tuple:
+    same = [m for (m, n, k) in _TUNED if (n, k) == (N, K)]
+    if same:
+        m = min(same, key=lambda m: abs(math.log(m) - math.log(max(M, 1))))
+        return _TUNED[(m, N, K)]
+    return (128, 128, 64, 8, 4, 0) if M > 64 else (64, 128, 64, 4, 4, 0)
+
+
 def w4a16_matmul(x: torch.Tensor, packed_t: torch.Tensor, scale_t: torch.Tensor,
-                 zero_t: torch.Tensor, group_size: int) -> torch.Tensor:
+                 zero_t: torch.Tensor, group_size: int, config: tuple | None = None) -> torch.Tensor:
     """x (M, K) @ W_hat^T -> (M, N) in x's dtype. The kernel layout is the transpose of the
     export's, so that neighbouring threads (neighbouring output columns n) read neighbouring
-    words: packed_t (K/8, N) int32, scale_t (G, N) fp32, zero_t (G, N) uint8, all contiguous."""
+    words: packed_t (K/8, N) int32, scale_t (G, N) fp32, zero_t (G, N) uint8, all contiguous.
+    config: one of W4A16_CONFIGS (default: the tuned or default one, module docstring)."""
     if x.stride(-1) != 1:
         x = x.contiguous()
     M, K = x.shape
     N = packed_t.shape[1]
-    BLOCK_K = 64
-    if K % BLOCK_K or group_size % BLOCK_K:
+    BM, BN, BK, warps, stages, expand = config or _config(M, N, K)
+    if K % BK or group_size % BK:
         raise ValueError(f"w4a16 kernel needs K ({K}) and the group size ({group_size}) to be "
-                         f"multiples of {BLOCK_K}; use mode 'dequant'")
+                         f"multiples of {BK}; use mode 'dequant'")
     c = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    BM, warps, stages = (128, 8, 4) if M > 64 else (64, 4, 4)
-    BN = 128
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
     _w4a16_kernel[grid](x, packed_t, scale_t, zero_t, c, M, N, K, x.stride(0), packed_t.stride(0),
                         c.stride(0), GROUP_SIZE=group_size, BLOCK_M=BM, BLOCK_N=BN,
-                        BLOCK_K=BLOCK_K, GROUP_M=8, num_warps=warps, num_stages=stages)
+                        BLOCK_K=BK, GROUP_M=8, EXPAND=expand, num_warps=warps, num_stages=stages)
     return c
+
+
+@torch.no_grad()
+def tune_w4a16(shapes, device, group_size: int = 128, dtype=torch.bfloat16) -> list[str]:
+    """Time every W4A16_CONFIGS entry at each (M, N, K) on random operands, keep the fastest whose
+    output is within 5e-3 relative (Frobenius) of the fp32 reference (bf16 output rounding is
+    ~2e-3), and return one line per shape: the choice, its time, cuBLAS bf16 at the same shape."""
+    from triton.testing import do_bench
+
+    from dllmq.quant.export import pack_int32
+
+    lines = []
+    g = torch.Generator(device).manual_seed(0)
+    for M, N, K in shapes:
+        G = K // group_size
+        codes = torch.randint(0, 16, (N, K), device=device, generator=g, dtype=torch.int32)
+        packed_t = pack_int32(codes, 4).t().contiguous()
+        scale_t = torch.rand(G, N, device=device, generator=g) * 0.01 + 1e-3
+        zero_t = torch.randint(0, 16, (G, N), device=device, generator=g, dtype=torch.uint8)
+        x = torch.randn(M, K, device=device, generator=g, dtype=dtype)
+        w = ((codes.t().reshape(G, group_size, N).float() - zero_t[:, None].float())
+             * scale_t[:, None]).reshape(K, N).to(dtype)  # (K, N)
+        ref = x.float() @ w.float()
+        t_cublas = do_bench(lambda x=x, w=w: x @ w, warmup=5, rep=25, return_mode="median")
+        best = None
+        for cfg in W4A16_CONFIGS:
+            if K % cfg[2] or group_size % cfg[2]:
+                continue
+            try:
+                y = w4a16_matmul(x, packed_t, scale_t, zero_t, group_size, cfg)
+                err = ((y.float() - ref).norm() / ref.norm()).item()
+                if not err <= 5e-3:
+                    log.warning("w4a16 config %s at %s: rel. error %.2e, rejected", cfg, (M, N, K), err)
+                    continue
+                t = do_bench(partial(w4a16_matmul, x, packed_t, scale_t, zero_t, group_size, cfg),
+                             warmup=5, rep=25, return_mode="median")
+            except Exception as e:  # a config Triton cannot build here is skipped, and said
+                log.warning("w4a16 config %s at %s failed: %s: %s", cfg, (M, N, K),
+                            type(e).__name__, str(e)[:200])
+                continue
+            if best is None or t < best[0]:
+                best = (t, cfg)
+        if best is None:
+            lines.append(f"w4a16 tune (M {M}, N {N}, K {K}): no config ran; default kept")
+            continue
+        _TUNED[(M, N, K)] = best[1]
+        lines.append(f"w4a16 tune (M {M}, N {N}, K {K}): {best[1]} {best[0] * 1e3:.1f} us, "
+                     f"cuBLAS bf16 {t_cublas * 1e3:.1f} us ({best[0] / t_cublas:.2f}x)")
+    return lines
