@@ -2,9 +2,12 @@
 
     python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
 
-Committed: tables/bench_kernels.{md,csv} (--layers 8, every backend, the earlier code: w4a16
-with a bf16 head, mean timings) and tables/bench_kernels_full.{md,csv} (full depth, median of 5,
-int4 head; the backends a 160 s device budget reached: official-bf16, bf16-compiled, w4a16).
+Committed, each one run on one H200: tables/bench_kernels.{md,csv} (full depth, median of 5:
+official-bf16, w8a8-fp8, bf16-compiled, w4a16-dequant with the int4 head, bf16-graphs (failed:
+CUDA-graph outputs overwritten between calls), w8a8-int8; forward and step; the command is in
+its header), tables/bench_kernels_triton.{md,csv} (full depth: official-bf16, bf16-compiled,
+w4a16 with the Triton kernel) and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every
+backend and measure, the earlier code: w4a16 with a bf16 head, mean timings).
 
 DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
 modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM

@@ -22,7 +22,7 @@ The choice is plain Python on static shapes, so torch.compile traces it as a con
 expand=1 loads each packed word once ((BLOCK_K/8) x BLOCK_N words per tile) and broadcasts it
 to the eight codes it holds in registers; expand=0 loads the word once per code (eight loads,
 served by L1).
-Measured on one H200 (tables/bench_kernels_full.md, its notes): even tuned, this kernel runs
+Measured on one H200 (tables/bench_kernels_triton.md, its notes): even tuned, this kernel runs
 2.2-2.5x slower than cuBLAS bf16 at M = 4096 and 2.5-4.4x at M = 512 on the 8B shapes, so the
 "dequant" mode (one fused unpack kernel + cuBLAS) is realize's default. A likely cause, not
 verified: the dequantized operand is B, held in registers, which Hopper's wgmma cannot read
