@@ -44,11 +44,11 @@ from dllmq.study import load_params, output_dirs, repo_path
 
 P = load_params(preset)
 set_style()
-fig_dir, tab_dir = output_dirs(P["out_dir"])
+fig_dir, tab_dir = output_dirs(P)
 committed = repo_path("tables")
 qa = P["tasks"]["qa"][0]
 mc_num = qa.get("settings", {}).get("mc_num", 4)
-limit = min(fp8_items, P["limit"])
+limit = fp8_items if P["limit"] is None else min(fp8_items, P["limit"])  # null: every item
 
 # %% [markdown]
 # ## Speed and memory (8B shapes, one H200)
@@ -69,7 +69,7 @@ hw
 # twin, fp8 real; the same items and Monte Carlo seeds).
 
 # %%
-study = pd.concat([pd.read_csv(committed / f) for f in (
+study = pd.concat([pd.read_csv(tab_dir / f) for f in (  # this preset's study tables
     "table1_weight_only_general.csv", "table2_weight_act_general.csv",
     "table5_dream_weight_only_general.csv", "table6_dream_weight_act_all.csv")])
 study = study.drop_duplicates(["model", "recipe"])[["model", "recipe", "qa_avg", "qa_avg_se"]]
