@@ -194,3 +194,30 @@ def test_markdown_states_the_decided_share_and_the_zero_margin_one(tmp_path):
     assert dz < d <= t
     md = findings_markdown(found, at_zero_margin=zero)
     assert f"Decided: {d} of {t} F1-F8 sub-claims" in md and "With a zero margin" in md and f" {dz} of {t} would be" in md
+
+
+@pytest.mark.slow
+def test_run_study_through_two_workers_equals_one_process(tmp_path):
+    # params `workers: 2` (the default preset) computes the cells in worker processes; the
+    # study's frame is the same as one process at the same thread count
+    import torch
+    from dllmq import study
+
+    p = study.load_params("smoke")
+    frames = []
+    for workers in (1, 2):
+        q = {**p, "store": str(tmp_path / f"w{workers}.sqlite"), "workers": workers, "threads": 1}
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            frames.append(study.run_study(q, ["llada_base"], ["fp16", "w4a16g128-rtn"],
+                                          categories=("qa", "math"), progress=False))
+        finally:
+            torch.set_num_threads(threads)
+    a, b = (f.sort_values(["recipe", "task"]).reset_index(drop=True) for f in frames)
+    assert len(a) == 4
+    assert a[["recipe", "task", "value", "stderr"]].equals(b[["recipe", "task", "value", "stderr"]])
+    assert list(a["scores"]) == list(b["scores"])
+    from dllmq.store import Store
+    assert not {r.worker for r in Store(tmp_path / "w1.sqlite").results()} & {
+        r.worker for r in Store(tmp_path / "w2.sqlite").results()}  # computed by the workers
