@@ -10,3 +10,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def interrupt_at_call(monkeypatch):
+    """`arm(n)` patches `dllmq.sweep.evaluate_cell` to record each cell's shard and raise
+    KeyboardInterrupt (a Ctrl-C mid-run) on its n-th call; returns the list of recorded shards."""
+    from dllmq import sweep
+
+    real = sweep.evaluate_cell
+
+    def arm(n: int) -> list:
+        calls = []
+
+        def evaluate(lm, cell, *a):
+            calls.append(cell.shard)
+            if len(calls) == n:
+                raise KeyboardInterrupt
+            return real(lm, cell, *a)
+
+        monkeypatch.setattr(sweep, "evaluate_cell", evaluate)
+        return calls
+    return arm

@@ -202,16 +202,19 @@ def test_real_logits_equal_fake_quant_logits(arch, recipe, backend):
         _assert_twins(r, f)
 
 
+def _greedy_tokens(arch, *models):
+    """Each model's tokens for the same two prompts, 16 tokens in 8 steps, one seed."""
+    cfg = (LLaDASamplerConfig(gen_length=16, steps=8, block_length=8) if arch == "llada" else
+           DreamSamplerConfig(max_new_tokens=16, steps=8))
+    prompts = _ids(arch, batch=2, length=8)
+    return [generate(m, prompts, cfg, torch.Generator().manual_seed(0)).tokens for m in models]
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("recipe,backend", [("w8a8-rtn", "int8"), (None, "fp8")])
 def test_greedy_tokens_equal(arch, recipe, backend):
     real, fake = _pair(arch, recipe, backend)
-    cfg = (LLaDASamplerConfig(gen_length=16, steps=8, block_length=8) if arch == "llada" else
-           DreamSamplerConfig(max_new_tokens=16, steps=8))
-    prompts = _ids(arch, batch=2, length=8)
-    a = generate(real, prompts, cfg, torch.Generator().manual_seed(0)).tokens
-    b = generate(fake, prompts, cfg, torch.Generator().manual_seed(0)).tokens
-    assert torch.equal(a, b)
+    assert torch.equal(*_greedy_tokens(arch, real, fake))
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -300,12 +303,7 @@ def test_int4_head_equals_its_fake_quant(arch, recipe):
     with torch.no_grad():
         assert not torch.equal(realize(_model(arch, "w4a16g128-rtn"), "w4a16")(x), r)
         assert not torch.equal(fp(x), r)
-    cfg = (LLaDASamplerConfig(gen_length=16, steps=8, block_length=8) if arch == "llada" else
-           DreamSamplerConfig(max_new_tokens=16, steps=8))
-    prompts = _ids(arch, batch=2, length=8)
-    a = generate(real, prompts, cfg, torch.Generator().manual_seed(0)).tokens
-    b = generate(fake, prompts, cfg, torch.Generator().manual_seed(0)).tokens
-    assert torch.equal(a, b)
+    assert torch.equal(*_greedy_tokens(arch, real, fake))
 
 
 def test_int4_embedding_gathers_the_dequantized_rows():

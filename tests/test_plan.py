@@ -97,20 +97,10 @@ def test_plan_cli_prints_cells_and_totals(env, tmp_path):
     assert "on 2 workers" in lines[-1]
 
 
-def test_plan_shows_shards_stored_and_estimates_the_shards_left(env, tmp_path, monkeypatch):
-    from dllmq import sweep
-
+def test_plan_shows_shards_stored_and_estimates_the_shards_left(env, tmp_path, interrupt_at_call):
     grid = _grid(env, tmp_path, recipes=["fp16"], tasks=["tiny_mc"], seeds=[0], shard_size=2,
                  settings={"limit": 6, "mc_num": 8, "batch_size": 4, "doc_block": 2})
-    real, calls = sweep.evaluate_cell, []
-
-    def dies_on_third(lm, cell, *a):
-        calls.append(cell.shard)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(lm, cell, *a)
-
-    monkeypatch.setattr(sweep, "evaluate_cell", dies_on_third)
+    interrupt_at_call(3)  # Ctrl-C on the third shard
     store = Store(grid.store)
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, store, progress=False, tm=env["tm"])

@@ -247,6 +247,33 @@ SCALE_GRID = {"recipes": ["fp16", "w4a16g128-rtn"],
               "seeds": [0, 1, 2]}
 
 
+def _kill_one_worker(cmd: list[str], store_path) -> str:
+    """Run the 3-worker sweep `cmd`, SIGKILL one worker holding a live claim once the store has
+    a first result (a cell or a shard), let the rest finish; returns the launcher's stderr after
+    asserting it reported the one failed worker."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    killed = None
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and killed is None:
+            assert proc.poll() is None, "the sweep ended before a worker could be killed"
+            if store_path.exists():
+                store = Store(store_path)
+                live = [c for c in store.claims() if not c.stale()]
+                if store.results(shards=True) and live:
+                    killed = live[0]
+                    os.kill(killed.pid, signal.SIGKILL)
+            time.sleep(0.2)
+        _out, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None
+    assert proc.returncode != 0 and "1 of 3 workers failed" in err, err[-2000:]
+    return err
+
+
 @pytest.mark.slow
 def test_kill_one_of_three_local_workers_then_rerun(env, tmp_path):
     """Issue 13's kill test: 3 local workers, one SIGKILLed mid-run, the grid rerun: every cell
@@ -265,26 +292,7 @@ def test_kill_one_of_three_local_workers_then_rerun(env, tmp_path):
     store_path = run_dir / "r.sqlite"
     cmd = [sys.executable, "-m", "dllmq", "sweep", str(path), "--executor", "local",
            "--workers", "3", "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    killed = None
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline and killed is None:
-            assert proc.poll() is None, "the sweep ended before a worker could be killed"
-            if store_path.exists():
-                store = Store(store_path)
-                live = [c for c in store.claims() if not c.stale()]
-                if store.results() and live:
-                    killed = live[0]
-                    os.kill(killed.pid, signal.SIGKILL)
-            time.sleep(0.2)
-        out, err = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert killed is not None
-    assert proc.returncode != 0 and "1 of 3 workers failed" in err, err[-2000:]
+    err = _kill_one_worker(cmd, store_path)
     assert "Traceback" not in err
     rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -431,17 +439,9 @@ def test_sharded_cells_are_bit_identical_to_unsharded(shard_env, tmp_path, model
         {c.cell_id: a.get(c).metrics for c in a.cells()}
 
 
-def test_a_killed_shard_run_resumes_with_stored_shards_kept(shard_env, tmp_path, monkeypatch):
+def test_a_killed_shard_run_resumes_with_stored_shards_kept(shard_env, tmp_path, interrupt_at_call):
     grid = _shard_grid(shard_env, tmp_path, "llada", tasks=["tiny_mc"], shard_size=2)
-    real, calls = sweep.evaluate_cell, []
-
-    def dies_on_third(lm, cell, *a):
-        calls.append(cell.shard)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(lm, cell, *a)
-
-    monkeypatch.setattr(sweep, "evaluate_cell", dies_on_third)
+    calls = interrupt_at_call(3)  # Ctrl-C on the third shard
     with pytest.raises(KeyboardInterrupt):
         run_sweep(grid, grid.store, progress=False, tm=shard_env["tm"])
     store = Store(grid.store)
@@ -483,26 +483,7 @@ def test_kill_one_of_three_local_workers_with_shards_then_rerun(shard_env, tmp_p
     grid = _shard_grid(shard_env, tmp_path / "run", "llada", **over)
     cmd = [sys.executable, "-m", "dllmq", "sweep", str(tmp_path / "run" / "grid.yaml"),
            "--executor", "local", "--workers", "3", "--threads", "1"]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    killed = None
-    deadline = time.time() + 400
-    try:
-        while time.time() < deadline and killed is None:
-            assert proc.poll() is None, "the sweep ended before a worker could be killed"
-            if grid.store.exists():
-                store = Store(grid.store)
-                live = [c for c in store.claims() if not c.stale()]
-                if store.results(shards=True) and live:
-                    killed = live[0]
-                    os.kill(killed.pid, signal.SIGKILL)
-            time.sleep(0.2)
-        out, err = proc.communicate(timeout=400)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert killed is not None
-    assert proc.returncode != 0 and "1 of 3 workers failed" in err, err[-2000:]
+    _kill_one_worker(cmd, grid.store)
     rerun = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     store, want = Store(grid.store), Store(ref.store)
