@@ -126,7 +126,8 @@ def _watch(store: Store, cells: list[Cell], alive, workers: int, progress: bool,
 def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
               lease_s: float | None = None, devices: list[str] | None = None,
               threads: int | None = None, tm=None) -> int:
-    """N worker processes on this machine; returns the number of workers that failed.
+    """N worker processes on this machine (none when the store holds every cell); returns the
+    number of workers that failed.
     GPUs: worker i sees only device i (`CUDA_VISIBLE_DEVICES`, `devices` to choose them);
     CPU: each worker gets `threads` torch threads (default cpu_count // N). On CPU, quantized
     models' per-sample scores can differ in the last bits between thread counts: to compare
@@ -139,6 +140,9 @@ def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
         raise ValueError(f"--workers {workers}: give at least 1")
     store = Store(store_path)
     cells = _cells(grid, store, tm)
+    if not {c.cell_id for c in cells} - store.stored_ids():
+        log.info("every cell of the grid is stored: no worker started")
+        return 0
     if devices is None and grid.device != "cpu" and torch.cuda.is_available():
         devices = [str(i) for i in range(torch.cuda.device_count())]
     if devices and workers > len(devices):

@@ -156,22 +156,18 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
 def _run_workers(grid, store, workers: int, params: dict[str, Any], progress: bool) -> None:
     """The grid's missing cells computed by `workers` local worker processes
     (`dllmq.executors.run_local`): on CPU each with params["threads"] torch threads (a tiny
-    model's forward gains little from a second thread, a second process almost 2x); on one GPU,
+    model's forward gains little from a second thread: two one-thread workers ran notebook 01 of
+    the default preset 1.2x faster than one two-thread process); on one GPU,
     all on it (a tiny model leaves an H200 mostly idle, and its code execution and lm-eval work
-    run on the CPU). Nothing is started when the store holds every cell."""
-    from .executors import _cells, run_local
-    from .sweep import task_manager
+    run on the CPU). `run_local` starts none when the store holds every cell."""
+    from .executors import run_local
 
-    tm = task_manager(grid)
-    cells = _cells(grid, store, tm)
-    if not {c.cell_id for c in cells} - store.stored_ids():
-        return
     devices = None
     if params["device"] != "cpu":
         index = params["device"].partition(":")[2] or "0"
         devices = [index] * workers
     failed = run_local(grid, store.path, workers, progress=progress, devices=devices,
-                       threads=params.get("threads"), tm=tm)
+                       threads=params.get("threads"))
     if failed:
         raise RuntimeError(f"{failed} of {workers} workers failed (their log is above); the "
                            "finished cells are stored: run the notebook again to resume")

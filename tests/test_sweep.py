@@ -496,3 +496,22 @@ def test_kill_one_of_three_local_workers_with_shards_then_rerun(shard_env, tmp_p
         assert store.get(cell).metrics == want.get(cell).metrics
         assert store.samples(cell) == want.samples(cell)
     assert len({r.worker for r in rows if r.cell.shard is not None}) >= 2
+
+
+def test_local_executor_starts_no_worker_when_every_cell_is_stored(env, tmp_path, monkeypatch):
+    from dllmq import executors
+
+    class Started(Exception):
+        pass
+
+    def popen(*a, **k):
+        raise Started
+
+    grid = load_grid(_grid(env, tmp_path))
+    run_sweep(grid, grid.store, progress=False, tm=env["tm"])
+    monkeypatch.setattr(executors.subprocess, "Popen", popen)  # (after lm-eval's own git call)
+    assert executors.run_local(grid, grid.store, 2, progress=False, tm=env["tm"]) == 0
+    store = Store(grid.store)
+    assert store.delete(store.cells()[0])
+    with pytest.raises(Started):  # a missing cell: workers are started
+        executors.run_local(grid, grid.store, 2, progress=False, tm=env["tm"])
