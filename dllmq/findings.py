@@ -190,7 +190,7 @@ def judge(
         b, i = roles["llada_base"], roles["llada_instruct"]
         for r in sorted(set(n.recipes(b)) & set(n.recipes(i))):
             for c in n.cats():
-                d = n.drop_between_models(b, i, r, c)
+                d = n.drop_gap(b, r, i, r, c)
                 if d:
                     f7.checks.append(Check(f"{r} {c}: drop base - drop instruct", d[0], d[1], ">", margin))
     found.append(f7)

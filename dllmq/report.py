@@ -141,14 +141,6 @@ class Numbers:
         p = self._pairs(model, recipe, model, FP_RECIPE, cat)
         return None if p is None else stats.category_drop(p)
 
-    def diff(self, model: str, r1: str, r2: str, cat: str) -> tuple[float, float] | None:
-        """accuracy(r1) - accuracy(r2) in points, paired on the same items."""
-        p = self._pairs(model, r1, model, r2, cat)
-        if p is None:
-            return None
-        d, se = stats.category_diff(p)
-        return 100 * d, 100 * se
-
     def drop_gap(self, m1: str, r1: str, m2: str, r2: str, cat: str) -> tuple[float, float] | None:
         """drop(m1, r1) - drop(m2, r2), in points of relative drop (positive: the first drops
         more). All four cells (the two quantized ones and their models' FP) answered the same
@@ -167,10 +159,6 @@ class Numbers:
             return 100 * (fa - qa) / fa - 100 * (fb - qb) / fb
         est, se, _lo, _hi = stats.paired_bootstrap(tasks, stat)
         return est, se
-
-    def drop_between_models(self, m1: str, m2: str, recipe: str, cat: str) -> tuple[float, float] | None:
-        """drop(m1) - drop(m2) under one recipe (`drop_gap` of the two models)."""
-        return self.drop_gap(m1, recipe, m2, recipe, cat)
 
     def mean_drop(self, cells: Sequence[tuple[str, str, str]]) -> tuple[float, float]:
         """Mean of the relative drops of several (model, recipe, group) cells, with a paired
