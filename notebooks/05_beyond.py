@@ -34,7 +34,10 @@ import warnings
 warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm without ipywidgets: known noise
 
 import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd
+from dllmq.harness import model_defaults
 from dllmq.report import plot_drops, relative_drops, save_figure, write_table
+from dllmq.sampling import LLaDASamplerConfig
 from dllmq.study import (
     calibration_spread,
     load_params,
@@ -42,6 +45,7 @@ from dllmq.study import (
     packed_sizes,
     run_study,
     setup_notebook,
+    task_specs,
     write_pivot,
 )
 
@@ -72,7 +76,14 @@ write_pivot(steps.assign(label=steps["recipe"], value=100 * steps["value"], se=1
 # ## (2) Low-confidence vs random remasking under quantization
 
 # %%
-rem = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"remasking": B["remasking"]})
+# Low-confidence remasking is the LLaDA sampler's default, which the main grid runs: those cells
+# are the main grid's own (looked up, not recomputed); only the other strategies get an axis.
+assert LLaDASamplerConfig.remasking == "low_confidence"
+assert "remasking" not in model_defaults(model).tasks.get(task_specs(P, [B["category"]])[0]["task"], {})
+rem = pd.concat([run_study(P, [B["role"]], B["recipes"], categories=[B["category"]]).assign(remasking=r)
+                 if r == "low_confidence" else
+                 run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"remasking": [r]})
+                 for r in B["remasking"]], ignore_index=True)
 d = relative_drops(rem, within=("remasking",)).assign(panel=f"{model} · {B['category']}")
 fig = plot_drops(d, x="label", hue="remasking", col="panel", panel_width=3.4)
 for ax in fig.axes:
