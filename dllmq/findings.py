@@ -214,6 +214,30 @@ def decided(found: Sequence[Finding], keys: Sequence[str] = tuple(f"F{i}" for i 
     return sum(v != NOISE for v in vs), len(vs)
 
 
+def resize_items(df: pd.DataFrame, counts: Mapping[str, int | None] | None = None,
+                 tile: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """The results frame as if each task had a different number of items, for "how many items
+    would decide this?": `counts` {task: n} keeps documents 0..n-1 (the held-out splits are
+    ordered so that any prefix is balanced, as a smaller `limit` evaluates); `tile` {task: k}
+    repeats every item k times under new document ids, i.e. k times the items with the same
+    per-item outcomes (the paired se shrinks by about sqrt(k), the effects stay). value and
+    stderr are recomputed from the kept scores."""
+    counts, tile = dict(counts or {}), dict(tile or {})
+    rows = []
+    for r in df.to_dict("records"):
+        sc = r["scores"]
+        n, k = counts.get(r["task"]), int(tile.get(r["task"], 1))
+        if n is not None:
+            sc = {key: v for key, v in sc.items() if key[0] < n}
+        if k > 1:
+            span = 1 + max(key[0] for key in sc)
+            sc = {(d + i * span, *rest): v for (d, *rest), v in sc.items() for i in range(k)}
+        x = np.array(list(sc.values()), dtype=float)
+        rows.append({**r, "scores": sc, "value": float(x.mean()),
+                     "stderr": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0})
+    return pd.DataFrame(rows, columns=df.columns)
+
+
 def findings_markdown(found: Sequence[Finding], at_zero_margin: Sequence[Finding] | None = None) -> str:
     """The findings table and each finding's sub-claims. `at_zero_margin`: the same run judged
     with margin 0 (`judge(..., margin=0)`), whose decided share is stated for comparison."""
@@ -253,4 +277,4 @@ def findings_markdown(found: Sequence[Finding], at_zero_margin: Sequence[Finding
     return "\n".join(lines)
 
 
-__all__ = ["MARGIN", "Finding", "Numbers", "decided", "findings_markdown", "fmt", "judge"]
+__all__ = ["MARGIN", "Finding", "Numbers", "decided", "findings_markdown", "fmt", "judge", "resize_items"]

@@ -122,7 +122,7 @@ def study_grid(params: dict[str, Any], role: str, recipes, categories=("qa", "ma
 
 
 def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
-              progress: bool = True, axes: dict[str, list] | None = None):
+              progress: bool = True, axes: dict[str, list] | None = None, compute: bool = True):
     """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
     skipping stored cells; returns the tidy frame (model, role, recipe, task, category, metric,
     value, stderr) of exactly these cells, averaged over seeds. `axes` adds one cell per value
@@ -131,7 +131,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     The chat template is applied to the categories params["chat_template"][role] lists (the
     instruct model's generation tasks), never guessed. Dream models get the task settings
     without LLaDA's sampler-only keys (block_length, remasking, cfg_scale). With
-    params["workers"] > 1 the missing cells are computed by local worker processes first."""
+    params["workers"] > 1 the missing cells are computed by local worker processes first.
+    With `compute=False` nothing is computed: a cell missing from the store is an error."""
     import pandas as pd
 
     from .store import Store
@@ -142,6 +143,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     rows = []
     for role in roles:
         grid = study_grid(params, role, recipes, categories, axes)
+        if not compute:
+            _require_stored(grid, store, params)
         workers = int(params.get("workers", 1))
         if workers > 1:
             _run_workers(grid, store, workers, params, progress)
@@ -151,6 +154,32 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     if df.empty:
         return df
     return average_seeds(df, ["model", "role", "recipe", "task", "category", "metric", *(axes or {})])
+
+
+def _require_stored(grid, store, params: dict[str, Any]) -> None:
+    from .sweep import keyed_cells, task_manager, validate
+
+    cells = keyed_cells(grid, validate(grid, task_manager(grid)), cache=store)
+    missing = [c for c in cells if not store.has(c)]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(cells)} cells of {params['models']} are not in "
+                         f"{params['store']} (e.g. {missing[0].label()}); run `make reproduce "
+                         f"PRESET={params['preset']}` first")
+
+
+def findings_frame(params: dict[str, Any], progress: bool = False, compute: bool = True):
+    """The frame notebook 04 judges the findings from: both LLaDA roles x every recipe x every
+    category; Dream with the weight-activation recipes on every category and the weight-only
+    ones on QA (the paper's Table 5), as `run_study` returns them."""
+    import pandas as pd
+
+    wo, wa = params["recipes_weight_only"], params["recipes_weight_act"]
+    parts = [run_study(params, ["llada_base", "llada_instruct"], ["fp16", *wo, *wa],
+                       progress=progress, compute=compute),
+             run_study(params, ["dream_base"], ["fp16", *wa], progress=progress, compute=compute),
+             run_study(params, ["dream_base"], wo, categories=("qa",), progress=progress,
+                       compute=compute)]
+    return pd.concat(parts, ignore_index=True)
 
 
 def _run_workers(grid, store, workers: int, params: dict[str, Any], progress: bool) -> None:

@@ -37,9 +37,9 @@ from dllmq.findings import findings_markdown, judge
 from dllmq.report import plot_drops, relative_drops, save_figure, write_text
 from dllmq.study import (
     category_of,
+    findings_frame,
     load_params,
     output_dirs,
-    run_study,
     setup_notebook,
     write_paper_table,
 )
@@ -49,12 +49,9 @@ setup_notebook()
 fig_dir, tab_dir = output_dirs(P)
 
 # %%
-recipes = ["fp16", *P["recipes_weight_only"], *P["recipes_weight_act"]]
-llada = run_study(P, ["llada_base", "llada_instruct"], recipes, progress=False)
-# Dream: weight-only on QA as the paper's Table 5; weight-activation on every category (beyond it)
-dream = pd.concat([run_study(P, ["dream_base"], ["fp16", *P["recipes_weight_act"]]),
-                   run_study(P, ["dream_base"], P["recipes_weight_only"], categories=("qa",))])
-df = pd.concat([llada, dream], ignore_index=True)
+# both LLaDA roles x every recipe x every category; Dream: weight-only on QA as the paper's
+# Table 5, weight-activation on every category (beyond it)
+df = findings_frame(P)
 for name in ("table5_dream_weight_only_general", "table6_dream_weight_act_all"):
     write_paper_table(name, df, P, tab_dir)
     print((tab_dir / f"{name}.md").read_text())

@@ -221,3 +221,26 @@ def test_run_study_through_two_workers_equals_one_process(tmp_path):
     from dllmq.store import Store
     assert not {r.worker for r in Store(tmp_path / "w1.sqlite").results()} & {
         r.worker for r in Store(tmp_path / "w2.sqlite").results()}  # computed by the workers
+
+
+def test_resize_items_truncates_to_a_prefix_and_tiling_shrinks_the_paired_se(tmp_path):
+    from dllmq import stats
+    from dllmq.findings import resize_items
+    from dllmq.report import aligned
+
+    df = _frame(_store(tmp_path, {"fp16": PLAN["fp16"], "w3a16g128-gptq": PLAN["w3a16g128-gptq"]}, n=200))
+    cut = resize_items(df, counts={"qa_task": 50})
+    qa = cut[cut.task == "qa_task"]
+    assert all(sorted(d for d, _ in s) == list(range(50)) for s in qa["scores"])
+    assert all(len(s) == 200 for s in cut[cut.task != "qa_task"]["scores"])  # other tasks untouched
+    r = qa.iloc[0]
+    assert r["value"] == pytest.approx(np.mean(list(r["scores"].values())))
+
+    def drop(frame):
+        g = frame[(frame.model == "base") & (frame.task == "math_task")].set_index("recipe")["scores"]
+        q, fp = aligned(g["w3a16g128-gptq"], g["fp16"])
+        return stats.rel_drop(q, fp)
+
+    (d1, se1), (d4, se4) = drop(df), drop(resize_items(df, tile={"math_task": 4}))
+    assert d4 == pytest.approx(d1)  # same effect
+    assert se4 == pytest.approx(se1 / 2, rel=0.01)  # 4x the items: half the se (ddof aside)
