@@ -387,6 +387,21 @@ def tune_shapes(cfgs) -> list[str]:
 
 
 # ---- output ---------------------------------------------------------------------------------
+def vs_compiled(got: dict, arch: str, fb: int) -> list[str]:
+    """The issue's w4a16 target: its step time over bf16-compiled's, from this run's rows."""
+    out = []
+    for backend in ("w4a16", "w4a16-fused"):
+        parts = []
+        for b in (1, fb):
+            r, base = got.get((backend, "step_ms", b)), got.get(("bf16-compiled", "step_ms", b))
+            if r and base and r["value"] is not None and base["value"] is not None:
+                parts.append(f"batch {b} {r['value'] / base['value']:.2f}x")
+        if parts:
+            out.append(f"{arch} {backend} step_ms / bf16-compiled step_ms: {', '.join(parts)} "
+                       "(target <= 1.10x)")
+    return out
+
+
 def write(rows, notes, out_dir: Path, header: str, fb: int, bs: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "bench_kernels.csv", "w", newline="") as f:
@@ -420,7 +435,7 @@ def write(rows, notes, out_dir: Path, header: str, fb: int, bs: int) -> None:
                              else base["value"] / r["value"])
                     cells.append(f"{r['value']:.4g} ({ratio:.2f}x)")
             md.append(f"| {backend} | " + " | ".join(cells) + " |")
-        md.append("")
+        md += [""] + vs_compiled(got, arch, fb) + [""]
     md += ["Ratios: speed-up over official-bf16 for times and throughput (higher is faster); "
            "for memory, how many times smaller than official-bf16 (higher is smaller).", ""]
     md += [f"- {n}" for n in notes]
