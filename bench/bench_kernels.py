@@ -3,11 +3,12 @@
     python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
 
 Committed, each one run on one H200: tables/bench_kernels.{md,csv} (full depth, median of 5:
-official-bf16, w8a8-fp8, bf16-compiled, w4a16-dequant with the int4 head, bf16-graphs (failed:
-CUDA-graph outputs overwritten between calls), w8a8-int8; forward and step; the command is in
-its header), tables/bench_kernels_triton.{md,csv} (full depth: official-bf16, bf16-compiled,
-w4a16 with the Triton kernel) and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every
-backend and measure, the earlier code: w4a16 with a bf16 head, mean timings).
+official-bf16, bf16-compiled, w4a16 (int4 head), bf16-graphs, w8a8-fp8, w8a8-int8, bf16; every
+measure; the command is in its header; its notes hold the kernel checks, the w4a16 kernels
+per shape and the GEMM share of the forward), tables/bench_kernels_triton.{md,csv} (an earlier
+run, full depth: official-bf16, bf16-compiled and the fused Triton kernel, then named "w4a16")
+and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every backend and measure, earlier
+code: w4a16 with a bf16 head, mean timings).
 
 DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
 modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM
@@ -21,11 +22,12 @@ official-bf16 (official modeling code, eager), bf16 (dllmq eager), bf16-compiled
 (dllmq.kernels.compile_blocks), w8a8-fp8 (realize "fp8" + compile), w8a8-fp8-quarot (QuaRot
 rotation only, then fp8: the online FFN-down and V/O Hadamards run in the step), w8a8-int8
 (w8a8-rtn, the paper's asymmetric W8A8 format, realize "int8" + compile), w4a16
-(w4a16g128-rtn, realize "w4a16" with head="int4": the Triton dequantize-GEMM, its tiles tuned
-at the run's shapes first (triton_kernels.tune_w4a16), for the blocks and the LM head, the
-embedding a gather of packed rows; + compile), w4a16-dequant (the same weights, each layer
-unpacked to bf16 when it runs, in one kernel fused by torch.compile, then cuBLAS),
-bf16-graphs (bf16-compiled with mode "reduce-overhead": CUDA graphs).
+(w4a16g128-rtn, realize "w4a16" with head="int4": each layer's codes unpacked to bf16 when it
+runs, by one Triton kernel (triton_kernels.dequant4_t), then cuBLAS, for the blocks and the LM
+head; the embedding a gather of packed rows; + compile), w4a16-fused (the same weights through
+the fused Triton dequantize-GEMM, its tiles tuned at the run's shapes first
+(triton_kernels.tune_w4a16); + compile), bf16-graphs (bf16-compiled with mode
+"reduce-overhead": CUDA graphs, each block's output cloned out of the graph pool).
 Timing: every number is the median over --reps calls after one warm-up call (which compiles).
 Measures: forward_tok_s (batch 8 x 512, full logits), step_ms (prompt 256 + gen 256, block 32,
 one step per block: a call runs the 8 steps, step_ms = its median / 8; LLaDA's sampler for

@@ -111,8 +111,8 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
     """Swap every block linear of `model` for `backend`'s real module, in place; returns model.
 
     w4a16_mode: "dequant" (unpack each layer's codes to a 16-bit weight when it runs, then
-    cuBLAS / CPU BLAS; under torch.compile the unpacking is one fused kernel) or "triton" (the
-    fused dequantize-GEMM kernel, CUDA only); tables/bench_kernels.md times both.
+    cuBLAS / CPU BLAS; on a GPU the unpacking is one Triton kernel) or "triton" (the fused
+    dequantize-GEMM kernel, CUDA only, slower); tables/bench_kernels.md times both kernels.
     head: "float" (the LM head and embedding stay as they are) or "int4" (w4a16 only: both in
     packed int4, module docstring)."""
     if backend not in BACKENDS:

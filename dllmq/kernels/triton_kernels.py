@@ -1,32 +1,43 @@
-"""The two Triton kernels of the real paths (GPU only; imported when a CUDA tensor reaches them).
+"""The Triton kernels of the real paths (GPU only; imported when a CUDA tensor reaches them).
 
 - `fp8_rowwise(x)`: per-row e4m3 quantization of activations in one kernel (one program per
   row: a max pass, then a divide-and-cast pass over the row, which is in L1/L2 by then), the
   same arithmetic as `fp8.fp8_rowwise_reference`.
-- `w4a16_matmul(x, packed_t, scale_t, zero_t, group_size)`: y = x @ W_hat^T with W_hat
-  dequantized tile by tile from the packed int4 codes, stored transposed (K/8, N) so that a
-  warp's loads along n are coalesced (the export's (N, K/8) layout put neighbouring n 6 KiB
-  apart and ran 20x slower than bf16 on an H200). Each (BLOCK_K x BLOCK_N) tile of codes is
-  read from the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one
+- `dequant4_t(packed_t, scale_t, zero_t, group_size, dtype)`: the w4a16 "dequant" mode's unpack,
+  W_hat^T (K, N) from the packed codes in one memory-bound kernel (each program expands a tile
+  of words into its 8 output rows), bit-identical to `int4.W4A16Linear.dequantized_weight_t`
+  ((q - z) exactly in fp32 by the bit trick below, times s, one rounding to dtype).
+- `w4a16_matmul(x, packed_t, scale_t, zero_t, group_size)`: the fused dequantize-GEMM,
+  y = x @ W_hat^T with W_hat dequantized tile by tile from the packed int4 codes, stored
+  transposed (K/8, N) so that a warp's loads along n are coalesced (the export's (N, K/8) layout
+  put neighbouring n 6 KiB apart and ran 20x slower than bf16 on an H200). Each tile of codes
+  is read from the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one
   word, served by L1), dequantized as (q - z) * s in fp32 and cast to x's dtype, exactly as
   `primitives.dequantize`, then multiplied with `tl.dot` (fp32 accumulation). BLOCK_K divides
-  the group size, so one scale/zero per column serves a whole tile. The load-and-shift
-  unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton `quant_linear.py`);
-  the grouped program order is the Triton matmul tutorial's.
-Tile sizes: `W4A16_CONFIGS` lists candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand)
-configurations; `tune_w4a16(shapes)` times each (triton.testing.do_bench, median), rejects any
-whose output differs from the fp32 reference by more than bf16 rounding, and remembers the
-fastest per (M, N, K); `w4a16_matmul` then uses the tuned configuration of the same (N, K) at the
-nearest tuned M, else the default (128 x 128 x 64, 8 warps, 4 stages; 64 x 128 x 64 for M <= 64).
-The choice is plain Python on static shapes, so torch.compile traces it as a constant.
-expand=1 loads each packed word once ((BLOCK_K/8) x BLOCK_N words per tile) and broadcasts it
-to the eight codes it holds in registers; expand=0 loads the word once per code (eight loads,
-served by L1).
-Measured on one H200 (tables/bench_kernels_triton.md, its notes): even tuned, this kernel runs
-2.2-2.5x slower than cuBLAS bf16 at M = 4096 and 2.5-4.4x at M = 512 on the 8B shapes, so the
-"dequant" mode (one fused unpack kernel + cuBLAS) is realize's default. A likely cause, not
-verified: the dequantized operand is B, held in registers, which Hopper's wgmma cannot read
-(only A may come from registers); swapping the operands (y^T = W_hat x^T) is the next try.
+  the group size, so one scale/zero per column serves a whole tile. Two operand orders:
+  `_w4a16_kernel` computes the (BLOCK_M x BLOCK_N) output tile with the dequantized weight as
+  the B operand; `_w4a16_nt_kernel` computes its transpose, W_hat tile (registers) as A and the
+  activation tile as B, the order Hopper's wgmma can take from registers (A only). The
+  load-and-shift unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton
+  `quant_linear.py`); the grouped program order is the Triton matmul tutorial's.
+Exact (q - z) without an int -> float conversion (a quarter-rate instruction on Hopper): the
+bits 0x4B000000 | q read as fp32 are 2^23 + q (q < 16), and (2^23 + q) - (2^23 + z) = q - z
+exactly.
+Tile sizes: `W4A16_CONFIGS` lists candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand,
+swap) configurations; `tune_w4a16(shapes)` times each (triton.testing.do_bench, median), rejects
+any whose output differs from the fp32 reference by more than bf16 rounding, and remembers the
+fastest per (M, N, K); `w4a16_matmul` then uses the tuned configuration of the same (N, K) at
+the nearest tuned M, else the default (128 x 128 x 64, 8 warps, 4 stages; 64 x 128 x 64 for
+M <= 64). The choice is plain Python on static shapes, so torch.compile traces it as a constant.
+expand=1 loads each packed word once and broadcasts it to the eight codes it holds in
+registers; expand=0 loads the word once per code (eight loads, served by L1).
+Measured on one H200 (tables/bench_kernels.md, its notes, M = 512 rows, the 8B block shapes):
+the fused kernel runs 2.4-3.4x slower than cuBLAS bf16 in either operand order (4.5-5.2x at
+Dream's 512-wide k/v projections; swapping the operands changed its time by -5 % to +17 %, so
+the register-operand hypothesis for its slowness did not hold), and torch's tinygemm int4
+kernel (`aten._weight_int4pack_mm`, built for decoding's few rows) 20-26x; the "dequant" mode
+(this unpack, 0.48-0.54x of the cuBLAS GEMM's time, then cuBLAS: 1.5-2.3x of cuBLAS alone) is
+realize's default.
 """
 
 from __future__ import annotations
@@ -217,8 +228,8 @@ W4A16_CONFIGS = (
     (64, 128, 64, 4, 4, 0, 0), (64, 256, 64, 8, 4, 1, 0),
     (128, 128, 64, 8, 4, 0, 1), (128, 128, 64, 8, 4, 1, 1), (256, 128, 64, 8, 3, 0, 1),
     (256, 128, 64, 8, 3, 1, 1), (128, 64, 64, 4, 4, 0, 1), (256, 64, 64, 4, 3, 0, 1),
-    (128, 128, 128, 8, 3, 0, 1), (64, 128, 64, 4, 4, 0, 1),
-)
+    (64, 128, 64, 4, 4, 0, 1),
+)  # (128, 128, 128, 8, 3, 0, 1) needs 241 KiB of shared memory, over an H200's 227 KiB
 _TUNED: dict[tuple[int, int, int], tuple] = {}  # filled by tune_w4a16 only
 
 
