@@ -3,11 +3,12 @@
     python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
 
 Committed, each one run on one H200: tables/bench_kernels.{md,csv} (full depth, median of 5:
-official-bf16, w8a8-fp8, bf16-compiled, w4a16-dequant with the int4 head, bf16-graphs (failed:
-CUDA-graph outputs overwritten between calls), w8a8-int8; forward and step; the command is in
-its header), tables/bench_kernels_triton.{md,csv} (full depth: official-bf16, bf16-compiled,
-w4a16 with the Triton kernel) and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every
-backend and measure, the earlier code: w4a16 with a bf16 head, mean timings).
+official-bf16, bf16-compiled, w4a16 (int4 head), bf16-graphs, w8a8-fp8, w8a8-int8, bf16; every
+measure; the command is in its header; its notes hold the kernel checks, the w4a16 kernels
+per shape and the GEMM share of the forward), tables/bench_kernels_triton.{md,csv} (an earlier
+run, full depth: official-bf16, bf16-compiled and the fused Triton kernel, then named "w4a16")
+and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every backend and measure, earlier
+code: w4a16 with a bf16 head, mean timings).
 
 DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
 modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM
@@ -21,11 +22,12 @@ official-bf16 (official modeling code, eager), bf16 (dllmq eager), bf16-compiled
 (dllmq.kernels.compile_blocks), w8a8-fp8 (realize "fp8" + compile), w8a8-fp8-quarot (QuaRot
 rotation only, then fp8: the online FFN-down and V/O Hadamards run in the step), w8a8-int8
 (w8a8-rtn, the paper's asymmetric W8A8 format, realize "int8" + compile), w4a16
-(w4a16g128-rtn, realize "w4a16" with head="int4": the Triton dequantize-GEMM, its tiles tuned
-at the run's shapes first (triton_kernels.tune_w4a16), for the blocks and the LM head, the
-embedding a gather of packed rows; + compile), w4a16-dequant (the same weights, each layer
-unpacked to bf16 when it runs, in one kernel fused by torch.compile, then cuBLAS),
-bf16-graphs (bf16-compiled with mode "reduce-overhead": CUDA graphs).
+(w4a16g128-rtn, realize "w4a16" with head="int4": each layer's codes unpacked to bf16 when it
+runs, by one Triton kernel (triton_kernels.dequant4_t), then cuBLAS, for the blocks and the LM
+head; the embedding a gather of packed rows; + compile), w4a16-fused (the same weights through
+the fused Triton dequantize-GEMM, its tiles tuned at the run's shapes first
+(triton_kernels.tune_w4a16); + compile), bf16-graphs (bf16-compiled with mode
+"reduce-overhead": CUDA graphs, each block's output cloned out of the graph pool).
 Timing: every number is the median over --reps calls after one warm-up call (which compiles).
 Measures: forward_tok_s (batch 8 x 512, full logits), step_ms (prompt 256 + gen 256, block 32,
 one step per block: a call runs the 8 steps, step_ms = its median / 8; LLaDA's sampler for
@@ -75,7 +77,7 @@ from bench.bench_models import (  # noqa: E402
 
 log = logging.getLogger("bench_kernels")
 BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "bf16-graphs", "w8a8-fp8", "w8a8-fp8-quarot",
-            "w8a8-int8", "w4a16", "w4a16-dequant")
+            "w8a8-int8", "w4a16", "w4a16-fused")
 MEASURES = ("forward_tok_s", "step_ms", "likelihood_s")
 OFFICIAL = ("modeling_llada.py", "configuration_llada.py", "modeling_dream.py",
             "configuration_dream.py", "dream_generation_utils.py", "llada_generate.py",
@@ -151,7 +153,7 @@ def build(backend: str, cfg, device, dtype, mods: dict):
     elif backend == "w8a8-int8":
         realize(model, "int8")
     elif backend.startswith("w4a16"):
-        mode = "dequant" if backend == "w4a16-dequant" or device.type != "cuda" else "triton"
+        mode = "triton" if backend == "w4a16-fused" and device.type == "cuda" else "dequant"
         realize(model, "w4a16", w4a16_mode=mode, head="int4")
     if backend == "bf16-graphs":
         compile_blocks(model, mode="reduce-overhead" if device.type == "cuda" else None)
@@ -215,7 +217,7 @@ def block_bytes(model, backend) -> tuple[int, int]:
 
 
 def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, reps, emit,
-                measures_on=MEASURES):
+                measures_on=MEASURES, note=None):
     t0 = time.perf_counter()
     model = build(backend, cfg, device, dtype, mods)
     if device.type == "cuda":
@@ -248,6 +250,11 @@ def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, re
                 emit(arch, backend, measure, batch, None, f"{type(e).__name__}: {e}"[:160])
     if device.type == "cuda":
         emit(arch, backend, "peak_gib", fb, torch.cuda.max_memory_allocated() / 2**30)
+        if note is not None and backend in ("official-bf16", "bf16-compiled") and \
+                "forward_tok_s" in measures_on:
+            gemm, total = gemm_share(forward_fn(model, backend, x))
+            note(f"{arch} {backend} forward ({fb} x {fl}, one profiled call): GEMMs {gemm:.1f} ms "
+                 f"of {total:.1f} ms kernel time ({gemm / total:.0%})")
     log.info("%s %s done in %.1f s", arch, backend, time.perf_counter() - t0)
 
 
@@ -279,6 +286,11 @@ def kernel_checks(device) -> list[str]:
     ql = QLinear(w, None)
     ql.set_weight(quantize_weight(w, QuantSpec(4, granularity="group", group_size=128)), "rtn")
     lin = W4A16Linear(ql, mode="triton")
+    from dllmq.kernels.triton_kernels import dequant4_t
+
+    w_t = dequant4_t(lin.weight_packed_t, lin.weight_scale_t, lin.weight_zero_t, 128, torch.bfloat16)
+    out.append(f"w4a16 Triton unpack (dequant4_t) vs torch unpack (12288 x 4096 bf16): bit-identical "
+               f"{bool(torch.equal(w_t, lin.dequantized_weight_t(torch.bfloat16)))}")
     for M in (512, 4096):
         a = torch.randn(M, 12288, device=device, generator=g, dtype=torch.bfloat16)
         y = lin(a)
@@ -289,20 +301,109 @@ def kernel_checks(device) -> list[str]:
     return out
 
 
+def block_nk(cfgs) -> list[tuple[int, int]]:
+    """The distinct (N, K) of the block linears of the configs."""
+    nk = []
+    for c in cfgs:
+        C, F_, kv = c.hidden_size, c.intermediate_size, c.num_kv_heads * c.head_dim
+        nk += [(C, C), (kv, C), (F_, C), (C, F_)]
+    return list(dict.fromkeys(nk))
+
+
+@torch.no_grad()
+def w4a16_kernels(cfgs, M: int = 512) -> list[str]:
+    """The w4a16 candidates at a batch-1 step's M = 512 rows, per block-linear shape (median us,
+    triton.testing.do_bench): cuBLAS bf16 on a 16-bit weight; the default "dequant" mode (the
+    Triton unpack, then cuBLAS); the fused Triton kernel in both operand orders (one config
+    each, the fastest of each order at M = 512 in this session's exploratory tuning); torch's
+    tinygemm int4 kernel (`aten._weight_int4pack_mm`, bf16 scales and float zero points)."""
+    g = torch.Generator("cuda").manual_seed(0)
+    lines = []
+    for N, K in block_nk(cfgs):
+        t = _w4a16_times(M, N, K, g)
+        base = t["cuBLAS bf16"]
+        lines.append(f"w4a16 kernels (M {M}, N {N}, K {K}), us (x cuBLAS bf16): " + ", ".join(
+            f"{k} {v:.1f}" + ("" if k == "cuBLAS bf16" else f" ({v / base:.2f}x)")
+            for k, v in t.items()))
+    return lines
+
+
+def _w4a16_times(M: int, N: int, K: int, g: torch.Generator) -> dict[str, float]:
+    import torch.nn.functional as F
+    from dllmq.kernels.triton_kernels import dequant4_t, w4a16_matmul
+    from dllmq.quant.export import pack_int32
+    from triton.testing import do_bench
+
+    dev, G = g.device, K // 128
+    codes = torch.randint(0, 16, (N, K), device=dev, generator=g, dtype=torch.int32)
+    packed_t = pack_int32(codes, 4).t().contiguous()
+    scale_t = torch.rand(G, N, device=dev, generator=g) * 0.01 + 1e-3
+    zero_t = torch.randint(0, 16, (G, N), device=dev, generator=g, dtype=torch.uint8)
+    x = torch.randn(M, K, device=dev, generator=g, dtype=torch.bfloat16)
+    unpack = lambda: dequant4_t(packed_t, scale_t, zero_t, 128, torch.bfloat16)  # noqa: E731
+    w = unpack().t().contiguous()  # (N, K)
+    bench = lambda fn: do_bench(fn, warmup=5, rep=25, return_mode="median") * 1e3  # noqa: E731
+    t = {"cuBLAS bf16": bench(lambda: F.linear(x, w)), "unpack": bench(unpack),
+         "unpack + cuBLAS": bench(lambda: F.linear(x, unpack().t()))}
+    for name, cfg in (("fused, W as B", (128, 64, 64, 4, 4, 1, 0)),
+                      ("fused, W as A", (256, 64, 64, 4, 3, 0, 1))):
+        t[name] = bench(lambda cfg=cfg: w4a16_matmul(x, packed_t, scale_t, zero_t, 128, cfg))
+    try:
+        u8 = (codes[:, ::2] << 4 | codes[:, 1::2]).to(torch.uint8)
+        tp = torch.ops.aten._convert_weight_to_int4pack(u8, 8)
+        sz = torch.stack([scale_t.t(), (8 - zero_t.t().float()) * scale_t.t()], -1
+                         ).transpose(0, 1).contiguous().bfloat16()  # (G, N, 2)
+        t["tinygemm"] = bench(lambda: torch.ops.aten._weight_int4pack_mm(x, tp, 128, sz))
+    except (RuntimeError, NotImplementedError) as e:
+        log.warning("tinygemm at (%d, %d, %d): %s", M, N, K, e)
+    return t
+
+
+@torch.no_grad()
+def gemm_share(fn) -> tuple[float, float]:
+    """(GEMM ms, all kernels ms) of one call of fn on the GPU (torch.profiler; GEMMs: cuBLAS's
+    nvjet / gemm / cutlass kernels)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        fn()
+        torch.cuda.synchronize()
+    gemm = total = 0.0
+    for e in p.key_averages():
+        t = e.device_time_total / 1e3
+        total += t
+        if any(s in e.key.lower() for s in ("nvjet", "gemm", "cutlass", "xmma")):
+            gemm += t
+    return gemm, total
+
+
 def tune_shapes(cfgs) -> list[str]:
     """Tune the w4a16 Triton tiles at each distinct block-linear (N, K) of the benchmarked
     architectures, at M = 512 (a batch-1 step) and 4096 (batch 8 x 512)."""
     from dllmq.kernels.triton_kernels import tune_w4a16
 
-    nk = []
-    for c in cfgs:
-        C, F_, kv = c.hidden_size, c.intermediate_size, c.num_kv_heads * c.head_dim
-        nk += [(C, C), (kv, C), (F_, C), (C, F_)]
-    shapes = [(M, N, K) for N, K in dict.fromkeys(nk) for M in (512, 4096)]
+    shapes = [(M, N, K) for N, K in block_nk(cfgs) for M in (512, 4096)]
     return tune_w4a16(shapes, torch.device("cuda"))
 
 
 # ---- output ---------------------------------------------------------------------------------
+def vs_compiled(got: dict, arch: str, fb: int) -> list[str]:
+    """The issue's w4a16 target: its step time over bf16-compiled's, from this run's rows."""
+    out = []
+    for backend in ("w4a16", "w4a16-fused"):
+        parts = []
+        for b in (1, fb):
+            r, base = got.get((backend, "step_ms", b)), got.get(("bf16-compiled", "step_ms", b))
+            if r and base and r["value"] is not None and base["value"] is not None:
+                parts.append(f"batch {b} {r['value'] / base['value']:.2f}x")
+        if parts:
+            out.append(f"{arch} {backend} step_ms / bf16-compiled step_ms: {', '.join(parts)} "
+                       "(target <= 1.10x)")
+    return out
+
+
 def write(rows, notes, out_dir: Path, header: str, fb: int, bs: int) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "bench_kernels.csv", "w", newline="") as f:
@@ -336,7 +437,7 @@ def write(rows, notes, out_dir: Path, header: str, fb: int, bs: int) -> None:
                              else base["value"] / r["value"])
                     cells.append(f"{r['value']:.4g} ({ratio:.2f}x)")
             md.append(f"| {backend} | " + " | ".join(cells) + " |")
-        md.append("")
+        md += [""] + vs_compiled(got, arch, fb) + [""]
     md += ["Ratios: speed-up over official-bf16 for times and throughput (higher is faster); "
            "for memory, how many times smaller than official-bf16 (higher is smaller).", ""]
     md += [f"- {n}" for n in notes]
@@ -399,7 +500,8 @@ def main(argv=None):
     t_start = time.perf_counter()
     if device.type == "cuda":
         notes += kernel_checks(device)
-        if "w4a16" in backends:
+        notes += w4a16_kernels(configs[k] for k in archs)
+        if "w4a16-fused" in backends:
             notes += tune_shapes(configs[k] for k in archs)
         for n in notes:
             log.info("%s", n)
@@ -419,7 +521,7 @@ def main(argv=None):
                 break
             for arch in archs:
                 run_backend(arch, backend, cfgs[arch], configs[arch].num_layers, device, dtype,
-                            mods, shapes, a.reps, emit, measures_on)
+                            mods, shapes, a.reps, emit, measures_on, notes.append)
                 release(device)
                 write(rows, notes, a.out_dir, header, shapes[0], shapes[7])
     write(rows, notes, a.out_dir, header, shapes[0], shapes[7])

@@ -87,7 +87,7 @@ print(fp8.to_string(index=False))
 # %%
 # each deployable backend, with the recipe whose accuracy it runs at
 DEPLOY = {"bf16-compiled": "fp16", "w8a8-fp8": "fp8", "w8a8-int8": "w8a8-smoothquant",
-          "w4a16-dequant": "w4a16g128-gptq"}
+          "w4a16": "w4a16g128-gptq"}
 ARCH = {"llada": P["models"]["llada_base"], "Dream": P["models"]["dream_base"]}
 rows = []
 for (arch, backend), r in hw.set_index(["arch", "backend"]).iterrows():

@@ -255,6 +255,51 @@ def test_compiled_blocks_compute_the_same(recipe, backend):
     torch._dynamo.reset()
 
 
+def _pooled_backend(gm, example_inputs, **_options):
+    """A torch.compile backend that returns its outputs in buffers reused by every call, as
+    CUDA graphs do (a graph's outputs live in its memory pool; the next replay overwrites them)."""
+    pool = []
+
+    def run(*args):
+        outs = gm(*args)
+        if not pool:
+            pool.extend(o.clone() for o in outs)
+        for buf, o in zip(pool, outs, strict=True):
+            buf.copy_(o)
+        return type(outs)(pool)
+
+    return run
+
+
+def test_graphed_blocks_return_outputs_that_outlive_the_next_replay(monkeypatch):
+    """compile_blocks(mode="reduce-overhead"): every block call starts a new CUDA-graph step and
+    returns a copy of the graph's output, so a block's output survives the next block's replay
+    (without it, the H200 run failed: "accessing tensor output of CUDAGraphs that has been
+    overwritten by a subsequent run"); the model's logits and tokens stay those of eager."""
+    from dllmq.kernels import compile_blocks
+
+    steps = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    torch._dynamo.reset()
+    eager = _model("llada")
+    graphed = compile_blocks(copy.deepcopy(eager), mode="reduce-overhead", backend=_pooled_backend)
+    blk = graphed.blocks[0]
+    rope = rope_cos_sin(torch.arange(16), eager.config.head_dim, eager.config.rope_theta)
+    h1, h2 = torch.randn(2, 2, 16, eager.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y1 = blk(h1, rope, None)
+        want = y1.clone()
+        blk(h2, rope, None)  # the next replay
+        assert torch.equal(y1, want) and len(steps) == 2
+        x = _ids("llada")
+        assert torch.equal(eager(x), graphed(x))
+    cfg = LLaDASamplerConfig(gen_length=16, steps=4, block_length=8)
+    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    b = generate(graphed, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+    torch._dynamo.reset()
+
+
 def test_realized_weights_take_less_memory():
     from dllmq.kernels import weight_bytes
 
@@ -391,6 +436,22 @@ def test_cuda_w4a16_triton_configs_match_the_dequantized_weight():
             assert rel < 5e-3, (cfg, M, rel)  # bf16 output rounding: ~2e-3
         dq = W4A16Linear(q, mode="dequant").cuda()
         assert ((dq(x).float() - ref).norm() / ref.norm()).item() < 5e-3
+
+
+@cuda
+def test_cuda_triton_unpack_equals_the_torch_unpack():
+    """The "dequant" mode's Triton unpack (dequant4_t) computes the torch expression's values
+    bit for bit, in bf16 and fp32, for groups of 128 and per-channel scales."""
+    from dllmq.kernels import triton_kernels as tk
+
+    for spec in (QuantSpec(4, sym=False, granularity="group", group_size=128),
+                 QuantSpec(4, sym=True, granularity="channel")):
+        q = _qlinear(spec, None, K=1024, N=384, bias=False)
+        lin = W4A16Linear(q).cuda()
+        for dtype in (torch.bfloat16, torch.float32):
+            got = tk.dequant4_t(lin.weight_packed_t, lin.weight_scale_t, lin.weight_zero_t,
+                                lin.group_size, dtype)
+            assert torch.equal(got, lin.dequantized_weight_t(dtype)), (spec, dtype)
 
 
 @cuda

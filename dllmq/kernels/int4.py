@@ -10,9 +10,15 @@ model realize to the same buffers.
 
 The dequantization is the one `dllmq.quant.primitives.dequantize` computes (the fake-quant
 QLinear's weight), so the real path multiplies by exactly the fake-quant weight: on CPU the
-outputs are bit-identical; on a GPU the fused Triton kernel (triton_kernels.w4a16_matmul)
-dequantizes each (BLOCK_K x BLOCK_N) tile in registers, then accumulates in fp32 with
-`tl.dot`, a different accumulation order than cuBLAS.
+outputs are bit-identical. Two modes:
+- "dequant" (default): unpack the layer's whole W_hat^T to 16 bits when it runs, then one BLAS
+  GEMM. On a GPU the unpacking is one Triton kernel (triton_kernels.dequant4_t, bit-identical to
+  `dequantized_weight_t`: the benchmark checks it with torch.equal on the 8B shapes), on CPU the
+  torch expression. The 16-bit weight lives only for that layer's GEMM: one layer's worth of
+  transient memory, never a resident copy.
+- "triton": the fused dequantize-GEMM (triton_kernels.w4a16_matmul), which dequantizes each
+  (BLOCK_K x BLOCK_N) tile in registers and accumulates in fp32 with `tl.dot`, a different
+  accumulation order than cuBLAS; slower than "dequant" on an H200 (tables/bench_kernels.md).
 
 Memory: 4 bits per weight + an fp32 scale and a uint8 zero point per group of 128, i.e. 4.31
 bits per weight (0.27x of bf16). Zero points are kept as uint8, not packed, for simplicity.
@@ -104,9 +110,14 @@ class W4A16Linear(nn.Module):
             x = self.input_transform(x)
         if self.mode == "triton" and not x.is_cuda:
             raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'dequant' on CPU")
-        if self.mode == "dequant":
+        if self.mode == "dequant" and not x.is_cuda:
             return F.linear(x, self.dequantized_weight_t(x.dtype).t(), self.bias)
         from . import triton_kernels  # needs triton, which CUDA builds of torch ship with
+
+        if self.mode == "dequant":  # the same values, unpacked by one memory-bound Triton kernel
+            w_t = triton_kernels.dequant4_t(self.weight_packed_t, self.weight_scale_t,
+                                            self.weight_zero_t, self.group_size, x.dtype)
+            return F.linear(x, w_t.t(), self.bias)
 
         lead = x.shape[:-1]
         y = triton_kernels.w4a16_matmul(x.reshape(-1, self.in_features), self.weight_packed_t,

@@ -111,8 +111,8 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
     """Swap every block linear of `model` for `backend`'s real module, in place; returns model.
 
     w4a16_mode: "dequant" (unpack each layer's codes to a 16-bit weight when it runs, then
-    cuBLAS / CPU BLAS; under torch.compile the unpacking is one fused kernel) or "triton" (the
-    fused dequantize-GEMM kernel, CUDA only); tables/bench_kernels.md times both.
+    cuBLAS / CPU BLAS; on a GPU the unpacking is one Triton kernel) or "triton" (the fused
+    dequantize-GEMM kernel, CUDA only, slower); tables/bench_kernels.md times both kernels.
     head: "float" (the LM head and embedding stay as they are) or "int4" (w4a16 only: both in
     packed int4, module docstring)."""
     if backend not in BACKENDS:
@@ -149,10 +149,20 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
     mode: torch.compile's mode (None: default; "max-autotune-no-cudagraphs" tunes GEMM tiles;
     "reduce-overhead" adds CUDA graphs, which replay each block's kernels with one launch; the
     samplers keep (batch, length) fixed within a generation, so the shapes are static).
+    Under "reduce-overhead" each block call starts a new CUDA-graph step
+    (`torch.compiler.cudagraph_mark_step_begin`) and returns a clone of the graph's output: a
+    graph's outputs live in a pool its next replay overwrites, and the same graph serves every
+    block and every denoising step, so without the clone block i's output (block i + 1's input,
+    the residual stream) is overwritten while still in use. The clone costs one copy of the
+    hidden states per block (B x L x C).
     dynamic=False specializes on each (batch, length). backend: torch.compile's ("eager" traces
     without generating code: the CPU tests use it)."""
     for block in model.blocks:
-        block.compile(mode=mode, dynamic=dynamic, backend=backend)
+        if mode == "reduce-overhead":
+            block._compiled_call_impl = _graphed(
+                torch.compile(block._call_impl, mode=mode, dynamic=dynamic, backend=backend))
+        else:
+            block.compile(mode=mode, dynamic=dynamic, backend=backend)
     head = model.head_linear
     if isinstance(head, W4A16Linear):
         # its number of rows changes with the sampler's window and the likelihood's positions:
@@ -160,6 +170,16 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
         head.compile(mode=None if mode == "reduce-overhead" else mode, dynamic=None,
                      backend=backend)
     return model
+
+
+def _graphed(compiled):
+    """The block call under CUDA graphs (nn.Module.compile's `_compiled_call_impl` slot, wrapped):
+    a new graph step per call, and the output copied out of the graph's memory pool."""
+    def call(*args, **kwargs):
+        torch.compiler.cudagraph_mark_step_begin()
+        return compiled(*args, **kwargs).clone()
+
+    return call
 
 
 def weight_bytes(model: nn.Module) -> int:

@@ -1,32 +1,43 @@
-"""The two Triton kernels of the real paths (GPU only; imported when a CUDA tensor reaches them).
+"""The Triton kernels of the real paths (GPU only; imported when a CUDA tensor reaches them).
 
 - `fp8_rowwise(x)`: per-row e4m3 quantization of activations in one kernel (one program per
   row: a max pass, then a divide-and-cast pass over the row, which is in L1/L2 by then), the
   same arithmetic as `fp8.fp8_rowwise_reference`.
-- `w4a16_matmul(x, packed_t, scale_t, zero_t, group_size)`: y = x @ W_hat^T with W_hat
-  dequantized tile by tile from the packed int4 codes, stored transposed (K/8, N) so that a
-  warp's loads along n are coalesced (the export's (N, K/8) layout put neighbouring n 6 KiB
-  apart and ran 20x slower than bf16 on an H200). Each (BLOCK_K x BLOCK_N) tile of codes is
-  read from the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one
+- `dequant4_t(packed_t, scale_t, zero_t, group_size, dtype)`: the w4a16 "dequant" mode's unpack,
+  W_hat^T (K, N) from the packed codes in one memory-bound kernel (each program expands a tile
+  of words into its 8 output rows), bit-identical to `int4.W4A16Linear.dequantized_weight_t`
+  ((q - z) exactly in fp32 by the bit trick below, times s, one rounding to dtype).
+- `w4a16_matmul(x, packed_t, scale_t, zero_t, group_size)`: the fused dequantize-GEMM,
+  y = x @ W_hat^T with W_hat dequantized tile by tile from the packed int4 codes, stored
+  transposed (K/8, N) so that a warp's loads along n are coalesced (the export's (N, K/8) layout
+  put neighbouring n 6 KiB apart and ran 20x slower than bf16 on an H200). Each tile of codes
+  is read from the packed int32 words (word k // 8, shift 4 (k mod 8): eight threads read one
   word, served by L1), dequantized as (q - z) * s in fp32 and cast to x's dtype, exactly as
   `primitives.dequantize`, then multiplied with `tl.dot` (fp32 accumulation). BLOCK_K divides
-  the group size, so one scale/zero per column serves a whole tile. The load-and-shift
-  unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton `quant_linear.py`);
-  the grouped program order is the Triton matmul tutorial's.
-Tile sizes: `W4A16_CONFIGS` lists candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand)
-configurations; `tune_w4a16(shapes)` times each (triton.testing.do_bench, median), rejects any
-whose output differs from the fp32 reference by more than bf16 rounding, and remembers the
-fastest per (M, N, K); `w4a16_matmul` then uses the tuned configuration of the same (N, K) at the
-nearest tuned M, else the default (128 x 128 x 64, 8 warps, 4 stages; 64 x 128 x 64 for M <= 64).
-The choice is plain Python on static shapes, so torch.compile traces it as a constant.
-expand=1 loads each packed word once ((BLOCK_K/8) x BLOCK_N words per tile) and broadcasts it
-to the eight codes it holds in registers; expand=0 loads the word once per code (eight loads,
-served by L1).
-Measured on one H200 (tables/bench_kernels_triton.md, its notes): even tuned, this kernel runs
-2.2-2.5x slower than cuBLAS bf16 at M = 4096 and 2.5-4.4x at M = 512 on the 8B shapes, so the
-"dequant" mode (one fused unpack kernel + cuBLAS) is realize's default. A likely cause, not
-verified: the dequantized operand is B, held in registers, which Hopper's wgmma cannot read
-(only A may come from registers); swapping the operands (y^T = W_hat x^T) is the next try.
+  the group size, so one scale/zero per column serves a whole tile. Two operand orders:
+  `_w4a16_kernel` computes the (BLOCK_M x BLOCK_N) output tile with the dequantized weight as
+  the B operand; `_w4a16_nt_kernel` computes its transpose, W_hat tile (registers) as A and the
+  activation tile as B, the order Hopper's wgmma can take from registers (A only). The
+  load-and-shift unpacking follows the GPTQ Triton kernels (fpgaminer/GPTQ-triton
+  `quant_linear.py`); the grouped program order is the Triton matmul tutorial's.
+Exact (q - z) without an int -> float conversion (a quarter-rate instruction on Hopper): the
+bits 0x4B000000 | q read as fp32 are 2^23 + q (q < 16), and (2^23 + q) - (2^23 + z) = q - z
+exactly.
+Tile sizes: `W4A16_CONFIGS` lists candidate (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand,
+swap) configurations; `tune_w4a16(shapes)` times each (triton.testing.do_bench, median), rejects
+any whose output differs from the fp32 reference by more than bf16 rounding, and remembers the
+fastest per (M, N, K); `w4a16_matmul` then uses the tuned configuration of the same (N, K) at
+the nearest tuned M, else the default (128 x 128 x 64, 8 warps, 4 stages; 64 x 128 x 64 for
+M <= 64). The choice is plain Python on static shapes, so torch.compile traces it as a constant.
+expand=1 loads each packed word once and broadcasts it to the eight codes it holds in
+registers; expand=0 loads the word once per code (eight loads, served by L1).
+Measured on one H200 (tables/bench_kernels.md, its notes, M = 512 rows, the 8B block shapes):
+the fused kernel runs 2.4-3.4x slower than cuBLAS bf16 in either operand order (4.5-5.2x at
+Dream's 512-wide k/v projections; swapping the operands changed its time by -5 % to +17 %, so
+the register-operand hypothesis for its slowness did not hold), and torch's tinygemm int4
+kernel (`aten._weight_int4pack_mm`, built for decoding's few rows) 20-26x; the "dequant" mode
+(this unpack, 0.48-0.54x of the cuBLAS GEMM's time, then cuBLAS: 1.5-2.3x of cuBLAS alone) is
+realize's default.
 """
 
 from __future__ import annotations
@@ -122,12 +133,103 @@ def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand)
+@triton.jit
+def _w4a16_nt_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_bk,
+                     stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
+                     EXPAND: tl.constexpr):
+    """C^T tile (BLOCK_N, BLOCK_M) = W_hat tile (BLOCK_N, BLOCK_K) @ x tile^T (BLOCK_K, BLOCK_M):
+    the dequantized weight is the A operand (registers), the activation tile B (shared memory),
+    the operand order Hopper's wgmma can take without a register -> shared memory round trip."""
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    per_group = GROUP_N * num_pid_m
+    first_n = (pid // per_group) * GROUP_N
+    size_n = min(num_pid_n - first_n, GROUP_N)
+    pid_n = first_n + (pid % per_group) % size_n
+    pid_m = (pid % per_group) // size_n
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_ok = offs_n < N
+    m_ok = offs_m < M
+    xt_ptrs = a_ptr + offs_m[None, :].to(tl.int64) * stride_am + offs_k[:, None]  # (BK, BM)
+    if EXPAND:
+        offs_w = tl.arange(0, BLOCK_K // 8)
+        w_ptrs = b_ptr + offs_w[:, None].to(tl.int64) * stride_bk + offs_n[None, :]  # (BK/8, BN)
+    else:
+        w_ptrs = b_ptr + (offs_k[None, :] // 8).to(tl.int64) * stride_bk + offs_n[:, None]  # (BN, BK)
+    shifts = (offs_k % 8) * 4  # (BK,)
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        xt = tl.load(xt_ptrs, mask=m_ok[None, :], other=0.0)
+        if EXPAND:
+            w8 = tl.load(w_ptrs, mask=n_ok[None, :], other=0)  # (BK/8, BN) int32
+            words = tl.trans(tl.reshape(tl.broadcast_to(w8[:, None, :], (BLOCK_K // 8, 8, BLOCK_N)),
+                                        (BLOCK_K, BLOCK_N)))  # (BN, BK): column k holds word k // 8
+        else:
+            words = tl.load(w_ptrs, mask=n_ok[:, None], other=0)  # (BN, BK) int32
+        # (q - z) exactly in fp32 without an int -> float conversion: the bits 0x4B000000 | q are
+        # the float 2^23 + q (q < 16), and 2^23 + z is exact too
+        q = (((words >> shifts[None, :]) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
+        g = (k0 // GROUP_SIZE) * N
+        s = tl.load(s_ptr + g + offs_n, mask=n_ok, other=0.0)
+        z = tl.load(z_ptr + g + offs_n, mask=n_ok, other=0).to(tl.float32) + 8388608.0
+        w = ((q - z[:, None]) * s[:, None]).to(xt.dtype)
+        acc = tl.dot(w, xt, acc)
+        xt_ptrs += BLOCK_K
+        w_ptrs += (BLOCK_K // 8) * stride_bk
+    c_ptrs = c_ptr + offs_m[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+
+
+@triton.jit
+def _dequant4_t_kernel(p_ptr, s_ptr, z_ptr, w_ptr, KW, N, GROUP_SIZE: tl.constexpr,
+                       BLOCK_W: tl.constexpr, BLOCK_N: tl.constexpr):
+    """W_hat^T (K, N) from packed_t (K/8, N): each program expands a (BLOCK_W words x BLOCK_N)
+    tile of codes into its 8 BLOCK_W x BLOCK_N output rows (k = 8 w + j), each row contiguous."""
+    offs_w = tl.program_id(0) * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    ok = (offs_w[:, None] < KW) & (offs_n[None, :] < N)
+    words = tl.load(p_ptr + offs_w[:, None].to(tl.int64) * N + offs_n[None, :], mask=ok, other=0)
+    g = (offs_w * 8) // GROUP_SIZE  # a word's 8 codes share one group (GROUP_SIZE % 8 == 0)
+    sz = g[:, None].to(tl.int64) * N + offs_n[None, :]
+    s = tl.load(s_ptr + sz, mask=ok, other=0.0)
+    z = tl.load(z_ptr + sz, mask=ok, other=0).to(tl.float32) + 8388608.0
+    rows = w_ptr + (offs_w[:, None] * 8).to(tl.int64) * N + offs_n[None, :]
+    for j in tl.static_range(8):
+        # (q - z) exactly in fp32 (the bit trick of _w4a16_nt_kernel), times s, cast
+        q = (((words >> (4 * j)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True)
+        tl.store(rows + j * N, ((q - z) * s).to(w_ptr.dtype.element_ty), mask=ok)
+
+
+def dequant4_t(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch.Tensor,
+               group_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """W_hat^T (K, N) in dtype from packed_t (K/8, N) int32, scale_t (G, N) fp32, zero_t (G, N)
+    uint8: the values of int4.W4A16Linear.dequantized_weight_t ((q - z) * s in fp32, then the
+    cast), in one memory-bound kernel."""
+    if group_size % 8:
+        raise ValueError(f"dequant4_t needs a group size divisible by 8 (the codes of a word), "
+                         f"got {group_size}")
+    KW, N = packed_t.shape
+    w = torch.empty((KW * 8, N), dtype=dtype, device=packed_t.device)
+    BW, BN = 8, 256
+    grid = (triton.cdiv(KW, BW), triton.cdiv(N, BN))
+    _dequant4_t_kernel[grid](packed_t, scale_t, zero_t, w, KW, N, GROUP_SIZE=group_size,
+                             BLOCK_W=BW, BLOCK_N=BN, num_warps=4)
+    return w
+
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, expand, swap); swap=1: the _w4a16_nt_kernel order
 W4A16_CONFIGS = (
-    (128, 128, 64, 8, 4, 0), (128, 128, 64, 8, 4, 1), (128, 256, 64, 8, 3, 1),
-    (256, 128, 64, 8, 3, 1), (128, 128, 128, 8, 3, 1), (128, 64, 64, 4, 4, 1),
-    (64, 128, 64, 4, 4, 0), (64, 256, 64, 8, 4, 1),
-)
+    (128, 128, 64, 8, 4, 0, 0), (128, 128, 64, 8, 4, 1, 0), (128, 256, 64, 8, 3, 1, 0),
+    (256, 128, 64, 8, 3, 1, 0), (128, 128, 128, 8, 3, 1, 0), (128, 64, 64, 4, 4, 1, 0),
+    (64, 128, 64, 4, 4, 0, 0), (64, 256, 64, 8, 4, 1, 0),
+    (128, 128, 64, 8, 4, 0, 1), (128, 128, 64, 8, 4, 1, 1), (256, 128, 64, 8, 3, 0, 1),
+    (256, 128, 64, 8, 3, 1, 1), (128, 64, 64, 4, 4, 0, 1), (256, 64, 64, 4, 3, 0, 1),
+    (64, 128, 64, 4, 4, 0, 1),
+)  # (128, 128, 128, 8, 3, 0, 1) needs 241 KiB of shared memory, over an H200's 227 KiB
 _TUNED: dict[tuple[int, int, int], tuple] = {}  # filled by tune_w4a16 only
 
 
@@ -136,7 +238,7 @@ def _config(M: int, N: int, K: int) -> tuple:
     if same:
         m = min(same, key=lambda m: abs(math.log(m) - math.log(max(M, 1))))
         return _TUNED[(m, N, K)]
-    return (128, 128, 64, 8, 4, 0) if M > 64 else (64, 128, 64, 4, 4, 0)
+    return (128, 128, 64, 8, 4, 0, 0) if M > 64 else (64, 128, 64, 4, 4, 0, 0)
 
 
 def w4a16_matmul(x: torch.Tensor, packed_t: torch.Tensor, scale_t: torch.Tensor,
@@ -149,15 +251,17 @@ def w4a16_matmul(x: torch.Tensor, packed_t: torch.Tensor, scale_t: torch.Tensor,
         x = x.contiguous()
     M, K = x.shape
     N = packed_t.shape[1]
-    BM, BN, BK, warps, stages, expand = config or _config(M, N, K)
+    BM, BN, BK, warps, stages, expand, swap = config or _config(M, N, K)
     if K % BK or group_size % BK:
         raise ValueError(f"w4a16 kernel needs K ({K}) and the group size ({group_size}) to be "
                          f"multiples of {BK}; use mode 'dequant'")
     c = torch.empty((M, N), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
-    _w4a16_kernel[grid](x, packed_t, scale_t, zero_t, c, M, N, K, x.stride(0), packed_t.stride(0),
-                        c.stride(0), GROUP_SIZE=group_size, BLOCK_M=BM, BLOCK_N=BN,
-                        BLOCK_K=BK, GROUP_M=8, EXPAND=expand, num_warps=warps, num_stages=stages)
+    kernel = _w4a16_nt_kernel if swap else _w4a16_kernel
+    kernel[grid](x, packed_t, scale_t, zero_t, c, M, N, K, x.stride(0), packed_t.stride(0),
+                 c.stride(0), GROUP_SIZE=group_size, BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK,
+                 **{"GROUP_N" if swap else "GROUP_M": 8}, EXPAND=expand, num_warps=warps,
+                 num_stages=stages)
     return c
 
 
