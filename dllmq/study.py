@@ -88,30 +88,38 @@ def _model_type(name: str) -> str:
     return read_config(resolve(name)).model_type
 
 
-def study_grid(params: dict[str, Any], role: str, recipes, categories=("qa", "math", "code"),
-               axes: dict[str, list] | None = None):
-    """The sweep grid `run_study` evaluates for one role: its model x recipes x the categories'
-    tasks, the chat template as a per-task setting (so each recipe is quantized once for all of
-    the role's tasks), Dream without LLaDA's sampler-only settings."""
+def role_tasks(params: dict[str, Any], role: str, categories=("qa", "math", "code")) -> list[dict[str, Any]]:
+    """The categories' task entries as one role evaluates them: the chat template as a
+    per-task setting, Dream without LLaDA's sampler-only settings, then params'
+    `family_settings` ({family: {task: settings}}) over the task settings."""
     from .harness import foreign_settings
     from .models import arch_spec
-    from .sweep import parse_grid
 
-    name = params["models"][role]
-    dream = arch_spec(_model_type(name)).family == "dream"
+    family = arch_spec(_model_type(params["models"][role])).family
+    overrides = params.get("family_settings", {}).get(family, {})
     chat_cats = set(params.get("chat_template", {}).get(role, []))
-    # one sweep per role with the chat template as a per-task setting, so each recipe is
-    # quantized once for all of the role's tasks
     tasks = []
     for cat in categories:
         for t in task_specs(params, [cat]):
             t["settings"]["apply_chat_template"] = cat in chat_cats
-            if dream:
+            if family == "dream":
                 t["settings"] = {k: v for k, v in t["settings"].items()
                                  if k not in foreign_settings("dream")}
+            t["settings"].update(overrides.get(t["task"], {}))
             tasks.append(t)
+    return tasks
+
+
+def study_grid(params: dict[str, Any], role: str, recipes, categories=("qa", "math", "code"),
+               axes: dict[str, list] | None = None):
+    """The sweep grid `run_study` evaluates for one role: its model x recipes x the categories'
+    tasks as `role_tasks` sets them (one sweep per role, with the chat template a per-task
+    setting, so each recipe is quantized once for all of the role's tasks)."""
+    from .sweep import parse_grid
+
     return parse_grid({
-        "models": [name], "recipes": list(recipes), "tasks": tasks,
+        "models": [params["models"][role]], "recipes": list(recipes),
+        "tasks": role_tasks(params, role, categories),
         "seeds": list(params.get("seeds", [0])),
         "settings": {"limit": params["limit"]},
         "include_path": [str(repo_path(p)) for p in params.get("include_path", [])],

@@ -40,14 +40,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from dllmq.deploy import paired_accuracy, paired_summary
 from dllmq.report import save_figure, set_style, write_table
-from dllmq.study import load_params, output_dirs, repo_path
+from dllmq.study import load_params, output_dirs, repo_path, role_tasks
 
 P = load_params(preset)
 set_style()
 fig_dir, tab_dir = output_dirs(P)
 committed = repo_path("tables")
 qa = P["tasks"]["qa"][0]
-mc_num = qa.get("settings", {}).get("mc_num", 4)
 limit = fp8_items if P["limit"] is None else min(fp8_items, P["limit"])  # null: every item
 
 # %% [markdown]
@@ -76,6 +75,7 @@ study = study.drop_duplicates(["model", "recipe"])[["model", "recipe", "qa_avg",
 fp8 = []
 for role in ("llada_base", "dream_base"):
     name = P["models"][role]
+    mc_num = role_tasks(P, role, ["qa"])[0]["settings"].get("mc_num", 4)  # the study's, per role
     scores = paired_accuracy(name, (None, "fp8-fake", "fp8"), task=qa["task"], limit=limit,
                              mc_num=mc_num)
     for a, b in ((None, "fp8"), ("fp8-fake", "fp8")):

@@ -244,3 +244,16 @@ def test_resize_items_truncates_to_a_prefix_and_tiling_shrinks_the_paired_se(tmp
     (d1, se1), (d4, se4) = drop(df), drop(resize_items(df, tile={"math_task": 4}))
     assert d4 == pytest.approx(d1)  # same effect
     assert se4 == pytest.approx(se1 / 2, rel=0.01)  # 4x the items: half the se (ddof aside)
+
+
+def test_role_tasks_apply_family_settings_over_the_task_settings():
+    from dllmq import study
+
+    p = study.load_params("smoke")
+    p = {**p, "family_settings": {"dream": {"dllmq_qa": {"mc_num": 8}}}}
+    llada = {t["task"]: t["settings"] for t in study.role_tasks(p, "llada_base")}
+    dream = {t["task"]: t["settings"] for t in study.role_tasks(p, "dream_base")}
+    assert dream["dllmq_qa"]["mc_num"] == 8 and llada["dllmq_qa"]["mc_num"] == p["tasks"]["qa"][0]["settings"]["mc_num"]
+    assert "block_length" not in dream["dllmq_math"] and "block_length" in llada["dllmq_math"]  # LLaDA-only key
+    assert dream["dllmq_math"] == {k: v for k, v in llada["dllmq_math"].items() if k != "block_length"}
+    assert study.role_tasks(p, "llada_instruct", ["math"])[0]["settings"]["apply_chat_template"] is True
