@@ -37,7 +37,9 @@ a cell; `results` and `to_dataframe` leave shard rows out (the sweep writes the 
 once its shards are stored).
 
 Metrics are stored as {name: {"value": v, "stderr": s}}; lm-eval's "acc,none" style
-names are kept as given.
+names are kept as given. Each row also keeps the evaluation's wall seconds and, of those, the
+model's (`request_s`), which `dllmq.plan` estimates other cells from; a store written before
+request_s existed is read as it is and gains the column with its next `put`.
 """
 
 from __future__ import annotations
