@@ -152,7 +152,11 @@ def cached_suite(seed: int = DEFAULT_SEED) -> Suite:
     the cache has no valid file for its key. A cache that cannot be written is logged and the
     built suite returned."""
     key = suite_key(seed)
-    path = cache_dir() / f"suite-{seed}-{key[:20]}.json"
+    try:
+        path = cache_dir() / f"suite-{seed}-{key[:20]}.json"
+    except RuntimeError as e:  # Path.home(): no HOME and no user entry
+        log.warning("no cache folder for the suite (%s); set DLLMQ_CACHE_DIR to build it once", e)
+        return build_suite(seed)
     if path.exists():
         suite = _read_cache(path, key, seed)
         if suite is not None:
