@@ -279,11 +279,10 @@ def _run_sweep(args) -> int:
             print(report.table())
             return 0
         from . import executors
-        from .store import check_writable
 
-        check_writable(path)
         grid = with_overrides(grid, store=Path(path))
-        before = len(Store(path).stored_ids())
+        # the executors validate the grid before they create the store
+        before = len(Store(path).stored_ids()) if Path(path).is_file() else 0
         if args.executor == "local":
             failed = executors.run_local(grid, path, args.workers, lease_s=args.lease,
                                          threads=args.threads)

@@ -92,16 +92,25 @@ def run_worker(spec: dict[str, Any]) -> int:
     return report.ran
 
 
-def _cells(grid, store: Store, tm=None) -> list[Cell]:
-    """Validate once in the launcher (bad input fails here, before any worker starts); the
-    units of work whose progress is shown: cells, and the shards of sharded cells."""
-    from .sweep import keyed_cells, shards_of, task_manager, validate
+def _open(grid, store_path: str | Path, tm=None) -> tuple[Store, list[Cell]]:
+    """Validate once in the launcher, then open (create) the store: bad input (the grid, a
+    split that cannot be, a store that cannot be written) fails here in one line (GridError)
+    before any worker starts and before any file is written. Returns the store and the units
+    of work whose progress is shown: cells, and the shards of sharded cells."""
+    from .store import StoreError, check_writable
+    from .sweep import GridError, keyed_cells, shards_of, task_manager, validate
 
-    tm = tm or task_manager(grid)
-    checked = validate(grid, tm)
+    try:
+        check_writable(store_path)
+        tm = tm or task_manager(grid)
+        checked = validate(grid, tm)
+        shards_of(grid, checked, grid.cells())  # refuses a split that cannot be
+        store = Store(store_path)
+    except StoreError as e:
+        raise GridError(str(e)) from None
     cells = keyed_cells(grid, checked, cache=store)
     sharded = shards_of(grid, checked, cells)
-    return [u for c in cells for u in sharded.get(c, [c])]
+    return store, [u for c in cells for u in sharded.get(c, [c])]
 
 
 def _watch(store: Store, cells: list[Cell], alive, workers: int, progress: bool,
@@ -138,15 +147,14 @@ def run_local(grid, store_path: str | Path, workers: int, progress: bool = True,
 
     if workers < 1:
         raise ValueError(f"--workers {workers}: give at least 1")
-    store = Store(store_path)
-    cells = _cells(grid, store, tm)
-    if not {c.cell_id for c in cells} - store.stored_ids():
-        log.info("every cell of the grid is stored: no worker started")
-        return 0
     if devices is None and grid.device != "cpu" and torch.cuda.is_available():
         devices = [str(i) for i in range(torch.cuda.device_count())]
     if devices and workers > len(devices):
         raise ValueError(f"--workers {workers} but only {len(devices)} GPU(s): one worker per GPU")
+    store, cells = _open(grid, store_path, tm)
+    if not {c.cell_id for c in cells} - store.stored_ids():
+        log.info("every cell of the grid is stored: no worker started")
+        return 0
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     procs = []
     with tempfile.TemporaryDirectory(prefix="dllmq-workers-") as tmp:
@@ -182,8 +190,9 @@ def run_submitit(grid, store_path: str | Path, workers: int, progress: bool = Tr
 
     from .sweep import LEASE_S
 
-    store = Store(store_path)
-    cells = _cells(grid, store, tm)
+    if workers < 1:
+        raise ValueError(f"--workers {workers}: give at least 1")
+    store, cells = _open(grid, store_path, tm)
     folder = Path(folder or store.path.with_name(store.path.name + ".submitit"))
     if slurm is None:
         ex = submitit.LocalExecutor(folder=folder)

@@ -48,9 +48,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -405,6 +407,20 @@ def quantize_model(model, tokenizer, recipe: str, calib: str | Mapping[str, Any]
     return quantize_(model, recipe, data)
 
 
+def _timed(method):
+    """A request method that adds the seconds it runs to `self.request_s`: the model's share of
+    a cell's time, apart from lm-eval's own (building requests, scoring), as `dllmq.plan`
+    estimates them."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.request_s += time.perf_counter() - t0
+    return run
+
+
 @register_model("dllmq")
 class DLLMEvalLM(LM):
     """An lm-eval LM over a dllmq model (LLaDA or Dream), quantized or not.
@@ -483,6 +499,7 @@ class DLLMEvalLM(LM):
         self.recipe = recipe
         self.pretrained = pretrained
         self.docs: tuple[int, int] | None = None  # `for_docs`: compute only these documents
+        self.request_s = 0.0  # seconds in the request methods (`_timed`)
         self.max_length = self.settings.max_length or model.config.max_position
         # fail now, not after an hour of likelihoods: the sampler settings must be valid
         check_sampler(model.config.model_type, self.settings)
@@ -506,6 +523,7 @@ class DLLMEvalLM(LM):
         new.settings = self.settings.replace(**changes)
         new.explicit = self.explicit | frozenset(changes)
         new._per_task = {}
+        new.request_s = 0.0
         new.max_length = new.settings.max_length or self.model.config.max_position
         check_sampler(self.model.config.model_type, new.settings)
         return new
@@ -694,6 +712,7 @@ class DLLMEvalLM(LM):
         bar.close()
         return out
 
+    @_timed
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """Per document block (`_blocks`); requests outside `docs` get (0.0, False)."""
         blocks = list(self._blocks(requests).values())
@@ -717,6 +736,7 @@ class DLLMEvalLM(LM):
             out[i] = (lls[k], greedy[k])
         return out
 
+    @_timed
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
@@ -741,6 +761,7 @@ class DLLMEvalLM(LM):
             totals[i] += ll
         return totals
 
+    @_timed
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Requests grouped by document block (`_blocks`) then by their settings, batched by
         batch_size within a group (similar lengths together), each block decoded from its own

@@ -37,7 +37,9 @@ a cell; `results` and `to_dataframe` leave shard rows out (the sweep writes the 
 once its shards are stored).
 
 Metrics are stored as {name: {"value": v, "stderr": s}}; lm-eval's "acc,none" style
-names are kept as given.
+names are kept as given. Each row also keeps the evaluation's wall seconds and, of those, the
+model's (`request_s`), which `dllmq.plan` estimates other cells from; a store written before
+request_s existed is read as it is and gains the column with its next `put`.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ CREATE TABLE IF NOT EXISTS results (
     n_samples     INTEGER NOT NULL,
     wall_s        REAL,
     created_at    TEXT    NOT NULL,
-    worker        TEXT
+    worker        TEXT,
+    request_s     REAL               -- of wall_s, the model's (added to older stores by `put`)
 );
 CREATE TABLE IF NOT EXISTS samples (
     result_id INTEGER NOT NULL REFERENCES results(id) ON DELETE CASCADE,
@@ -181,6 +184,7 @@ class Result:
     created_at: str
     legacy: bool = False  # written by store schema 1 (keyed without calibration or content)
     worker: str | None = None  # the claim owner that computed it
+    request_s: float | None = None  # of wall_s, seconds in the model's request methods
 
 
 @dataclass(frozen=True)
@@ -305,8 +309,11 @@ class Store:
         samples: Iterable[Mapping[str, Any]] = (),
         wall_s: float | None = None,
         worker: str | None = None,
+        request_s: float | None = None,
     ) -> bool:
         """Write one finished cell with its samples in one transaction (and drop its claim).
+        `wall_s`: the evaluation's seconds; `request_s`: of those, the model's (the rest is
+        lm-eval's own work), which `dllmq.plan` estimates from.
 
         Returns True if written, False if the cell was already present (another process
         finished it first); the existing row is kept untouched."""
@@ -316,14 +323,16 @@ class Store:
         with self._open() as con:
             con.execute("BEGIN IMMEDIATE")
             try:
+                if not _has_request_s(con):  # a store of an earlier dllmq 2-schema
+                    con.execute("ALTER TABLE results ADD COLUMN request_s REAL")
                 cur = con.execute(
                     "INSERT OR IGNORE INTO results (cell_id, model, recipe, task, settings_hash, "
-                    "seed, version, settings, key, metrics, n_samples, wall_s, created_at, worker) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "seed, version, settings, key, metrics, n_samples, wall_s, created_at, worker, "
+                    "request_s) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (cell.cell_id, cell.model, cell.recipe, cell.task, cell.settings_hash,
                      cell.seed, cell.version, canonical_json(dict(cell.settings)),
                      canonical_json(dict(cell.key)), metric_json, len(sample_rows), wall_s,
-                     created, worker))
+                     created, worker, request_s))
                 con.execute("DELETE FROM claims WHERE cell_id = ?", (cell.cell_id,))
                 if cur.rowcount == 0:
                     con.execute("COMMIT")
@@ -418,7 +427,7 @@ class Store:
 
     def get(self, cell: Cell) -> Result | None:
         with self._open() as con:
-            row = con.execute(f"SELECT {_ROW_COLUMNS} FROM results WHERE cell_id = ?",
+            row = con.execute(f"SELECT {_row_columns(con)} FROM results WHERE cell_id = ?",
                               (cell.cell_id,)).fetchone()
         return None if row is None else _result(row)
 
@@ -437,11 +446,11 @@ class Store:
         if unknown:
             raise StoreError(f"cannot filter on {', '.join(unknown)}; filter on "
                              f"{', '.join(FILTER_COLUMNS)}")
-        sql = f"SELECT {_ROW_COLUMNS} FROM results"
-        if where:
-            sql += " WHERE " + " AND ".join(f"{c} = ?" for c in where)
-        sql += " ORDER BY id"
         with self._open() as con:
+            sql = f"SELECT {_row_columns(con)} FROM results"
+            if where:
+                sql += " WHERE " + " AND ".join(f"{c} = ?" for c in where)
+            sql += " ORDER BY id"
             rows = con.execute(sql, tuple(where.values())).fetchall()
         return [x for x in map(_result, rows) if shards or x.cell.shard is None]
 
@@ -533,11 +542,23 @@ def _migrate_1_to_2(con: sqlite3.Connection) -> None:
 
 _ROW_COLUMNS = ", ".join(("model", "recipe", "task", "settings", "seed", "version", "key",
                           "metrics", "n_samples", "wall_s", "created_at", "worker"))
+
+
+def _has_request_s(con: sqlite3.Connection) -> bool:
+    """Whether `results` has the request_s column (stores written before it have not, until
+    their next `put`: reading a store never changes its file)."""
+    return any(row[1] == "request_s" for row in con.execute("PRAGMA table_info(results)"))
+
+
+def _row_columns(con: sqlite3.Connection) -> str:
+    return _ROW_COLUMNS + (", request_s" if _has_request_s(con) else ", NULL")
 _CLAIM_COLUMNS = "cell_id, owner, host, pid, claimed, expires"
 
 
 def _result(row: tuple) -> Result:
-    model, recipe, task, settings, seed, version, key, metrics, n, wall, created, worker = row
+    model, recipe, task, settings, seed, version, key, metrics, n, wall, created, worker, \
+        request_s = row
     return Result(Cell(model, recipe, task, json.loads(settings), seed, version,
                        json.loads(key) if key is not None else {}),
-                  json.loads(metrics), n, wall, created, legacy=key is None, worker=worker)
+                  json.loads(metrics), n, wall, created, legacy=key is None, worker=worker,
+                  request_s=request_s)

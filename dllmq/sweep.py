@@ -595,9 +595,9 @@ def _mean_pm(pairs: list[tuple[float, float | None]]) -> str:
 
 
 def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False
-                  ) -> tuple[dict, list[dict], float]:
-    """One `simple_evaluate` on one task with the cell's settings: (metrics, samples, seconds).
-    The cell's model settings are explicit model args, so they win over the task's. A shard
+                  ) -> tuple[dict, list[dict], float, float]:
+    """One `simple_evaluate` on one task with the cell's settings: (metrics, samples, seconds,
+    of those the seconds in the model's request methods). The cell's model settings are explicit model args, so they win over the task's. A shard
     (`Cell.shard`) computes only its documents; its samples are those documents' and its
     metrics are recomputed from them (`metrics_from_samples`)."""
     import lm_eval
@@ -616,14 +616,14 @@ def evaluate_cell(lm, cell: Cell, tm, confirm_run_unsafe_code: bool = False
         confirm_run_unsafe_code=confirm_run_unsafe_code, log_samples=True, bootstrap_iters=1000)
     wall = time.perf_counter() - t0
     if res is None:  # a non-zero rank under data parallel
-        return {}, [], wall
+        return {}, [], wall, model.request_s
     samples = [compact_sample(t, x) for t, xs in res.get("samples", {}).items() for x in xs]
     metrics = metrics_of(res, cell.task)
     if cell.shard is not None:
         a, b = cell.shard
         samples = [x for x in samples if a <= x["doc_id"] < b]
         metrics = metrics_from_samples(list(metrics), samples, samples[0]["task"])
-    return metrics, samples, wall
+    return metrics, samples, wall, model.request_s
 
 
 LEASE_S = 120.0  # a claim's lease; the owner renews it every LEASE_S / 4 while it works
@@ -775,7 +775,7 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
         cache_dir = quantized_cache_dir(store.path)
         cache_dir.mkdir(exist_ok=True)
     results: dict[Cell, Result] = {}
-    parts: dict[Cell, tuple[list[str], list[dict], float]] = {}  # shards, without a store
+    parts: dict[Cell, tuple[list[str], list[dict], float, float]] = {}  # shards, no store
     owner = _owner(new_owner)
     bar = tqdm(total=len(todo), desc="sweep", disable=not progress)
     beat = _Heartbeat(store, owner, lease_s) if store is not None else contextlib.nullcontext()
@@ -807,21 +807,22 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                         lm_of = (cell.model, cell.recipe)
                     bar.set_postfix_str(cell.label())
                     try:
-                        metrics, samples, wall = evaluate_cell(lm, cell, tm,
-                                                               grid.confirm_run_unsafe_code)
+                        metrics, samples, wall, req = evaluate_cell(
+                            lm, cell, tm, grid.confirm_run_unsafe_code)
                     except BaseException:
                         if store is not None:
                             store.release(owner, cell)
                         raise
                     if lm.rank == 0:
                         if store is not None:
-                            store.put(cell, metrics, samples, wall_s=wall, worker=owner)
+                            store.put(cell, metrics, samples, wall_s=wall, worker=owner,
+                                      request_s=req)
                         elif cell.shard is not None:
-                            parts[cell] = (list(metrics), samples, wall)
+                            parts[cell] = (list(metrics), samples, wall, req)
                         else:
                             results[cell] = Result(cell, {k: {"value": v, "stderr": e}
                                                           for k, (v, e) in metrics.items()},
-                                                   len(samples), wall, "")
+                                                   len(samples), wall, "", request_s=req)
                     report.ran += 1
                 bar.update()
             pending = [c for c in waiting if not store.has(c)]
@@ -832,15 +833,18 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
             if cell.cell_id in stored or (lm is not None and lm.rank != 0):
                 continue
             if store is None:
-                metrics, samples, wall = assemble([parts[u] for u in shards])
+                metrics, samples, wall = assemble([parts[u][:3] for u in shards])
                 results[cell] = Result(cell, {k: {"value": v, "stderr": e}
                                               for k, (v, e) in metrics.items()},
-                                       len(samples), wall, "")
+                                       len(samples), wall, "",
+                                       request_s=sum(parts[u][3] for u in shards))
             elif not store.has(cell):
                 got = [(store.get(u), store.samples(u)) for u in shards]
                 metrics, samples, wall = assemble([(list(r.metrics), xs, r.wall_s)
                                                    for r, xs in got])
-                store.put(cell, metrics, samples, wall_s=wall, worker=owner)
+                reqs = [r.request_s for r, _ in got]
+                store.put(cell, metrics, samples, wall_s=wall, worker=owner,
+                          request_s=None if None in reqs else sum(reqs))
     bar.close()
     if store is not None:
         wanted = {c.cell_id for c in cells}

@@ -246,3 +246,27 @@ def test_claims_split_cells_and_stale_claims_are_taken_over(tmp_path):
     assert store.claim(c4, ghost, lease_s=3600) == "mine"
     assert store.claim(c4, me) == "mine"
     assert store.renew(me, lease_s=10) == 1 and store.renew(other) == 2
+
+
+def test_request_seconds_round_trip_and_older_stores_gain_the_column_on_write(tmp_path):
+    """`request_s` (the model's share of wall_s, what `plan` estimates from) is stored; a store
+    of a dllmq before it (no such column) is read as it is, unchanged on disk, and gains the
+    column with its next write, its rows kept (request_s None)."""
+    path = tmp_path / "r.sqlite"
+    store = Store(path)
+    old, new = Cell("m", "fp16", "t", {"limit": 2}), Cell("m", "fp16", "t", {"limit": 4})
+    assert store.put(old, {"acc": 0.5}, [{"doc_id": 0}], wall_s=2.0, request_s=0.5)
+    assert store.get(old).request_s == 0.5
+    con = sqlite3.connect(path)
+    con.execute("UPDATE results SET request_s = NULL")
+    con.execute("ALTER TABLE results DROP COLUMN request_s")  # as the previous dllmq wrote it
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    store = Store(path)
+    (r,) = store.results()
+    assert (r.cell, r.wall_s, r.request_s) == (old, 2.0, None) and store.get(old).request_s is None
+    assert path.read_bytes() == before  # reading does not change the file
+    assert store.put(new, {"acc": 0.75}, [{"doc_id": 0}], wall_s=3.0, request_s=1.25)
+    assert [(x.cell, x.request_s) for x in store.results()] == [(old, None), (new, 1.25)]
+    store.check()
