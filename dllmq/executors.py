@@ -88,7 +88,7 @@ def run_worker(spec: dict[str, Any]) -> int:
         torch.set_num_threads(spec["threads"])
     grid = parse_grid(spec["grid"], "worker grid")
     report = run_sweep(grid, spec["store"], progress=False, lease_s=spec["lease_s"],
-                       start=spec["start"], cache_models=True)
+                       start=spec["start"], cache_models=True, request_progress=False)
     return report.ran
 
 

@@ -730,7 +730,7 @@ def _owner(new_owner) -> str:
 
 def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: bool = True,
               tm=None, lease_s: float = LEASE_S, start: int = 0,
-              cache_models: bool = False) -> SweepReport:
+              cache_models: bool = False, request_progress: bool | None = None) -> SweepReport:
     """Validate, then run every cell missing from the store; returns what the store holds
     for the grid. A store given as a path is checked for writability first and opened
     (created) only after the grid passed validation.
@@ -742,7 +742,9 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
     worker its own, so workers begin on different models). With `cache_models` (the executors'
     workers), quantized models are cached next to the store (`quantized_cache_dir`) for the
     other workers; a single process quantizes in memory and writes nothing besides the store
-    (a packed 8B model is GBs per recipe)."""
+    (a packed 8B model is GBs per recipe). `request_progress`: the harness's per-request bars
+    (None: shown only when the sweep's own bar is not; executors' workers turn them off, the
+    launcher shows the grid's progress)."""
     from . import harness
     from .store import StoreError, check_writable, new_owner
 
@@ -803,7 +805,9 @@ def run_sweep(grid: Grid, store: Store | str | Path | None = None, progress: boo
                         if isinstance(build, Cell):
                             store.release(owner, build)
                         # its per-request bars off while the sweep shows its own
-                        lm = harness.DLLMEvalLM(model=model, tokenizer=tok, progress=not progress)
+                        lm = harness.DLLMEvalLM(
+                            model=model, tokenizer=tok,
+                            progress=not progress if request_progress is None else request_progress)
                         lm_of = (cell.model, cell.recipe)
                     bar.set_postfix_str(cell.label())
                     try:
