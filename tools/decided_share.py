@@ -39,10 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tile", help="QA,MATH,CODE: repeat every item k times")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    P = load_params(args.preset)
-    tasks = [spec["task"] for cat in ("qa", "math", "code") for spec in P["tasks"][cat]]
-    items, tile = _per_task(args.items, tasks, "items"), _per_task(args.tile, tasks, "tile")
-    df = resize_items(findings_frame(P, compute=False), items, tile)
+    try:
+        P = load_params(args.preset)
+        tasks = [spec["task"] for cat in ("qa", "math", "code") for spec in P["tasks"][cat]]
+        items, tile = _per_task(args.items, tasks, "items"), _per_task(args.tile, tasks, "tile")
+        df = resize_items(findings_frame(P, compute=False), items, tile)
+    except (FileNotFoundError, ValueError) as e:  # an unknown preset, a store missing cells
+        raise SystemExit(f"decided_share: {e}") from None
     cats, roles = category_of(P), dict(P["models"])
     for name, margin in (("margin 4", None), ("zero margin", 0.0)):
         found = judge(df, cats, roles) if margin is None else judge(df, cats, roles, margin=margin)
