@@ -121,9 +121,6 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
         raise ValueError(f"head={head!r} unknown; use one of {HEADS}")
     if head == "int4" and backend != "w4a16":
         raise ValueError(f"head='int4' is a w4a16 option; backend {backend!r} keeps the head float")
-    if any(hasattr(m, "qkv_proj") for m in model.modules()):
-        raise ValueError("this model's projections are fused (fuse_projections); realize an "
-                         "unfused model (fusing is for float models, after any quantization)")
     plan = []
     for i, block in enumerate(model.blocks):  # convert all first, swap after: no half-realized model
         for kind in LINEAR_KINDS:

@@ -38,28 +38,15 @@ def _attend(
     """Self-attention on the normed input x (B, L, C); `blk` holds q/k/v/o + hooks."""
     B, L, _ = x.shape
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    if hasattr(blk, "qkv_proj"):  # dllmq.kernels.fuse_projections: one GEMM for q, k and v
-        q, k, v = blk.qkv_proj(x)
-    else:
-        q, k, v = blk.q_proj(x), blk.k_proj(x), blk.v_proj(x)
-    q = q.view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
-    k = k.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
-    v = v.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+    q = blk.q_proj(x).view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+    k = blk.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+    v = blk.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
     cos, sin = rope
     q = blk.q_hook(apply_rope(q, cos, sin, cfg.rope_full_precision))
     k = blk.k_hook(apply_rope(k, cos, sin, cfg.rope_full_precision))
     v = blk.v_hook(v)
     out = attention(q, k, v, bias, causal=cfg.causal)  # (B, H, L, D)
     return out.transpose(1, 2).reshape(B, L, H * D)  # (B, L, C)
-
-
-def _swiglu(mod: nn.Module, h: torch.Tensor, gate: str) -> torch.Tensor:
-    """silu(gate(h)) * up(h), the input of the FFN's down projection."""
-    if hasattr(mod, "gate_up_proj"):  # dllmq.kernels.fuse_projections: one GEMM for both
-        g, u = mod.gate_up_proj(h)
-    else:
-        g, u = getattr(mod, gate)(h), mod.up_proj(h)
-    return F.silu(g) * u
 
 
 def _qkv(cfg: DLLMConfig) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
@@ -84,7 +71,8 @@ class LLaDABlock(nn.Module):
 
     def forward(self, x, rope, bias):
         x = x + self.attn_out(_attend(self, self.attn_norm(x), rope, bias, self.cfg))
-        return x + self.ff_out(_swiglu(self, self.ff_norm(x), "ff_proj"))
+        h = self.ff_norm(x)
+        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
 
 
 class DreamAttention(nn.Module):
@@ -108,7 +96,7 @@ class DreamMLP(nn.Module):
         self.down_proj = nn.Linear(F_, C, bias=False)
 
     def forward(self, x):
-        return self.down_proj(_swiglu(self, x, "gate_proj"))
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DreamBlock(nn.Module):
