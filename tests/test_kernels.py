@@ -257,13 +257,13 @@ def test_compiled_blocks_compute_the_same(recipe, backend):
 
 def _pooled_backend(gm, example_inputs, **_options):
     """A torch.compile backend that returns its outputs in buffers reused by every call, as
-    CUDA graphs do (a graph's outputs live in its memory pool; the next replay overwrites them)."""
-    pool = []
+    CUDA graphs do (a graph's outputs live in its memory pool; the next replay overwrites them;
+    a graph with dynamic shapes records one graph, and pool, per shape)."""
+    pools = {}
 
     def run(*args):
         outs = gm(*args)
-        if not pool:
-            pool.extend(o.clone() for o in outs)
+        pool = pools.setdefault(tuple(tuple(o.shape) for o in outs), [o.clone() for o in outs])
         for buf, o in zip(pool, outs, strict=True):
             buf.copy_(o)
         return type(outs)(pool)
@@ -294,6 +294,27 @@ def test_graphed_blocks_return_outputs_that_outlive_the_next_replay(monkeypatch)
         x = _ids("llada")
         assert torch.equal(eager(x), graphed(x))
     cfg = LLaDASamplerConfig(gen_length=16, steps=4, block_length=8)
+    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    b = generate(graphed, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
+    assert torch.equal(a, b)
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_graphed_w4a16_model_gives_the_eager_logits_and_tokens(arch):
+    """The bench's w4a16-graphs backend: a w4a16 model with the int4 head and embedding under
+    compile_blocks(mode="reduce-overhead") (blocks in pooled outputs, as CUDA graphs return
+    them) computes the eager realized model's logits and greedy tokens exactly."""
+    from dllmq.kernels import compile_blocks
+
+    torch._dynamo.reset()
+    eager = realize(_model(arch, "w4a16g128-rtn"), "w4a16", head="int4")
+    graphed = compile_blocks(copy.deepcopy(eager), mode="reduce-overhead", backend=_pooled_backend)
+    x = _ids(arch)
+    with torch.no_grad():
+        assert torch.equal(eager(x), graphed(x))
+    cfg = (LLaDASamplerConfig(gen_length=16, steps=4, block_length=8) if arch == "llada"
+           else DreamSamplerConfig(max_new_tokens=16, steps=4))
     a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
     b = generate(graphed, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
     assert torch.equal(a, b)

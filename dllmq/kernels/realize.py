@@ -154,7 +154,10 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
     graph's outputs live in a pool its next replay overwrites, and the same graph serves every
     block and every denoising step, so without the clone block i's output (block i + 1's input,
     the residual stream) is overwritten while still in use. The clone costs one copy of the
-    hidden states per block (B x L x C).
+    hidden states per block (B x L x C). At batch 1 a step without graphs is launch-bound: one
+    w4a16 LLaDA-8B step launches ~700 kernels, and in one profiled 8-step call the H200 was busy
+    130 of its 308 ms; with "reduce-overhead" the step took 18.1 ms instead of 28.7 ms (Dream:
+    20.7 instead of 29.5), the same tokens (bench_kernels.py's w4a16-graphs backend).
     dynamic=False specializes on each (batch, length). backend: torch.compile's ("eager" traces
     without generating code: the CPU tests use it)."""
     for block in model.blocks:
