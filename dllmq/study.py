@@ -146,18 +146,21 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     from .store import Store
     from .sweep import run_sweep
 
-    store = Store(repo_path(params["store"]))
+    path = repo_path(params["store"])  # opened only once a grid passed validation
+    if not compute and not path.is_file():
+        raise ValueError(f"{params['store']} does not exist; run `make reproduce "
+                         f"PRESET={params['preset']}` first")
     cat_of, metric_of = category_of(params), params["metrics"]
     rows = []
     for role in roles:
         grid = study_grid(params, role, recipes, categories, axes)
         if not compute:
-            _require_stored(grid, store, params)
+            _require_stored(grid, Store(path), params)
         workers = int(params.get("workers", 1))
         if workers > 1:
-            _run_workers(grid, store, workers, params, progress)
-        report = run_sweep(grid, store, progress=progress)
-        rows += result_rows(store, report.done, role, cat_of, metric_of, axes)
+            _run_workers(grid, path, workers, params, progress)
+        report = run_sweep(grid, path, progress=progress)
+        rows += result_rows(Store(path), report.done, role, cat_of, metric_of, axes)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
@@ -190,7 +193,7 @@ def findings_frame(params: dict[str, Any], progress: bool = False, compute: bool
     return pd.concat(parts, ignore_index=True)
 
 
-def _run_workers(grid, store, workers: int, params: dict[str, Any], progress: bool) -> None:
+def _run_workers(grid, store_path, workers: int, params: dict[str, Any], progress: bool) -> None:
     """The grid's missing cells computed by `workers` local worker processes
     (`dllmq.executors.run_local`): on CPU each with params["threads"] torch threads (a tiny
     model's forward gains little from a second thread: two one-thread workers ran notebook 01 of
@@ -203,7 +206,7 @@ def _run_workers(grid, store, workers: int, params: dict[str, Any], progress: bo
     if params["device"] != "cpu":
         index = params["device"].partition(":")[2] or "0"
         devices = [index] * workers
-    failed = run_local(grid, store.path, workers, progress=progress, devices=devices,
+    failed = run_local(grid, store_path, workers, progress=progress, devices=devices,
                        threads=params.get("threads"))
     if failed:
         raise RuntimeError(f"{failed} of {workers} workers failed (their log is above); the "

@@ -257,3 +257,16 @@ def test_role_tasks_apply_family_settings_over_the_task_settings():
     assert "block_length" not in dream["dllmq_math"] and "block_length" in llada["dllmq_math"]  # LLaDA-only key
     assert dream["dllmq_math"] == {k: v for k, v in llada["dllmq_math"].items() if k != "block_length"}
     assert study.role_tasks(p, "llada_instruct", ["math"])[0]["settings"]["apply_chat_template"] is True
+
+
+def test_run_study_with_a_bad_task_fails_before_creating_the_store(tmp_path):
+    from dllmq import study
+    from dllmq.sweep import GridError
+
+    p = study.load_params("smoke")
+    store = tmp_path / "never.sqlite"
+    p = {**p, "store": str(store), "workers": 1,
+         "tasks": {**p["tasks"], "qa": [{"task": "no_such_task", "settings": {}}]}}
+    with pytest.raises(GridError, match="no_such_task"):
+        study.run_study(p, ["llada_base"], ["fp16"], categories=("qa",), progress=False)
+    assert not store.exists() and list(tmp_path.iterdir()) == []
