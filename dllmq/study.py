@@ -155,7 +155,10 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     for role in roles:
         grid = study_grid(params, role, recipes, categories, axes)
         if not compute:
-            _require_stored(grid, Store(path), params)
+            store = Store(path)
+            rows += result_rows(store, _stored_results(grid, store, params), role, cat_of,
+                                metric_of, axes)
+            continue
         workers = int(params.get("workers", 1))
         if workers > 1:
             _run_workers(grid, path, workers, params, progress)
@@ -167,15 +170,18 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     return average_seeds(df, ["model", "role", "recipe", "task", "category", "metric", *(axes or {})])
 
 
-def _require_stored(grid, store, params: dict[str, Any]) -> None:
+def _stored_results(grid, store, params: dict[str, Any]) -> list:
+    """The stored results of a grid's cells, in grid order; a missing cell is an error."""
     from .sweep import keyed_cells, task_manager, validate
 
     cells = keyed_cells(grid, validate(grid, task_manager(grid)), cache=store)
-    missing = [c for c in cells if not store.has(c)]
+    results = [store.get(c) for c in cells]
+    missing = [c for c, r in zip(cells, results, strict=True) if r is None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(cells)} cells of {params['models']} are not in "
                          f"{params['store']} (e.g. {missing[0].label()}); run `make reproduce "
                          f"PRESET={params['preset']}` first")
+    return results
 
 
 def findings_frame(params: dict[str, Any], progress: bool = False, compute: bool = True):
