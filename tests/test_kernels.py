@@ -248,10 +248,7 @@ def test_compiled_blocks_compute_the_same(recipe, backend):
     x = _ids("llada")
     with torch.no_grad():
         assert torch.equal(eager(x), compiled(x))
-    cfg = LLaDASamplerConfig(gen_length=16, steps=4, block_length=8)
-    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
-    b = generate(compiled, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
-    assert torch.equal(a, b)
+    assert torch.equal(*_greedy_tokens("llada", eager, compiled))
     torch._dynamo.reset()
 
 
@@ -293,10 +290,7 @@ def test_graphed_blocks_return_outputs_that_outlive_the_next_replay(monkeypatch)
         assert torch.equal(y1, want) and len(steps) == 2
         x = _ids("llada")
         assert torch.equal(eager(x), graphed(x))
-    cfg = LLaDASamplerConfig(gen_length=16, steps=4, block_length=8)
-    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
-    b = generate(graphed, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
-    assert torch.equal(a, b)
+    assert torch.equal(*_greedy_tokens("llada", eager, graphed))
     torch._dynamo.reset()
 
 
@@ -313,11 +307,7 @@ def test_graphed_w4a16_model_gives_the_eager_logits_and_tokens(arch):
     x = _ids(arch)
     with torch.no_grad():
         assert torch.equal(eager(x), graphed(x))
-    cfg = (LLaDASamplerConfig(gen_length=16, steps=4, block_length=8) if arch == "llada"
-           else DreamSamplerConfig(max_new_tokens=16, steps=4))
-    a = generate(eager, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
-    b = generate(graphed, x[:, :8], cfg, torch.Generator().manual_seed(0)).tokens
-    assert torch.equal(a, b)
+    assert torch.equal(*_greedy_tokens(arch, eager, graphed))
     torch._dynamo.reset()
 
 
