@@ -86,3 +86,13 @@ def write_tasks(root: Path, n_docs: int = 6) -> Path:
         "doc_to_text: \"\"\ndoc_to_target: \"{{text}}\"\n"
         "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n")
     return tdir
+
+
+def grid_env(root: Path, n_docs: int = 6) -> dict:
+    """What the sweep, plan and executor tests share: a tiny LLaDA model directory, the tiny
+    tasks (`write_tasks`) and a TaskManager indexing only them."""
+    from lm_eval.tasks import TaskManager
+
+    tasks = write_tasks(root, n_docs=n_docs)
+    return {"root": root, "model": make_model_dir(root / "tiny-llada"), "tasks": tasks,
+            "tm": TaskManager(include_path=str(tasks), include_defaults=False)}

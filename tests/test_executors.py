@@ -10,20 +10,15 @@ import pytest
 import yaml
 from dllmq import executors
 from dllmq.sweep import GridError, load_grid
-from lm_eval.tasks import TaskManager
 
-from evalkit import make_model_dir, write_tasks
+from evalkit import grid_env
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("executors")
-    model = make_model_dir(root / "tiny-llada")
-    tasks = write_tasks(root, n_docs=3)
-    return {"model": model, "tasks": tasks,
-            "tm": TaskManager(include_path=str(tasks), include_defaults=False)}
+    return grid_env(tmp_path_factory.mktemp("executors"), n_docs=3)
 
 
 def _grid_file(env, tmp_path, **over) -> Path:

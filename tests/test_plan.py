@@ -8,18 +8,13 @@ import yaml
 from dllmq.plan import Cost, Shape, fit_cost, plan_grid, plan_table, shape_of, stored_by_key
 from dllmq.store import Store
 from dllmq.sweep import load_grid, run_sweep
-from lm_eval.tasks import TaskManager
 
-from evalkit import make_model_dir, write_tasks
+from evalkit import grid_env
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("plan")
-    model = make_model_dir(root / "tiny-llada")
-    tasks = write_tasks(root, n_docs=6)
-    return {"model": model, "tasks": tasks,
-            "tm": TaskManager(include_path=str(tasks), include_defaults=False)}
+    return grid_env(tmp_path_factory.mktemp("plan"), n_docs=6)
 
 
 def _grid(env, tmp_path, **over):
