@@ -80,10 +80,12 @@ write_pivot(steps.assign(label=steps["recipe"], value=100 * steps["value"], se=1
 # are the main grid's own (looked up, not recomputed); only the other strategies get an axis.
 assert LLaDASamplerConfig.remasking == "low_confidence"
 assert "remasking" not in model_defaults(model).tasks.get(task_specs(P, [B["category"]])[0]["task"], {})
-rem = pd.concat([run_study(P, [B["role"]], B["recipes"], categories=[B["category"]]).assign(remasking=r)
-                 if r == "low_confidence" else
-                 run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"remasking": [r]})
-                 for r in B["remasking"]], ignore_index=True)
+others = [r for r in B["remasking"] if r != "low_confidence"]
+parts = {"low_confidence": run_study(P, [B["role"]], B["recipes"], categories=[B["category"]])}
+if others:
+    axis = run_study(P, [B["role"]], B["recipes"], categories=[B["category"]], axes={"remasking": others})
+    parts.update({r: axis[axis["remasking"] == r] for r in others})
+rem = pd.concat([parts[r].assign(remasking=r) for r in B["remasking"]], ignore_index=True)
 d = relative_drops(rem, within=("remasking",)).assign(panel=f"{model} · {B['category']}")
 fig = plot_drops(d, x="label", hue="remasking", col="panel", panel_width=3.4)
 for ax in fig.axes:
