@@ -284,7 +284,7 @@ def make_problem(rng: random.Random, fam: Family, params: tuple, idx: str) -> It
     return Item(row=row, key=(fam.name, params))
 
 
-def generate(seed: int, n_test: int = 300, n_fewshot: int = 12,
+def generate(seed: int, n_test: int = 600, n_fewshot: int = 12,
              max_train_per_family: int = 300) -> dict[str, list[Item]]:
     """Every variant of every family goes to at most one split. Test and few-shot are balanced
     across difficulties (levels interleaved, round robin over each level's families); train takes

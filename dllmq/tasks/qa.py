@@ -87,7 +87,7 @@ def _names(rng: random.Random, n: int, taken: set[str], syllables: int) -> list[
     return out
 
 
-def make_world(seed: int, n_people: int = 240, n_towns: int = 48, n_countries: int = 8) -> World:
+def make_world(seed: int, n_people: int = 560, n_towns: int = 96, n_countries: int = 8) -> World:
     """A deterministic world: same seed, same names and facts."""
     rng = random.Random(f"world-{seed}")
     taken: set[str] = set()
@@ -131,7 +131,7 @@ def _item(rng: random.Random, idx: str, q: tuple) -> Item:
     return Item(row=row, key=key)
 
 
-def generate(seed: int, n_test: int = 400, n_fewshot: int = 16) -> tuple[World, dict[str, list[Item]]]:
+def generate(seed: int, n_test: int = 1600, n_fewshot: int = 16) -> tuple[World, dict[str, list[Item]]]:
     """The world and its question splits. The test split is balanced between recall and 2-hop;
     every remaining question goes to train (few-shot takes a handful of recall questions)."""
     world = make_world(seed)
