@@ -331,6 +331,35 @@ def _run_plan(args) -> int:
     return 0
 
 
+# ---- bundle ---------------------------------------------------------------------------------
+def _add_bundle(sub) -> None:
+    p = sub.add_parser("bundle", help="export a store's cells to a small committed file, or "
+                                      "import one (dllmq/bundle.py)")
+    p.add_argument("action", choices=("export", "import"))
+    p.add_argument("store", help="results store (SQLite)")
+    p.add_argument("bundle", help="bundle file (.jsonl.xz)")
+    p.add_argument("--model", help="export: only this model's cells")
+
+
+def _run_bundle(args) -> int:
+    from .bundle import export_cells, import_cells
+    from .store import Store, StoreError
+
+    try:
+        if args.action == "export":
+            if not Path(args.store).is_file():
+                raise CLIError(f"store {args.store} does not exist; nothing to export")
+            where = {"model": args.model} if args.model else {}
+            n = export_cells(Store(args.store), args.bundle, **where)
+            print(f"{n} cells of {args.store} -> {args.bundle} ({Path(args.bundle).stat().st_size:,} bytes)")
+        else:
+            added, present = import_cells(Store(args.store), args.bundle)
+            print(f"{args.bundle} -> {args.store}: {added} cells added, {present} already there")
+    except StoreError as e:
+        raise CLIError(str(e)) from None
+    return 0
+
+
 # ---- quantize -------------------------------------------------------------------------------
 def _add_quantize(sub) -> None:
     p = sub.add_parser("quantize", help="quantize a model and save it (weight-only recipes: "
@@ -510,6 +539,7 @@ def parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_sweep(sub)
     _add_plan(sub)
+    _add_bundle(sub)
     _add_quantize(sub)
     _add_passthrough(sub)
     return p
@@ -545,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run_plan(args)
         if args.command == "quantize":
             return _run_quantize(args)
+        if args.command == "bundle":
+            return _run_bundle(args)
     except DataError as e:  # a missing local file: one line, nothing written
         raise CLIError(str(e)) from None
     if args.command == "train":

@@ -310,16 +310,18 @@ class Store:
         wall_s: float | None = None,
         worker: str | None = None,
         request_s: float | None = None,
+        created_at: str | None = None,
     ) -> bool:
         """Write one finished cell with its samples in one transaction (and drop its claim).
         `wall_s`: the evaluation's seconds; `request_s`: of those, the model's (the rest is
-        lm-eval's own work), which `dllmq.plan` estimates from.
+        lm-eval's own work), which `dllmq.plan` estimates from. `created_at`: when it was
+        computed (default now; `dllmq.bundle` keeps the original's).
 
         Returns True if written, False if the cell was already present (another process
         finished it first); the existing row is kept untouched."""
         metric_json = canonical_json({k: _metric_record(v) for k, v in metrics.items()})
         sample_rows = [json.dumps(s, sort_keys=True, default=str) for s in samples]
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        created = created_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._open() as con:
             con.execute("BEGIN IMMEDIATE")
             try:

@@ -78,6 +78,20 @@ def task_specs(params: dict[str, Any], categories) -> list[dict[str, Any]]:
     return out
 
 
+def with_limits(params: dict[str, Any], limits: dict[str, int | None]) -> dict[str, Any]:
+    """params with the item limit of the named tasks replaced ({task: limit}); the other tasks
+    and params untouched. An unknown task name is an error (a typo would silently do nothing)."""
+    known = {t["task"] for ts in params["tasks"].values() for t in ts}
+    unknown = sorted(set(limits) - known)
+    if unknown:
+        raise ValueError(f"limits name tasks the preset does not run: {', '.join(unknown)} "
+                         f"(its tasks: {', '.join(sorted(known))})")
+    tasks = {cat: [{**t, "settings": {**t.get("settings", {}), "limit": limits[t["task"]]}}
+                   if t["task"] in limits else t for t in ts]
+             for cat, ts in params["tasks"].items()}
+    return {**params, "tasks": tasks}
+
+
 def category_of(params: dict[str, Any]) -> dict[str, str]:
     return {t["task"]: cat for cat, ts in params["tasks"].items() for t in ts}
 
@@ -129,6 +143,33 @@ def study_grid(params: dict[str, Any], role: str, recipes, categories=("qa", "ma
     }, f"{params['preset']} preset, {role}")
 
 
+_IMPORTED: set[tuple[str, int, int]] = set()
+
+
+def import_store_bundle(params: dict[str, Any]) -> tuple[int, int] | None:
+    """Import params' `store_bundle` (`dllmq.bundle`: a committed file of a run's cells) into
+    params' store, once per process and bundle file: (added, already present), or None when
+    the preset names no bundle or the file is not there (a run that has not exported one)."""
+    from .bundle import import_cells
+    from .store import Store
+
+    if not params.get("store_bundle"):
+        return None
+    bundle = repo_path(params["store_bundle"])
+    if not bundle.is_file():
+        return None
+    st = bundle.stat()
+    memo = (str(bundle), st.st_size, st.st_mtime_ns)
+    if memo in _IMPORTED:
+        return None
+    got = import_cells(Store(repo_path(params["store"])), bundle)
+    _IMPORTED.add(memo)
+    if got[0]:
+        log.info("%s: %d cells imported into %s (%d already there)", params["store_bundle"],
+                 got[0], params["store"], got[1])
+    return got
+
+
 def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
               progress: bool = True, axes: dict[str, list] | None = None, compute: bool = True):
     """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
@@ -147,6 +188,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     from .sweep import run_sweep
 
     path = repo_path(params["store"])  # opened only once a grid passed validation
+    import_store_bundle(params)
     if not compute and not path.is_file():
         raise ValueError(f"{params['store']} does not exist; run `make reproduce "
                          f"PRESET={params['preset']}` first")

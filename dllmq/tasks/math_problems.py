@@ -121,7 +121,7 @@ def make_problem(rng: random.Random, steps: int, idx: str) -> Item:
 N_TEST_FIRST = 400
 
 
-def generate(seed: int, n_train: int = 20000, n_test: int = 1000,
+def generate(seed: int, n_train: int = 20000, n_test: int = 10000,
              n_fewshot: int = 16) -> dict[str, list[Item]]:
     """Splits with difficulties 1-4 in equal shares (test exactly balanced), keys never repeated.
     Test items N_TEST_FIRST.. are drawn after train (see N_TEST_FIRST): the test split's prefix
