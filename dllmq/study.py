@@ -171,7 +171,8 @@ def import_store_bundle(params: dict[str, Any]) -> tuple[int, int] | None:
 
 
 def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", "code"),
-              progress: bool = True, axes: dict[str, list] | None = None, compute: bool = True):
+              progress: bool = True, axes: dict[str, list] | None = None, compute: bool = True,
+              missing_ok: bool = False):
     """Evaluate every (role's model) x recipe x task of the categories into the preset's store,
     skipping stored cells; returns the tidy frame (model, role, recipe, task, category, metric,
     value, stderr) of exactly these cells, averaged over seeds. `axes` adds one cell per value
@@ -181,7 +182,8 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     instruct model's generation tasks), never guessed. Dream models get the task settings
     without LLaDA's sampler-only keys (block_length, remasking, cfg_scale). With
     params["workers"] > 1 the missing cells are computed by local worker processes first.
-    With `compute=False` nothing is computed: a cell missing from the store is an error."""
+    With `compute=False` nothing is computed: a cell missing from the store is an error, or
+    with `missing_ok` left out of the frame (logged: for judging a run that has not finished)."""
     import pandas as pd
 
     from .store import Store
@@ -198,7 +200,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
         grid = study_grid(params, role, recipes, categories, axes)
         if not compute:
             store = Store(path)
-            rows += result_rows(store, _stored_results(grid, store, params), role, cat_of,
+            rows += result_rows(store, _stored_results(grid, store, params, missing_ok), role, cat_of,
                                 metric_of, axes)
             continue
         workers = int(params.get("workers", 1))
@@ -212,13 +214,18 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     return average_seeds(df, ["model", "role", "recipe", "task", "category", "metric", *(axes or {})])
 
 
-def _stored_results(grid, store, params: dict[str, Any]) -> list:
-    """The stored results of a grid's cells, in grid order; a missing cell is an error."""
+def _stored_results(grid, store, params: dict[str, Any], missing_ok: bool = False) -> list:
+    """The stored results of a grid's cells, in grid order; a missing cell is an error (with
+    `missing_ok`: left out, and logged)."""
     from .sweep import keyed_cells, task_manager, validate
 
     cells = keyed_cells(grid, validate(grid, task_manager(grid)), cache=store)
     results = [store.get(c) for c in cells]
     missing = [c for c, r in zip(cells, results, strict=True) if r is None]
+    if missing and missing_ok:
+        log.warning("%d of %d cells not stored, left out: %s", len(missing), len(cells),
+                    "; ".join(c.label() for c in missing))
+        return [r for r in results if r is not None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(cells)} cells of {params['models']} are not in "
                          f"{params['store']} (e.g. {missing[0].label()}); run `make reproduce "
@@ -226,7 +233,8 @@ def _stored_results(grid, store, params: dict[str, Any]) -> list:
     return results
 
 
-def findings_frame(params: dict[str, Any], progress: bool = False, compute: bool = True):
+def findings_frame(params: dict[str, Any], progress: bool = False, compute: bool = True,
+                   missing_ok: bool = False):
     """The frame notebook 04 judges the findings from: both LLaDA roles x every recipe x every
     category; Dream with the weight-activation recipes on every category and the weight-only
     ones on QA (the paper's Table 5), as `run_study` returns them."""
@@ -234,10 +242,11 @@ def findings_frame(params: dict[str, Any], progress: bool = False, compute: bool
 
     wo, wa = params["recipes_weight_only"], params["recipes_weight_act"]
     parts = [run_study(params, ["llada_base", "llada_instruct"], ["fp16", *wo, *wa],
-                       progress=progress, compute=compute),
-             run_study(params, ["dream_base"], ["fp16", *wa], progress=progress, compute=compute),
+                       progress=progress, compute=compute, missing_ok=missing_ok),
+             run_study(params, ["dream_base"], ["fp16", *wa], progress=progress, compute=compute,
+                       missing_ok=missing_ok),
              run_study(params, ["dream_base"], wo, categories=("qa",), progress=progress,
-                       compute=compute)]
+                       compute=compute, missing_ok=missing_ok)]
     return pd.concat(parts, ignore_index=True)
 
 

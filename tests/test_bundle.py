@@ -105,3 +105,15 @@ def test_a_presets_store_bundle_is_imported_once_before_the_store_is_read(tmp_pa
     assert {c.cell_id for c in Store(params["store"]).cells()} == {c.cell_id for c in cells}
     assert import_store_bundle({**params, "store_bundle": str(tmp_path / "absent.xz")}) is None
     assert import_store_bundle({"store": params["store"]}) is None
+
+
+def test_a_study_judged_from_stored_cells_only_leaves_missing_ones_out(tmp_path):
+    from dllmq.study import load_params, run_study
+
+    P = {**load_params("smoke"), "store": str(tmp_path / "s.sqlite"), "workers": 1}
+    done = run_study(P, ["llada_base"], ["fp16"], categories=("qa",), progress=False)
+    with pytest.raises(ValueError, match="1 of 2 cells"):
+        run_study(P, ["llada_base"], ["fp16", "w4a16g128-rtn"], categories=("qa",), compute=False)
+    got = run_study(P, ["llada_base"], ["fp16", "w4a16g128-rtn"], categories=("qa",),
+                    compute=False, missing_ok=True)
+    assert got.equals(done)

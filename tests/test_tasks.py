@@ -108,7 +108,7 @@ def test_difficulty_distribution_as_declared(suite):
     assert qa_levels[:4] == [1, 2, 1, 2] and Counter(qa_levels) == {1: 800, 2: 800}
     assert all(len(r["choices"]) == 4 and len(set(r["choices"])) == 4 for r in suite.rows("qa", "test"))
     math_levels = [r["difficulty"] for r in suite.rows("math", "test")]
-    assert math_levels[:8] == [1, 2, 3, 4, 1, 2, 3, 4] and Counter(math_levels) == {d: 250 for d in (1, 2, 3, 4)}
+    assert math_levels[:8] == [1, 2, 3, 4, 1, 2, 3, 4] and Counter(math_levels) == {d: 2500 for d in (1, 2, 3, 4)}
     code_levels = [r["difficulty"] for r in suite.rows("code", "test")]
     assert code_levels[:6] == [1, 2, 3, 1, 2, 3] and Counter(code_levels) == {d: 200 for d in (1, 2, 3)}
     for r in suite.rows("code", "test"):   # the declared level matches the body's shape
