@@ -143,13 +143,14 @@ def study_grid(params: dict[str, Any], role: str, recipes, categories=("qa", "ma
     }, f"{params['preset']} preset, {role}")
 
 
-_IMPORTED: set[tuple[str, int, int]] = set()
+_IMPORTED: set[tuple[str, str, int, int]] = set()
 
 
 def import_store_bundle(params: dict[str, Any]) -> tuple[int, int] | None:
     """Import params' `store_bundle` (`dllmq.bundle`: a committed file of a run's cells) into
     params' store, once per process and bundle file: (added, already present), or None when
-    the preset names no bundle or the file is not there (a run that has not exported one)."""
+    the preset names no bundle, the file is not there (a run that has not exported one), or
+    this process imported that file into that store already."""
     from .bundle import import_cells
     from .store import Store
 
@@ -158,11 +159,11 @@ def import_store_bundle(params: dict[str, Any]) -> tuple[int, int] | None:
     bundle = repo_path(params["store_bundle"])
     if not bundle.is_file():
         return None
-    st = bundle.stat()
-    memo = (str(bundle), st.st_size, st.st_mtime_ns)
+    st, store = bundle.stat(), repo_path(params["store"])
+    memo = (str(store), str(bundle), st.st_size, st.st_mtime_ns)
     if memo in _IMPORTED:
         return None
-    got = import_cells(Store(repo_path(params["store"])), bundle)
+    got = import_cells(Store(store), bundle)
     _IMPORTED.add(memo)
     if got[0]:
         log.info("%s: %d cells imported into %s (%d already there)", params["store_bundle"],

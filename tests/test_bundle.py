@@ -101,7 +101,9 @@ def test_a_presets_store_bundle_is_imported_once_before_the_store_is_read(tmp_pa
     export_cells(src, tmp_path / "b.jsonl.xz")
     params = {"store": str(tmp_path / "new" / "s.sqlite"), "store_bundle": str(tmp_path / "b.jsonl.xz")}
     assert import_store_bundle(params) == (3, 0)
-    assert import_store_bundle(params) is None  # once per process and file
+    assert import_store_bundle(params) is None  # once per process, file and store
+    other = {**params, "store": str(tmp_path / "other.sqlite")}
+    assert import_store_bundle(other) == (3, 0)
     assert {c.cell_id for c in Store(params["store"]).cells()} == {c.cell_id for c in cells}
     assert import_store_bundle({**params, "store_bundle": str(tmp_path / "absent.xz")}) is None
     assert import_store_bundle({"store": params["store"]}) is None
