@@ -204,6 +204,7 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
             rows += result_rows(store, _stored_results(grid, store, params, missing_ok), role, cat_of,
                                 metric_of, axes)
             continue
+        _require_device(grid, path, params)
         workers = int(params.get("workers", 1))
         if workers > 1:
             _run_workers(grid, path, workers, params, progress)
@@ -213,6 +214,27 @@ def run_study(params: dict[str, Any], roles, recipes, categories=("qa", "math", 
     if df.empty:
         return df
     return average_seeds(df, ["model", "role", "recipe", "task", "category", "metric", *(axes or {})])
+
+
+def _require_device(grid, path: Path, params: dict[str, Any]) -> None:
+    """Before any worker starts: a CUDA preset on a machine without CUDA is one error line when
+    cells are missing from the store (none missing: the stored cells are only read)."""
+    import torch
+
+    from .store import Store
+    from .sweep import keyed_cells, task_manager, validate
+
+    if not str(params.get("device") or "").startswith("cuda") or torch.cuda.is_available():
+        return
+    store = Store(path) if path.is_file() else None
+    cells = keyed_cells(grid, validate(grid, task_manager(grid)), cache=store)
+    missing = [c for c in cells if store is None or not store.has(c)]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(cells)} cells (e.g. {missing[0].label()}) are not in "
+                         f"{params['store']} and preset {params['preset']!r} runs them on "
+                         f"{params['device']}, which this machine does not have: run it on a GPU; "
+                         f"judge the stored cells with `python tools/decided_share.py --preset "
+                         f"{params['preset']} --present`")
 
 
 def _stored_results(grid, store, params: dict[str, Any], missing_ok: bool = False) -> list:

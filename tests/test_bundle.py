@@ -119,3 +119,14 @@ def test_a_study_judged_from_stored_cells_only_leaves_missing_ones_out(tmp_path)
     got = run_study(P, ["llada_base"], ["fp16", "w4a16g128-rtn"], categories=("qa",),
                     compute=False, missing_ok=True)
     assert got.equals(done)
+
+
+def test_a_cuda_preset_without_cuda_is_one_line_before_any_worker_and_writes_nothing(tmp_path, monkeypatch):
+    import torch
+    from dllmq.study import load_params, run_study
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    P = {**load_params("smoke"), "store": str(tmp_path / "s.sqlite"), "workers": 4, "device": "cuda"}
+    with pytest.raises(ValueError, match=r"1 of 1 cells .* runs them on cuda, which this machine does not have"):
+        run_study(P, ["llada_base"], ["fp16"], categories=("qa",), progress=False)
+    assert not (tmp_path / "s.sqlite").exists()
