@@ -222,13 +222,11 @@ def _require_device(grid, path: Path, params: dict[str, Any]) -> None:
     import torch
 
     from .store import Store
-    from .sweep import keyed_cells, task_manager, validate
 
     if not str(params.get("device") or "").startswith("cuda") or torch.cuda.is_available():
         return
-    store = Store(path) if path.is_file() else None
-    cells = keyed_cells(grid, validate(grid, task_manager(grid)), cache=store)
-    missing = [c for c in cells if store is None or not store.has(c)]
+    cells, results = _keyed_results(grid, Store(path) if path.is_file() else None)
+    missing = [c for c, r in zip(cells, results, strict=True) if r is None]
     if missing:
         raise ValueError(f"{len(missing)} of {len(cells)} cells (e.g. {missing[0].label()}) are not in "
                          f"{params['store']} and preset {params['preset']!r} runs them on "
@@ -237,13 +235,19 @@ def _require_device(grid, path: Path, params: dict[str, Any]) -> None:
                          f"{params['preset']} --present`")
 
 
-def _stored_results(grid, store, params: dict[str, Any], missing_ok: bool = False) -> list:
-    """The stored results of a grid's cells, in grid order; a missing cell is an error (with
-    `missing_ok`: left out, and logged)."""
+def _keyed_results(grid, store) -> tuple[list, list]:
+    """(the grid's keyed cells, the store's result of each or None), in grid order; no store:
+    every result None."""
     from .sweep import keyed_cells, task_manager, validate
 
     cells = keyed_cells(grid, validate(grid, task_manager(grid)), cache=store)
-    results = [store.get(c) for c in cells]
+    return cells, [None if store is None else store.get(c) for c in cells]
+
+
+def _stored_results(grid, store, params: dict[str, Any], missing_ok: bool = False) -> list:
+    """The stored results of a grid's cells, in grid order; a missing cell is an error (with
+    `missing_ok`: left out, and logged)."""
+    cells, results = _keyed_results(grid, store)
     missing = [c for c, r in zip(cells, results, strict=True) if r is None]
     if missing and missing_ok:
         log.warning("%d of %d cells not stored, left out: %s", len(missing), len(cells),
