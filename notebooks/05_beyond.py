@@ -50,10 +50,10 @@ from dllmq.study import (
     write_pivot,
 )
 
-# params' `beyond.limits` ({task: items}) caps this notebook's items (none of its cells enters
+# params' `beyond_limits` ({task: items}) caps this notebook's items (none of its cells enters
 # the findings of notebook 04): the `full` preset keeps 05's math at the first 1000 items.
 P = load_params(preset)
-P = with_limits(P, P["beyond"].get("limits", {}))
+P = with_limits(P, P.get("beyond_limits", {}))
 B = P["beyond"]
 setup_notebook()
 fig_dir, tab_dir = output_dirs(P)
@@ -81,7 +81,7 @@ write_pivot(steps.assign(label=steps["recipe"], value=100 * steps["value"], se=1
 
 # %%
 # Low-confidence remasking is the LLaDA sampler's default, which the main grid runs: those cells
-# are the main grid's own (looked up, not recomputed, unless `beyond.limits` gives this notebook
+# are the main grid's own (looked up, not recomputed, unless `beyond_limits` gives this notebook
 # other item counts); only the other strategies get an axis.
 assert LLaDASamplerConfig.remasking == "low_confidence"
 assert "remasking" not in model_defaults(model).tasks.get(task_specs(P, [B["category"]])[0]["task"], {})
