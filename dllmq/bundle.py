@@ -110,9 +110,13 @@ def read_cells(path: str | Path) -> list[tuple[Cell, dict[str, Any]]]:
     return out
 
 
-def import_cells(store: Store, path: str | Path) -> tuple[int, int]:
-    """Add the bundle's cells that the store lacks; returns (added, already present)."""
+def import_cells(store: Store | str | Path, path: str | Path) -> tuple[int, int]:
+    """Add the bundle's cells that the store lacks; returns (added, already present). A store
+    given by its path is opened only once the bundle passed its checks, so a bad bundle creates
+    no store file."""
     cells = read_cells(path)  # everything checked before the first write
+    if not isinstance(store, Store):
+        store = Store(store)
     have = store.stored_ids()
     added = 0
     for cell, rec in cells:

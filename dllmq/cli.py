@@ -353,7 +353,7 @@ def _run_bundle(args) -> int:
             n = export_cells(Store(args.store), args.bundle, **where)
             print(f"{n} cells of {args.store} -> {args.bundle} ({Path(args.bundle).stat().st_size:,} bytes)")
         else:
-            added, present = import_cells(Store(args.store), args.bundle)
+            added, present = import_cells(args.store, args.bundle)
             print(f"{args.bundle} -> {args.store}: {added} cells added, {present} already there")
     except StoreError as e:
         raise CLIError(str(e)) from None

@@ -152,7 +152,6 @@ def import_store_bundle(params: dict[str, Any]) -> tuple[int, int] | None:
     the preset names no bundle, the file is not there (a run that has not exported one), or
     this process imported that file into that store already."""
     from .bundle import import_cells
-    from .store import Store
 
     if not params.get("store_bundle"):
         return None
@@ -163,7 +162,7 @@ def import_store_bundle(params: dict[str, Any]) -> tuple[int, int] | None:
     memo = (str(store), str(bundle), st.st_size, st.st_mtime_ns)
     if memo in _IMPORTED:
         return None
-    got = import_cells(Store(store), bundle)
+    got = import_cells(store, bundle)
     _IMPORTED.add(memo)
     if got[0]:
         log.info("%s: %d cells imported into %s (%d already there)", params["store_bundle"],

@@ -83,6 +83,9 @@ def test_a_bad_bundle_is_one_line_and_leaves_the_store_untouched(tmp_path, edit,
     with pytest.raises(StoreError, match=says):
         import_cells(dst, tmp_path / "b.xz")
     assert [c.cell_id for c in dst.cells()] == [cells[0].cell_id]  # nothing added
+    with pytest.raises(StoreError, match=says):
+        import_cells(tmp_path / "new.sqlite", tmp_path / "b.xz")
+    assert not (tmp_path / "new.sqlite").exists()  # a store given by path is not even created
 
 
 def test_not_xz_and_missing_files_are_refused(tmp_path):
