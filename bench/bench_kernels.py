@@ -30,7 +30,12 @@ the fused Triton dequantize-GEMM, its tiles tuned at the run's shapes first
 "reduce-overhead": CUDA graphs, each block's output cloned out of the graph pool), w4a16-graphs
 (w4a16 with mode "reduce-overhead"; not yet in the committed table: one exploratory H200 run
 measured its batch-1 step at 18.1 ms (LLaDA) / 20.7 ms (Dream) against 28.7 / 29.5 ms for
-w4a16 without graphs in the same command, which is launch-bound at batch 1).
+w4a16 without graphs in the same command, which is launch-bound at batch 1),
+bf16-autotune (bf16-compiled with mode "max-autotune-no-cudagraphs": inductor times its Triton
+GEMM templates against cuBLAS per shape and keeps the faster, with fused epilogues),
+bf16-autotune-graphs (mode "max-autotune": the same with CUDA graphs), w4a16-autotune-graphs
+(w4a16 with w4a16_mode "inductor", mode "max-autotune": the unpacking offered to inductor as
+a GEMM prologue).
 Timing: every number is the median over --reps calls after one warm-up call (which compiles).
 Measures: forward_tok_s (batch 8 x 512, full logits), step_ms (prompt 256 + gen 256, block 32,
 one step per block: a call runs the 8 steps, step_ms = its median / 8; LLaDA's sampler for
@@ -80,7 +85,8 @@ from bench.bench_models import (  # noqa: E402
 
 log = logging.getLogger("bench_kernels")
 BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "bf16-graphs", "w8a8-fp8", "w8a8-fp8-quarot",
-            "w8a8-int8", "w4a16", "w4a16-graphs", "w4a16-fused")
+            "w8a8-int8", "w4a16", "w4a16-graphs", "w4a16-fused", "bf16-autotune",
+            "bf16-autotune-graphs", "w4a16-autotune-graphs")
 MEASURES = ("forward_tok_s", "step_ms", "likelihood_s")
 OFFICIAL = ("modeling_llada.py", "configuration_llada.py", "modeling_dream.py",
             "configuration_dream.py", "dream_generation_utils.py", "llada_generate.py",
@@ -156,10 +162,16 @@ def build(backend: str, cfg, device, dtype, mods: dict):
     elif backend == "w8a8-int8":
         realize(model, "int8")
     elif backend.startswith("w4a16"):
-        mode = "triton" if backend == "w4a16-fused" and device.type == "cuda" else "dequant"
+        mode = ("triton" if backend == "w4a16-fused" and device.type == "cuda" else
+                "inductor" if "autotune" in backend else "dequant")
         realize(model, "w4a16", w4a16_mode=mode, head="int4")
-    if backend.endswith("-graphs"):
-        compile_blocks(model, mode="reduce-overhead" if device.type == "cuda" else None)
+    if device.type != "cuda" and backend != "bf16":
+        compile_blocks(model)  # --tiny: the CPU check of the script, default mode
+    elif "autotune" in backend:
+        compile_blocks(model, mode="max-autotune" if backend.endswith("-graphs")
+                       else "max-autotune-no-cudagraphs")
+    elif backend.endswith("-graphs"):
+        compile_blocks(model, mode="reduce-overhead")
     elif backend != "bf16":
         compile_blocks(model)
     return model
@@ -397,7 +409,9 @@ def vs_compiled(got: dict, arch: str, fb: int) -> list[str]:
     w4a16-graphs over bf16-graphs, both under CUDA graphs)."""
     out = []
     for backend, ref in (("w4a16", "bf16-compiled"), ("w4a16-graphs", "bf16-compiled"),
-                         ("w4a16-graphs", "bf16-graphs"), ("w4a16-fused", "bf16-compiled")):
+                         ("w4a16-graphs", "bf16-graphs"), ("w4a16-fused", "bf16-compiled"),
+                         ("w4a16-autotune-graphs", "bf16-compiled"),
+                         ("w4a16-autotune-graphs", "bf16-autotune-graphs")):
         parts = []
         for b in (1, fb):
             r, base = got.get((backend, "step_ms", b)), got.get((ref, "step_ms", b))

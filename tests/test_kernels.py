@@ -138,6 +138,20 @@ def test_w4a16_linear_bit_identical_on_cpu():
     assert torch.equal(lin(x), q(x))
 
 
+def test_w4a16_inductor_mode_computes_the_fake_quant_output():
+    """mode "inductor" (the unpacking marked as one quantization op for torch.compile to fuse
+    into its GEMM): eager, and traced by torch.compile (the "eager" backend runs the traced
+    graph: the marker and its subgraph survive tracing), the fake-quant linear's output."""
+    q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None)
+    x = torch.randn(5, 3, 256, generator=torch.Generator().manual_seed(5))
+    lin = W4A16Linear(q, mode="inductor")
+    assert torch.equal(lin(x), q(x))
+    torch._dynamo.reset()
+    traced = torch.compile(lin, backend="eager", fullgraph=True)
+    assert torch.equal(traced(x), q(x))
+    torch._dynamo.reset()
+
+
 def test_backends_refuse_what_they_cannot_run():
     w4 = _qlinear(QuantSpec(4, granularity="group", group_size=128), None)
     with pytest.raises(ValueError, match="int8 needs 8-bit"):

@@ -16,6 +16,10 @@ outputs are bit-identical. Two modes:
   `dequantized_weight_t`: the benchmark checks it with torch.equal on the 8B shapes), on CPU the
   torch expression. The 16-bit weight lives only for that layer's GEMM: one layer's worth of
   transient memory, never a resident copy.
+- "inductor": the same torch expression as the CPU path, marked for torch.compile as one
+  quantization op (`torch._higher_order_ops.InvokeQuant`, fp32 arithmetic kept), so that
+  inductor under mode "max-autotune" may fuse it into the prologue of its Triton GEMM template
+  (it benchmarks the fused and unfused choices and keeps the faster); eager, it is the CPU path.
 - "triton": the fused dequantize-GEMM (triton_kernels.w4a16_matmul), which dequantizes each
   (BLOCK_K x BLOCK_N) tile in registers and accumulates in fp32 with `tl.dot`, a different
   accumulation order than cuBLAS; slower than "dequant" on an H200 (tables/bench_kernels.md).
@@ -40,7 +44,7 @@ from dllmq.quant.export import pack_int32, unpack_int32
 from dllmq.quant.primitives import QuantSpec, dequantize, quantize_weight
 from dllmq.quant.qlinear import QLinear
 
-MODES = ("dequant", "triton")
+MODES = ("dequant", "triton", "inductor")
 # the w4a16g128 recipes' weight spec (RTNConfig's default): what an int4 head and embedding get
 # when the model carries no quantized head of its own
 VOCAB_SPEC = QuantSpec(4, sym=False, granularity="group", group_size=128)
@@ -53,6 +57,40 @@ def unpack4_t(packed_t: torch.Tensor) -> torch.Tensor:
     shifts = torch.arange(0, 32, 4, device=packed_t.device, dtype=torch.int32)
     q = (packed_t.unsqueeze(1) >> shifts.view(1, 8, 1)) & 0xF  # (K/8, 8, N)
     return q.reshape(-1, packed_t.shape[1])  # (K, N)
+
+
+def _dequant_t(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch.Tensor,
+               dtype: torch.dtype) -> torch.Tensor:
+    """W_hat^T (K, N) in dtype from packed_t (K/8, N), scale_t (G, N), zero_t (G, N): fp32
+    (q - z) * s, then one rounding to dtype (`W4A16Linear.dequantized_weight_t`)."""
+    G, N = scale_t.shape
+    q = unpack4_t(packed_t).view(G, -1, N).float()  # (G, g, N)
+    z = zero_t.view(G, 1, N).float()
+    return ((q - z) * scale_t.view(G, 1, N)).reshape(-1, N).to(dtype)  # (K, N)
+
+
+def _dequant_t_indexed(packed_t, scale_t, zero_t, dtype):
+    """`_dequant_t`'s values computed elementwise over (K, N) by index arithmetic (word k // 8,
+    shift 4 (k mod 8), group k // g), with no reshape: the output of a marked quantization op
+    must be a buffer of its own, not a view, and inductor turns these gathers by arange
+    expressions into plain indexing."""
+    G, N = scale_t.shape
+    K = packed_t.shape[0] * 8
+    k = torch.arange(K, device=packed_t.device)
+    q = (packed_t[k // 8] >> ((k % 8) * 4).to(torch.int32)[:, None]) & 0xF  # (K, N)
+    g = k // (K // G)
+    return ((q.float() - zero_t[g].float()) * scale_t[g]).to(dtype)
+
+
+def _invoke_quant():
+    """torch's marker for a quantization prologue (fp32 codegen kept); a clear error where this
+    torch has none."""
+    try:
+        from torch._higher_order_ops._invoke_quant import InvokeQuant
+    except ImportError as e:
+        raise RuntimeError(f"w4a16 mode 'inductor' needs torch's InvokeQuant (torch >= 2.7; this "
+                           f"is {torch.__version__}); use mode 'dequant'") from e
+    return InvokeQuant(codegen_low_precision=False)
 
 
 def check_w4a16(q: QLinear, name: str) -> None:
@@ -100,18 +138,18 @@ class W4A16Linear(nn.Module):
     def dequantized_weight_t(self, dtype: torch.dtype) -> torch.Tensor:
         """W_hat^T (K, N) in dtype, the values of `dequantized_weight` (the same fp32 (q - z) * s,
         then the cast) in the kernel layout: what the "dequant" mode multiplies by."""
-        G, N = self.weight_scale_t.shape
-        q = unpack4_t(self.weight_packed_t).view(G, -1, N).float()  # (G, g, N)
-        z = self.weight_zero_t.view(G, 1, N).float()
-        return ((q - z) * self.weight_scale_t.view(G, 1, N)).reshape(-1, N).to(dtype)  # (K, N)
+        return _dequant_t(self.weight_packed_t, self.weight_scale_t, self.weight_zero_t, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_transform is not None:
             x = self.input_transform(x)
         if self.mode == "triton" and not x.is_cuda:
             raise RuntimeError("w4a16 mode 'triton' needs a CUDA tensor; use mode 'dequant' on CPU")
-        if self.mode == "dequant" and not x.is_cuda:
-            return F.linear(x, self.dequantized_weight_t(x.dtype).t(), self.bias)
+        if self.mode == "inductor" or (self.mode == "dequant" and not x.is_cuda):
+            w_t = _invoke_quant()(_dequant_t_indexed, self.weight_packed_t, self.weight_scale_t,
+                                  self.weight_zero_t, x.dtype) if self.mode == "inductor" \
+                else self.dequantized_weight_t(x.dtype)
+            return F.linear(x, w_t.t(), self.bias)
         from . import triton_kernels  # needs triton, which CUDA builds of torch ship with
 
         if self.mode == "dequant":  # the same values, unpacked by one memory-bound Triton kernel

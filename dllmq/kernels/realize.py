@@ -111,8 +111,10 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
     """Swap every block linear of `model` for `backend`'s real module, in place; returns model.
 
     w4a16_mode: "dequant" (unpack each layer's codes to a 16-bit weight when it runs, then
-    cuBLAS / CPU BLAS; on a GPU the unpacking is one Triton kernel) or "triton" (the fused
-    dequantize-GEMM kernel, CUDA only, slower); tables/bench_kernels.md times both kernels.
+    cuBLAS / CPU BLAS; on a GPU the unpacking is one Triton kernel), "triton" (the fused
+    dequantize-GEMM kernel, CUDA only, slower; tables/bench_kernels.md times both kernels) or
+    "inductor" (the unpacking left to torch.compile to fuse into its GEMM: compile with
+    mode "max-autotune"; int4.py).
     head: "float" (the LM head and embedding stay as they are) or "int4" (w4a16 only: both in
     packed int4, module docstring)."""
     if backend not in BACKENDS:
@@ -141,6 +143,9 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
     return model
 
 
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes with CUDA graphs
+
+
 def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool | None = False,
                    backend: str = "inductor") -> nn.Module:
     """torch.compile every block in place (regional compilation), and a realized int4 LM head
@@ -149,7 +154,7 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
     mode: torch.compile's mode (None: default; "max-autotune-no-cudagraphs" tunes GEMM tiles;
     "reduce-overhead" adds CUDA graphs, which replay each block's kernels with one launch; the
     samplers keep (batch, length) fixed within a generation, so the shapes are static).
-    Under "reduce-overhead" each block call starts a new CUDA-graph step
+    Under "reduce-overhead" (and "max-autotune", tuned tiles and CUDA graphs) each block call starts a new CUDA-graph step
     (`torch.compiler.cudagraph_mark_step_begin`) and returns a clone of the graph's output: a
     graph's outputs live in a pool its next replay overwrites, and the same graph serves every
     block and every denoising step, so without the clone block i's output (block i + 1's input,
@@ -161,7 +166,7 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
     dynamic=False specializes on each (batch, length). backend: torch.compile's ("eager" traces
     without generating code: the CPU tests use it)."""
     for block in model.blocks:
-        if mode == "reduce-overhead":
+        if mode in GRAPH_MODES:
             block._compiled_call_impl = _graphed(
                 torch.compile(block._call_impl, mode=mode, dynamic=dynamic, backend=backend))
         else:
@@ -170,7 +175,8 @@ def compile_blocks(model: nn.Module, *, mode: str | None = None, dynamic: bool |
     if isinstance(head, W4A16Linear):
         # its number of rows changes with the sampler's window and the likelihood's positions:
         # automatic dynamic shapes (one recompile, then a graph for any M), no CUDA graphs
-        head.compile(mode=None if mode == "reduce-overhead" else mode, dynamic=None,
+        head.compile(mode={"reduce-overhead": None, "max-autotune": "max-autotune-no-cudagraphs"}
+                     .get(mode, mode), dynamic=None,
                      backend=backend)
     return model
 
