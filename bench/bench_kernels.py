@@ -35,7 +35,8 @@ bf16-autotune (bf16-compiled with mode "max-autotune-no-cudagraphs": inductor ti
 GEMM templates against cuBLAS per shape and keeps the faster, with fused epilogues),
 bf16-autotune-graphs (mode "max-autotune": the same with CUDA graphs), w4a16-autotune-graphs
 (w4a16 with w4a16_mode "inductor", mode "max-autotune": the unpacking offered to inductor as
-a GEMM prologue).
+a GEMM prologue), bf16-compiled-fusedproj and bf16-autotune-fusedproj (bf16-compiled and
+bf16-autotune after dllmq.kernels.fuse_projections: q/k/v and gate/up as one GEMM each).
 Timing: every number is the median over --reps calls after one warm-up call (which compiles).
 Measures: forward_tok_s (batch 8 x 512, full logits), step_ms (prompt 256 + gen 256, block 32,
 one step per block: a call runs the 8 steps, step_ms = its median / 8; LLaDA's sampler for
@@ -70,7 +71,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dllmq.kernels import compile_blocks, realize, weight_bytes  # noqa: E402
+from dllmq.kernels import compile_blocks, fuse_projections, realize, weight_bytes  # noqa: E402
 from dllmq.likelihood import loglikelihood  # noqa: E402
 from dllmq.models import tiny_config  # noqa: E402
 from dllmq.quant import QuaRotConfig, quantize_  # noqa: E402
@@ -86,7 +87,8 @@ from bench.bench_models import (  # noqa: E402
 log = logging.getLogger("bench_kernels")
 BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "bf16-graphs", "w8a8-fp8", "w8a8-fp8-quarot",
             "w8a8-int8", "w4a16", "w4a16-graphs", "w4a16-fused", "bf16-autotune",
-            "bf16-autotune-graphs", "w4a16-autotune-graphs")
+            "bf16-autotune-graphs", "w4a16-autotune-graphs", "bf16-compiled-fusedproj",
+            "bf16-autotune-fusedproj")
 MEASURES = ("forward_tok_s", "step_ms", "likelihood_s")
 OFFICIAL = ("modeling_llada.py", "configuration_llada.py", "modeling_dream.py",
             "configuration_dream.py", "dream_generation_utils.py", "llada_generate.py",
@@ -165,6 +167,8 @@ def build(backend: str, cfg, device, dtype, mods: dict):
         mode = ("triton" if backend == "w4a16-fused" and device.type == "cuda" else
                 "inductor" if "autotune" in backend else "dequant")
         realize(model, "w4a16", w4a16_mode=mode, head="int4")
+    if backend.endswith("-fusedproj"):
+        fuse_projections(model)
     if device.type != "cuda" and backend != "bf16":
         compile_blocks(model)  # --tiny: the CPU check of the script, default mode
     elif "autotune" in backend:
@@ -265,7 +269,8 @@ def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, re
                 emit(arch, backend, measure, batch, None, f"{type(e).__name__}: {e}"[:160])
     if device.type == "cuda":
         emit(arch, backend, "peak_gib", fb, torch.cuda.max_memory_allocated() / 2**30)
-        if note is not None and backend in ("official-bf16", "bf16-compiled") and \
+        if note is not None and backend in ("official-bf16", "bf16-compiled", "bf16-autotune",
+                                         "bf16-compiled-fusedproj", "bf16-autotune-fusedproj") and \
                 "forward_tok_s" in measures_on:
             gemm, total = gemm_share(forward_fn(model, backend, x))
             note(f"{arch} {backend} forward ({fb} x {fl}, one profiled call): GEMMs {gemm:.1f} ms "

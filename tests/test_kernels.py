@@ -266,6 +266,43 @@ def test_compiled_blocks_compute_the_same(recipe, backend):
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fused_projections_give_the_same_logits_and_tokens(arch):
+    """fuse_projections puts q/k/v and gate/up into one linear each: the same dot products, so
+    the logits agree to fp32 rounding (the wider GEMM may be blocked differently by the BLAS:
+    1e-5 of the logits' scale is ~100 ulps), the tokens are equal, and no weight is lost."""
+    from dllmq.kernels import fuse_projections
+
+    model = _model(arch)
+    fused = fuse_projections(copy.deepcopy(model))
+    n_params = sum(p.numel() for p in model.parameters())
+    assert sum(p.numel() for p in fused.parameters()) == n_params
+    for block in fused.blocks:
+        names = {n.rpartition(".")[2] for n, _ in block.named_modules()}
+        assert {"qkv_proj", "gate_up_proj"} <= names
+        assert not names & {"q_proj", "k_proj", "v_proj", "up_proj", "ff_proj", "gate_proj"}
+    x = _ids(arch)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+    assert torch.equal(*_greedy_tokens(arch, model, fused))
+
+
+def test_fuse_projections_leaves_quantized_groups_alone():
+    """A group holding a QLinear (fake quant) or a realized module keeps its own linears."""
+    from dllmq.kernels import fuse_projections
+
+    model = _model("llada", "w4a16g128-rtn")
+    x = _ids("llada")
+    with torch.no_grad():
+        ref = model(x)
+        fuse_projections(model)
+        assert not hasattr(model.blocks[0], "qkv_proj")
+        assert torch.equal(model(x), ref)
+    realize(model, "w4a16")
+    assert not hasattr(fuse_projections(model).blocks[0], "gate_up_proj")
+
+
 def _pooled_backend(gm, example_inputs, **_options):
     """A torch.compile backend that returns its outputs in buffers reused by every call, as
     CUDA graphs do (a graph's outputs live in its memory pool; the next replay overwrites them;

@@ -143,6 +143,48 @@ def realize(model: nn.Module, backend: str, *, w4a16_mode: str = "dequant",
     return model
 
 
+def _concat_linears(mods: list[nn.Module]) -> nn.Linear:
+    """One nn.Linear whose output is the given linears' outputs side by side."""
+    w = torch.cat([m.weight.detach() for m in mods])
+    bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=bias is not None, device="meta")
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    if bias is not None:
+        fused.bias = nn.Parameter(bias, requires_grad=False)
+    return fused
+
+
+def fuse_projections(model: nn.Module) -> nn.Module:
+    """Concatenate each block's q/k/v projections into one `qkv_proj` and its gate/up
+    projections into one `gate_up_proj` (the forward splits their outputs); returns model.
+
+    The same products, so the same logits up to the GEMM's float rounding, in two GEMMs per
+    block where there were five: Dream-7B's k and v projections (3584 -> 512 each) are GEMMs too
+    narrow to fill the GPU, and the fused ones read the normed input once. Only plain float
+    nn.Linears are fused (a group holding a real or fake-quant module is left as it is), and the
+    fused model is for execution: its state_dict has the fused names, not the checkpoint's. Call
+    it after `realize` (if any) and before `compile_blocks`."""
+    spec = model.spec
+    n = 0
+    for block in model.blocks:
+        for kinds, name in ((("q", "k", "v"), "qkv_proj"), (("gate", "up"), "gate_up_proj")):
+            paths = [spec.linear_name(k) for k in kinds]
+            mods = [get_module(block, p) for p in paths]
+            parent = paths[0].rpartition(".")[0]
+            if any(type(m) is not nn.Linear for m in mods) \
+                    or len({(m.weight.dtype, m.weight.device, m.bias is None) for m in mods}) > 1 \
+                    or {p.rpartition(".")[0] for p in paths} != {parent}:
+                continue
+            fused = _concat_linears(mods)
+            owner = get_module(block, parent) if parent else block
+            for p in paths:
+                delattr(owner, p.rpartition(".")[2])
+            owner.add_module(name, fused)
+            n += 1
+    log.info("fuse_projections: %d groups fused", n)
+    return model
+
+
 GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile's modes with CUDA graphs
 
 

@@ -38,15 +38,30 @@ def _attend(
     """Self-attention on the normed input x (B, L, C); `blk` holds q/k/v/o + hooks."""
     B, L, _ = x.shape
     H, Hkv, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    q = blk.q_proj(x).view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
-    k = blk.k_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
-    v = blk.v_proj(x).view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+    fused = getattr(blk, "qkv_proj", None)  # dllmq.kernels.fuse_projections' one GEMM
+    if fused is None:
+        q, k, v = blk.q_proj(x), blk.k_proj(x), blk.v_proj(x)
+    else:
+        q, k, v = fused(x).split((H * D, Hkv * D, Hkv * D), dim=-1)
+    q = q.view(B, L, H, D).transpose(1, 2)  # (B, H, L, D)
+    k = k.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
+    v = v.view(B, L, Hkv, D).transpose(1, 2)  # (B, Hkv, L, D)
     cos, sin = rope
     q = blk.q_hook(apply_rope(q, cos, sin, cfg.rope_full_precision))
     k = blk.k_hook(apply_rope(k, cos, sin, cfg.rope_full_precision))
     v = blk.v_hook(v)
     out = attention(q, k, v, bias, causal=cfg.causal)  # (B, H, L, D)
     return out.transpose(1, 2).reshape(B, L, H * D)  # (B, L, C)
+
+
+def _swiglu(mlp: nn.Module, x: torch.Tensor, gate: str) -> torch.Tensor:
+    """silu(gate(x)) * up(x), through `gate_up_proj` (one GEMM) where
+    dllmq.kernels.fuse_projections installed it."""
+    fused = getattr(mlp, "gate_up_proj", None)
+    if fused is None:
+        return F.silu(getattr(mlp, gate)(x)) * mlp.up_proj(x)
+    g, u = fused(x).chunk(2, dim=-1)
+    return F.silu(g) * u
 
 
 def _qkv(cfg: DLLMConfig) -> tuple[nn.Linear, nn.Linear, nn.Linear]:
@@ -72,7 +87,7 @@ class LLaDABlock(nn.Module):
     def forward(self, x, rope, bias):
         x = x + self.attn_out(_attend(self, self.attn_norm(x), rope, bias, self.cfg))
         h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        return x + self.ff_out(_swiglu(self, h, "ff_proj"))
 
 
 class DreamAttention(nn.Module):
@@ -96,7 +111,7 @@ class DreamMLP(nn.Module):
         self.down_proj = nn.Linear(F_, C, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(_swiglu(self, x, "gate_proj"))
 
 
 class DreamBlock(nn.Module):
