@@ -3,9 +3,13 @@
     python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
 
 Committed, each one run on one H200: tables/bench_kernels.{md,csv} (full depth, median of 5:
-official-bf16, bf16-compiled, w4a16 (int4 head), bf16-graphs, w8a8-fp8, w8a8-int8, bf16; every
-measure; the command is in its header; its notes hold the kernel checks, the w4a16 kernels
-per shape and the GEMM share of the forward), tables/bench_kernels_triton.{md,csv} (an earlier
+official-bf16, bf16-compiled, w4a16 (int4 head), bf16-graphs, w8a8-fp8, w8a8-int8,
+w4a16-graphs, bf16-compiled-fusedproj, bf16; every measure; the command is in its header; its
+notes hold the kernel checks, the w4a16 kernels per shape and the GEMM share of the forward),
+tables/bench_kernels_previous.{md,csv} (the run before, earlier code, without the last three
+rows), tables/bench_kernels_autotune.{md,csv} (forward and step only: the w4a16 "inductor"
+mode under max-autotune beside w4a16-graphs and the bf16 references; inductor's autotune
+choices are in its log, not kept), tables/bench_kernels_triton.{md,csv} (an earlier
 run, full depth: official-bf16, bf16-compiled and the fused Triton kernel, then named "w4a16")
 and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every backend and measure, earlier
 code: w4a16 with a bf16 head, mean timings).
@@ -28,9 +32,9 @@ head; the embedding a gather of packed rows; + compile), w4a16-fused (the same w
 the fused Triton dequantize-GEMM, its tiles tuned at the run's shapes first
 (triton_kernels.tune_w4a16); + compile), bf16-graphs (bf16-compiled with mode
 "reduce-overhead": CUDA graphs, each block's output cloned out of the graph pool), w4a16-graphs
-(w4a16 with mode "reduce-overhead"; not yet in the committed table: one exploratory H200 run
-measured its batch-1 step at 18.1 ms (LLaDA) / 20.7 ms (Dream) against 28.7 / 29.5 ms for
-w4a16 without graphs in the same command, which is launch-bound at batch 1),
+(w4a16 with mode "reduce-overhead"; the committed run: batch-1 step 18.2 / 19.8 ms (LLaDA /
+Dream) against 18.2 / 23.4 ms without graphs; batch 1 is launch-bound, so this moves with the
+host: an earlier exploratory run had 28.7 / 29.5 ms without graphs),
 bf16-autotune (bf16-compiled with mode "max-autotune-no-cudagraphs": inductor times its Triton
 GEMM templates against cuBLAS per shape and keeps the faster, with fused epilogues),
 bf16-autotune-graphs (mode "max-autotune": the same with CUDA graphs), w4a16-autotune-graphs

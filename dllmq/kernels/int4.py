@@ -20,6 +20,8 @@ outputs are bit-identical. Two modes:
   quantization op (`torch._higher_order_ops.InvokeQuant`, fp32 arithmetic kept), so that
   inductor under mode "max-autotune" may fuse it into the prologue of its Triton GEMM template
   (it benchmarks the fused and unfused choices and keeps the faster); eager, it is the CPU path.
+  On an H200 it made the batch-1 step slower than "dequant" under CUDA graphs (22.9 against
+  18.2 ms on LLaDA-8B, tables/bench_kernels_autotune.md).
 - "triton": the fused dequantize-GEMM (triton_kernels.w4a16_matmul), which dequantizes each
   (BLOCK_K x BLOCK_N) tile in registers and accumulates in fp32 with `tl.dot`, a different
   accumulation order than cuBLAS; slower than "dequant" on an H200 (tables/bench_kernels.md).
