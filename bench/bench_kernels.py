@@ -23,7 +23,8 @@ short keeps what it measured.
 
 Backends (each built from the same seeded random bf16 weights, LLaDA-8B / Dream-7B shapes):
 official-bf16 (official modeling code, eager), bf16 (dllmq eager), bf16-compiled
-(dllmq.kernels.compile_blocks), w8a8-fp8 (realize "fp8" + compile), w8a8-fp8-quarot (QuaRot
+(dllmq.kernels.compile_blocks), w8a8-fp8 (realize "fp8" + compile), w8a8-fp8-graphs (the same
+with mode "reduce-overhead", as bf16-graphs), w8a8-fp8-quarot (QuaRot
 rotation only, then fp8: the online FFN-down and V/O Hadamards run in the step), w8a8-int8
 (w8a8-rtn, the paper's asymmetric W8A8 format, realize "int8" + compile), w4a16
 (w4a16g128-rtn, realize "w4a16" with head="int4": each layer's codes unpacked to bf16 when it
@@ -89,8 +90,8 @@ from bench.bench_models import (  # noqa: E402
 )
 
 log = logging.getLogger("bench_kernels")
-BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "bf16-graphs", "w8a8-fp8", "w8a8-fp8-quarot",
-            "w8a8-int8", "w4a16", "w4a16-graphs", "w4a16-fused", "bf16-autotune",
+BACKENDS = ("official-bf16", "bf16", "bf16-compiled", "bf16-graphs", "w8a8-fp8", "w8a8-fp8-graphs",
+            "w8a8-fp8-quarot", "w8a8-int8", "w4a16", "w4a16-graphs", "w4a16-fused", "bf16-autotune",
             "bf16-autotune-graphs", "w4a16-autotune-graphs", "bf16-compiled-fusedproj",
             "bf16-autotune-fusedproj")
 MEASURES = ("forward_tok_s", "step_ms", "likelihood_s")
@@ -276,9 +277,7 @@ def run_backend(arch, backend, cfg, full_layers, device, dtype, mods, shapes, re
         if note is not None and backend in ("official-bf16", "bf16-compiled", "bf16-autotune",
                                          "bf16-compiled-fusedproj", "bf16-autotune-fusedproj") and \
                 "forward_tok_s" in measures_on:
-            gemm, total = gemm_share(forward_fn(model, backend, x))
-            note(f"{arch} {backend} forward ({fb} x {fl}, one profiled call): GEMMs {gemm:.1f} ms "
-                 f"of {total:.1f} ms kernel time ({gemm / total:.0%})")
+            note(split_note(arch, backend, fb, fl, kernel_split(forward_fn(model, backend, x))))
     log.info("%s %s done in %.1f s", arch, backend, time.perf_counter() - t0)
 
 
@@ -323,6 +322,47 @@ def kernel_checks(device) -> list[str]:
         out.append(f"w4a16 Triton vs fp32 reference (M {M}, 12288 -> 4096): rel. error {rel:.2e} "
                    f"(bf16 output rounding: ~2e-3)")
     return out
+
+
+@torch.no_grad()
+def attention_checks(device) -> list[str]:
+    """Dream-7B's attention (28 query heads, 4 key/value heads, d 128; batch 8 x 512, one
+    block): SDPA on repeat_interleave'd keys and values (the official code's repeat_kv, and
+    dllmq's before enable_gqa) against SDPA with enable_gqa (dllmq's), outputs compared; cuDNN's
+    attention timed beside them (torch's default picks flash; dllmq does not force cuDNN)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from triton.testing import do_bench
+
+    g = torch.Generator(device).manual_seed(0)
+    B, H, Hk, L, D = 8, 28, 4, 512, 128
+    q = torch.randn(B, H, L, D, device=device, generator=g, dtype=torch.bfloat16)
+    k = torch.randn(B, Hk, L, D, device=device, generator=g, dtype=torch.bfloat16)
+    v = torch.randn(B, Hk, L, D, device=device, generator=g, dtype=torch.bfloat16)
+
+    def rep():
+        return F.scaled_dot_product_attention(q, k.repeat_interleave(H // Hk, 1),
+                                              v.repeat_interleave(H // Hk, 1))
+
+    def gqa():
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return rep()
+
+    a, b = rep(), gqa()
+    us = {}
+    for name, fn in (("repeat_interleave + SDPA", rep), ("SDPA enable_gqa", gqa),
+                     ("cuDNN, repeat_interleave", cudnn)):
+        try:
+            us[name] = f"{do_bench(fn, warmup=10, rep=50, return_mode='median') * 1e3:.0f} us"
+        except Exception as e:  # a backend this build lacks is said, not fatal
+            us[name] = f"failed ({type(e).__name__})"
+    return [f"Dream attention ({B} x {L}, {H} / {Hk} heads, d {D}, one block): "
+            + ", ".join(f"{n} {t}" for n, t in us.items())
+            + f"; enable_gqa vs repeat_interleave outputs equal {bool(torch.equal(a, b))} "
+              f"(max abs diff {(a.float() - b.float()).abs().max().item():.2e})"]
 
 
 def block_nk(cfgs) -> list[tuple[int, int]]:
@@ -384,9 +424,10 @@ def _w4a16_times(M: int, N: int, K: int, g: torch.Generator) -> dict[str, float]
 
 
 @torch.no_grad()
-def gemm_share(fn) -> tuple[float, float]:
-    """(GEMM ms, all kernels ms) of one call of fn on the GPU (torch.profiler; GEMMs: cuBLAS's
-    nvjet / gemm / cutlass kernels)."""
+def kernel_split(fn) -> dict:
+    """GPU time of one call of fn by kind (torch.profiler, ms): "gemm" (cuBLAS's nvjet / gemm /
+    cutlass / xmma kernels), "attention" (flash / fmha / cuDNN / efficient-attention kernels),
+    "other", "total", and "top_other": the three largest other kernels [(name, ms)]."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -394,13 +435,27 @@ def gemm_share(fn) -> tuple[float, float]:
     with profile(activities=[ProfilerActivity.CUDA]) as p:
         fn()
         torch.cuda.synchronize()
-    gemm = total = 0.0
+    split = dict(gemm=0.0, attention=0.0, other=0.0)
+    others = []
     for e in p.key_averages():
-        t = e.device_time_total / 1e3
-        total += t
-        if any(s in e.key.lower() for s in ("nvjet", "gemm", "cutlass", "xmma")):
-            gemm += t
-    return gemm, total
+        t, key = e.device_time_total / 1e3, e.key.lower()
+        if any(s in key for s in ("nvjet", "gemm", "cutlass", "xmma")):
+            split["gemm"] += t
+        elif any(s in key for s in ("flash", "fmha", "cudnn", "attention")):
+            split["attention"] += t
+        else:
+            split["other"] += t
+            others.append((e.key, t))
+    split["total"] = split["gemm"] + split["attention"] + split["other"]
+    split["top_other"] = sorted(others, key=lambda kt: -kt[1])[:3]
+    return split
+
+
+def split_note(arch, backend, fb, fl, sp) -> str:
+    top = "; ".join(f"{k[:48]} {t:.1f}" for k, t in sp["top_other"])
+    return (f"{arch} {backend} forward ({fb} x {fl}, one profiled call): GEMMs {sp['gemm']:.1f} ms "
+            f"of {sp['total']:.1f} ms kernel time ({sp['gemm'] / sp['total']:.0%}), attention "
+            f"{sp['attention']:.1f} ms, other {sp['other']:.1f} ms (largest: {top})")
 
 
 def tune_shapes(cfgs) -> list[str]:
@@ -527,7 +582,12 @@ def main(argv=None):
               f"number measured in it, each the median of {a.reps} timed calls after a warm-up call.")
     t_start = time.perf_counter()
     if device.type == "cuda":
-        notes += kernel_checks(device)
+        for check in (kernel_checks, attention_checks):
+            try:
+                notes += check(device)
+            except Exception as e:  # a failed check is reported; the timings still run
+                log.exception("%s failed", check.__name__)
+                notes.append(f"{check.__name__} failed: {type(e).__name__}: {e}"[:200])
         notes += w4a16_kernels(configs[k] for k in archs)
         if "w4a16-fused" in backends:
             notes += tune_shapes(configs[k] for k in archs)
