@@ -469,8 +469,10 @@ def tune_shapes(cfgs) -> list[str]:
 
 # ---- output ---------------------------------------------------------------------------------
 def vs_compiled(got: dict, arch: str, fb: int) -> list[str]:
-    """The issue's w4a16 target: its step time over bf16-compiled's, from this run's rows (and
-    w4a16-graphs over bf16-graphs, both under CUDA graphs)."""
+    """The issue's w4a16 target (step time <= 1.1x bf16-compiled's), from this run's rows. A
+    batch-1 step without CUDA graphs is launch-bound: its time follows the host's CPU (the
+    same backend has ranged over 1.6x between runs), so the target is read at batch 1 from the
+    pair that both run under CUDA graphs, and at batch 8 (GPU-bound) from the compiled pair."""
     out = []
     for backend, ref in (("w4a16", "bf16-compiled"), ("w4a16-graphs", "bf16-compiled"),
                          ("w4a16-graphs", "bf16-graphs"), ("w4a16-fused", "bf16-compiled"),
@@ -480,10 +482,15 @@ def vs_compiled(got: dict, arch: str, fb: int) -> list[str]:
         for b in (1, fb):
             r, base = got.get((backend, "step_ms", b)), got.get((ref, "step_ms", b))
             if r and base and r["value"] is not None and base["value"] is not None:
-                parts.append(f"batch {b} {r['value'] / base['value']:.2f}x")
+                graphs = backend.endswith("-graphs") and ref.endswith("-graphs")
+                if b == 1:
+                    mark = (" (target <= 1.10x)" if graphs else
+                            " (launch-bound without CUDA graphs: varies with the host)")
+                else:
+                    mark = " (target <= 1.10x)" if ref == "bf16-compiled" else ""
+                parts.append(f"batch {b} {r['value'] / base['value']:.2f}x{mark}")
         if parts:
-            out.append(f"{arch} {backend} step_ms / {ref} step_ms: {', '.join(parts)}"
-                       + (" (target <= 1.10x)" if ref == "bf16-compiled" else ""))
+            out.append(f"{arch} {backend} step_ms / {ref} step_ms: {', '.join(parts)}")
     return out
 
 
@@ -527,9 +534,49 @@ def write(rows, notes, out_dir: Path, header: str, fb: int, bs: int) -> None:
     (out_dir / "bench_kernels.md").write_text("\n".join(md) + "\n")
 
 
+def render(out_dir: Path) -> None:
+    """Rewrite out_dir/bench_kernels.md from the bench_kernels.csv beside it (after a change to
+    how the .md is laid out): the rows from the csv, the header, notes and failed cells kept
+    from the .md, which the csv does not hold. Nothing is measured."""
+    md_path, csv_path = out_dir / "bench_kernels.md", out_dir / "bench_kernels.csv"
+    for f in (md_path, csv_path):
+        if not f.is_file():
+            raise SystemExit(f"--render {out_dir}: {f.name} not found there")
+    lines = md_path.read_text().splitlines()
+    header = "\n".join(lines[:lines.index(next(x for x in lines if x.startswith("## ")))]).strip()
+    notes = [x[2:] for x in lines[next(i for i, x in enumerate(lines) if x.startswith("Ratios:")):]
+             if x.startswith("- ")]
+    with open(csv_path, newline="") as f:
+        rows = [dict(arch=r["arch"], backend=r["backend"], measure=r["measure"],
+                     batch=int(r["batch"]) if r["batch"] else "", value=float(r["value"]),
+                     error=None) for r in csv.DictReader(f)]
+    arch = cols = None
+    for x in lines:  # failed cells: "failed: ..." in the .md's tables
+        if x.startswith("## "):
+            arch = x[3:]
+        elif x.startswith("| backend |"):
+            cols = [c.strip() for c in x.strip("|").split("|")][1:]
+        elif x.startswith("| ") and "failed: " in x and cols:
+            cells = [c.strip() for c in x.strip("|").split("|")]
+            for col, cell in zip(cols, cells[1:]):
+                if cell.startswith("failed: "):
+                    measure, _, rest = col.partition(" (")
+                    batch = rest.rstrip(")").rpartition("batch ")[2] if "batch " in rest else ""
+                    rows.append(dict(arch=arch, backend=cells[0], measure=measure,
+                                     batch=int(batch) if batch else "", value=None,
+                                     error=cell[len("failed: "):]))
+    fb = next(r["batch"] for r in rows if r["measure"] == "forward_tok_s")
+    bs = next((r["batch"] for r in rows if r["measure"] == "likelihood_s"), 32)
+    order = {(r["arch"], r["backend"]): i for i, r in enumerate(rows) if r["value"] is not None}
+    rows.sort(key=lambda r: order.get((r["arch"], r["backend"]), len(order)))
+    write(rows, notes, out_dir, header, fb, bs)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--official", type=Path, required=True)
+    ap.add_argument("--official", type=Path, help="the official files (required unless --render)")
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite --out-dir's bench_kernels.md from its csv; measure nothing")
     ap.add_argument("--out-dir", type=Path, default=REPO / "tables")
     ap.add_argument("--archs", default="llada,Dream")
     ap.add_argument("--backends", default=",".join(BACKENDS))
@@ -540,6 +587,11 @@ def main(argv=None):
     ap.add_argument("--tiny", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if a.render:
+        render(a.out_dir)
+        return
+    if a.official is None:
+        raise SystemExit("--official DIR is required (the official modeling files; module docstring)")
     backends = a.backends.split(",")
     bad = sorted(set(backends) - set(BACKENDS))
     if bad:
