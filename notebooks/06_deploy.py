@@ -132,9 +132,10 @@ save_figure(fig, fig_dir / "fig_deploy")
 
 # %% [markdown]
 # **Reading it.** Right is faster, up is more accurate, small and light dots need less memory.
-# fp8 (W8A8 e4m3) is the fastest backend on Hopper at batch 8 (not at batch 1: see
-# tables/bench_kernels.md) and its real path scores every item as its
-# fake-quant twin does (the paired table above: same_score 1.0); W4A16 is the smallest but no
-# faster than compiled bf16; int8 saves fp8's memory without its speed. On the tiny models the
-# accuracy differences between these recipes are within one standard error; the paper's 8B
+# fp8 (W8A8 e4m3) is the fastest backend on Hopper at batch 8, and at batch 1 once the step
+# runs under CUDA graphs (tables/bench_kernels.md: w8a8-fp8-graphs; without graphs a batch-1
+# step is launch-bound and fp8's extra kernels cost more than it saves), and its real path
+# scores every item as its fake-quant twin does (the paired table above: same_score 1.0);
+# W4A16 is the smallest but no faster than compiled bf16; int8 saves fp8's memory without its
+# speed. On the tiny models the accuracy differences between these recipes are within one standard error; the paper's 8B
 # checkpoints (notebook 04, `paper` preset) decide the accuracy side at scale.
