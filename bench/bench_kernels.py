@@ -3,16 +3,19 @@
     python bench/bench_kernels.py --official DIR --out-dir tables      # full depth, one H200
 
 Committed, each one run on one H200: tables/bench_kernels.{md,csv} (full depth, median of 5:
-official-bf16, bf16-compiled, w4a16 (int4 head), bf16-graphs, w8a8-fp8, w8a8-int8,
-w4a16-graphs, bf16-compiled-fusedproj, bf16; every measure; the command is in its header; its
-notes hold the kernel checks, the w4a16 kernels per shape and the GEMM share of the forward),
-tables/bench_kernels_previous.{md,csv} (the run before, earlier code, without the last three
-rows), tables/bench_kernels_autotune.{md,csv} (forward and step only: the w4a16 "inductor"
-mode under max-autotune beside w4a16-graphs and the bf16 references; inductor's autotune
-choices are in its log, not kept), tables/bench_kernels_triton.{md,csv} (an earlier
-run, full depth: official-bf16, bf16-compiled and the fused Triton kernel, then named "w4a16")
-and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every backend and measure, earlier
-code: w4a16 with a bf16 head, mean timings).
+official-bf16, bf16-compiled, w8a8-fp8, w8a8-fp8-graphs, w4a16 (int4 head), bf16-graphs,
+w8a8-int8, w4a16-graphs, bf16-compiled-fusedproj, bf16; every measure; the command is in its
+header; its notes hold the kernel checks, Dream's attention with and without enable_gqa, the
+w4a16 kernels per shape and the forward's GPU time split into GEMM / attention / other),
+tables/bench_kernels_previous.{md,csv} (the run before: earlier code, repeat_interleave'd
+attention, no fp8-graphs row), tables/bench_kernels_autotune.{md,csv} (forward and step only:
+the w4a16 "inductor" mode under max-autotune beside w4a16-graphs and the bf16 references;
+inductor's autotune choices are in its log, not kept), tables/bench_kernels_triton.{md,csv} (an
+earlier run, full depth: official-bf16, bf16-compiled and the fused Triton kernel, then named
+"w4a16") and tables/bench_kernels_8blocks.{md,csv} (--layers 8, every backend and measure,
+earlier code: w4a16 with a bf16 head, mean timings). `--render --out-dir D` rewrites D's .md
+from its csv (a layout change; nothing measured). bench_gemm_clocks.py and sass_w4a16.py
+explain two of the misses (README, "Real low-bit execution").
 
 DIR holds the official files (never committed): modeling_llada.py, configuration_llada.py,
 modeling_dream.py, configuration_dream.py, dream_generation_utils.py (FelixMessi/QDLM

@@ -31,6 +31,11 @@ the nearest tuned M, else the default (128 x 128 x 64, 8 warps, 4 stages; 64 x 1
 M <= 64). The choice is plain Python on static shapes, so torch.compile traces it as a constant.
 expand=1 loads each packed word once and broadcasts it to the eight codes it holds in
 registers; expand=0 loads the word once per code (eight loads, served by L1).
+Why it is slow (bench/sass_w4a16.py, tables/sass_w4a16.md: the kernel compiled ahead of time
+for sm_90 by Triton 3.6 and its main loop counted in SASS): at 128 x 128 x 64 with 8 warps a
+thread issues 432 instructions per K step (unpacking, dequantizing, shared-memory stores,
+addresses), 864 issue cycles per SM against 512 cycles of wgmma work, and the wgmma is waited on
+within the iteration (pendings = 0), so the two add: ~2.7x of an MMA-bound GEMM, as measured.
 Measured on one H200 (tables/bench_kernels.md, its notes, M = 512 rows, the 8B block shapes):
 the fused kernel runs 2.4-3.4x slower than cuBLAS bf16 in either operand order (4.5-5.2x at
 Dream's 512-wide k/v projections; swapping the operands changed its time by -5 % to +17 %, so
