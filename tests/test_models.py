@@ -318,3 +318,25 @@ def test_logits_at_are_denoise_logits_at_those_positions(arch):
     rows, cols = select.nonzero(as_tuple=True)
     torch.testing.assert_close(model.logits_at(x, None, rows, cols), model.denoise_logits(x)[select],
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("padded", [False, True])
+def test_grouped_query_attention_equals_expanded_heads(dtype, padded):
+    """layers.attention shares key/value heads (enable_gqa) only without a mask in 16-bit floats;
+    every path gives exactly what SDPA on repeat_interleave'd heads gives."""
+    import torch.nn.functional as F
+
+    from dllmq.models.layers import attention, key_padding_mask
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 28, 37, 32, generator=g).to(dtype)
+    k, v = (torch.randn(2, 4, 37, 32, generator=g).to(dtype) for _ in range(2))
+    mask = torch.ones(2, 37, dtype=torch.long)
+    if padded:
+        mask[1, -6:] = 0
+    bias = key_padding_mask(mask, dtype)
+    assert (bias is None) == (not padded)
+    want = F.scaled_dot_product_attention(q, k.repeat_interleave(7, 1), v.repeat_interleave(7, 1),
+                                          attn_mask=bias)
+    assert torch.equal(attention(q, k, v, bias, causal=False), want)

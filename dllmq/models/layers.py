@@ -75,10 +75,15 @@ def attention(
     bias: torch.Tensor | None,
     causal: bool,
 ) -> torch.Tensor:
-    """q (B, H, L, D), k/v (B, Hkv, L, D) -> (B, H, L, D). Grouped-query heads are not expanded:
-    SDPA's enable_gqa reads each key/value head for its H / Hkv query heads (the flash kernel
-    natively; on CPU the same values as `repeat_interleave`, bit for bit), which spares Dream-7B
-    two (B, 28, L, 128) copies per block."""
+    """q (B, H, L, D), k/v (B, Hkv, L, D) -> (B, H, L, D); grouped-query heads shared.
+
+    Without a mask, in 16-bit floats (the flash kernel's case on a GPU), SDPA's enable_gqa reads
+    each key/value head for its H / Hkv query heads: the same values as expanding them with
+    `repeat_interleave` (bit for bit on CPU and in flash on an H200: bench_kernels.py's notes),
+    without Dream-7B's two (B, 28, L, 128) copies per block. Otherwise (a padding or causal mask,
+    fp32) the heads are expanded as before: there SDPA's enable_gqa would leave the kernel that
+    computed the committed results for another."""
+    n_rep = q.shape[1] // k.shape[1]
     if causal:
         L = q.shape[2]
         causal_bias = torch.zeros(L, L, dtype=q.dtype, device=q.device)
@@ -86,8 +91,11 @@ def attention(
             torch.ones(L, L, dtype=torch.bool, device=q.device).triu(1), torch.finfo(q.dtype).min
         )
         bias = causal_bias if bias is None else bias + causal_bias
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                          enable_gqa=q.shape[1] != k.shape[1])
+    gqa = n_rep > 1 and bias is None and q.dtype in (torch.float16, torch.bfloat16)
+    if n_rep > 1 and not gqa:
+        k = k.repeat_interleave(n_rep, dim=1)  # (B, H, L, D)
+        v = v.repeat_interleave(n_rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, enable_gqa=gqa)
 
 
 class ActHook(nn.Module):
