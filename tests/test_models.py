@@ -326,7 +326,6 @@ def test_grouped_query_attention_equals_expanded_heads(dtype, padded):
     """layers.attention shares key/value heads (enable_gqa) only without a mask in 16-bit floats;
     every path gives exactly what SDPA on repeat_interleave'd heads gives."""
     import torch.nn.functional as F
-
     from dllmq.models.layers import attention, key_padding_mask
 
     g = torch.Generator().manual_seed(0)
