@@ -138,6 +138,43 @@ def test_w4a16_linear_bit_identical_on_cpu():
     assert torch.equal(lin(x), q(x))
 
 
+def test_kperm_pack_places_row_r_bw_plus_w_at_nibble_r_of_word_w():
+    """The k-permuted kernel's packing: within each block of 128 rows (16 words), word w holds at
+    nibble r the code of the block's row 16 r + w, for every block, word and nibble."""
+    from dllmq.kernels.int4 import kperm_pack, unpack4_t
+    from dllmq.quant.export import pack_int32
+
+    K, N = 384, 6
+    codes = torch.randint(0, 16, (N, K), generator=torch.Generator().manual_seed(3), dtype=torch.int32)
+    packed_t = pack_int32(codes, 4).t().contiguous()
+    nibbles = unpack4_t(kperm_pack(packed_t, 128))  # row 8 * word + nibble
+    for word in range(K // 8):
+        b, w = divmod(word, 16)
+        for r in range(8):
+            assert torch.equal(nibbles[8 * word + r], codes[:, b * 128 + r * 16 + w])
+    with pytest.raises(ValueError, match="multiple of the block"):
+        kperm_pack(packed_t[:40], 128)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_kperm_weight_is_the_fake_quant_weight_up_to_the_scale_rounding(dtype):
+    """kperm_dequant_t (the k-permuted kernel's weight, 16-bit scale) against the fake-quant
+    weight (fp32 scale): both are one rounding of (q - z) * s, with s rounded to 16 bits or not,
+    so they differ by at most one ulp of dtype, and are equal where s is already a dtype value."""
+    from dllmq.kernels.int4 import _dequant_t, kperm_dequant_t
+
+    q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None)
+    lin = W4A16Linear(q)
+    got = kperm_dequant_t(lin.weight_packed_t, lin.weight_scale_t, lin.weight_zero_t, dtype).float()
+    ref = lin.dequantized_weight_t(dtype).float()
+    ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10  # the ulp of [1, 2)
+    bound = ulp * torch.exp2(torch.floor(torch.log2(ref.abs().clamp(min=1e-30))))
+    assert ((got - ref).abs() <= bound + 1e-12).all() and not torch.equal(got, ref)
+    exact = lin.weight_scale_t.to(dtype).float()
+    got = kperm_dequant_t(lin.weight_packed_t, exact, lin.weight_zero_t, dtype)
+    assert torch.equal(got, _dequant_t(lin.weight_packed_t, exact, lin.weight_zero_t, dtype))
+
+
 def test_w4a16_inductor_mode_computes_the_fake_quant_output():
     """mode "inductor" (the unpacking marked as one quantization op for torch.compile to fuse
     into its GEMM): eager, and traced by torch.compile (the "eager" backend runs the traced
@@ -498,6 +535,35 @@ def test_cuda_w4a16_triton_configs_match_the_dequantized_weight():
             assert rel < 5e-3, (cfg, M, rel)  # bf16 output rounding: ~2e-3
         dq = W4A16Linear(q, mode="dequant").cuda()
         assert ((dq(x).float() - ref).norm() / ref.norm()).item() < 5e-3
+
+
+@cuda
+def test_cuda_kperm_kernel_matches_its_weight():
+    """The k-permuted fused kernel (every config this GPU builds, bf16 and fp16, packed-FMA and
+    plain dequantization bit-identical) multiplies by kperm_dequant_t's weight."""
+    from dllmq.kernels import triton_kernels as tk
+    from dllmq.kernels.int4 import kperm_dequant_t, kperm_pack
+
+    q = _qlinear(QuantSpec(4, sym=False, granularity="group", group_size=128), None, K=1024, N=384,
+                 bias=False)
+    lin = W4A16Linear(q).cuda()
+    packed_p = kperm_pack(lin.weight_packed_t, tk.KPERM_BLOCK)
+    for dtype in (torch.bfloat16, torch.float16):
+        w = kperm_dequant_t(lin.weight_packed_t, lin.weight_scale_t, lin.weight_zero_t, dtype)
+        x = torch.randn(300, 1024, device="cuda", generator=torch.Generator("cuda").manual_seed(0)
+                        ).to(dtype)
+        ref = x.float() @ w.float()
+        for cfg in tk.W4A16_KP_CONFIGS:
+            try:
+                y = tk.w4a16_kp_matmul(x, packed_p, lin.weight_scale_t, lin.weight_zero_t, 128, cfg)
+            except Exception as e:  # over this GPU's shared memory
+                assert type(e).__name__ == "OutOfResources", e
+                continue
+            assert ((y.float() - ref).norm() / ref.norm()).item() < 5e-3, (dtype, cfg)
+            if cfg[5]:
+                y0 = tk.w4a16_kp_matmul(x, packed_p, lin.weight_scale_t, lin.weight_zero_t, 128,
+                                        cfg[:5] + (0,))
+                assert torch.equal(y, y0), (dtype, cfg)
 
 
 @cuda

@@ -25,6 +25,8 @@ outputs are bit-identical. Two modes:
 - "triton": the fused dequantize-GEMM (triton_kernels.w4a16_matmul), which dequantizes each
   (BLOCK_K x BLOCK_N) tile in registers and accumulates in fp32 with `tl.dot`, a different
   accumulation order than cuBLAS; slower than "dequant" on an H200 (tables/bench_kernels.md).
+`kperm_pack` / `kperm_dequant_t` serve a second fused kernel (triton_kernels.w4a16_kp_matmul),
+measured in bench/bench_w4a16_kp.py and no faster; no mode runs it.
 
 Memory: 4 bits per weight + an fp32 scale and a uint8 zero point per group of 128, i.e. 4.31
 bits per weight (0.27x of bf16). Zero points are kept as uint8, not packed, for simplicity.
@@ -82,6 +84,35 @@ def _dequant_t_indexed(packed_t, scale_t, zero_t, dtype):
     q = (packed_t[k // 8] >> ((k % 8) * 4).to(torch.int32)[:, None]) & 0xF  # (K, N)
     g = k // (K // G)
     return ((q.float() - zero_t[g].float()) * scale_t[g]).to(dtype)
+
+
+def kperm_pack(packed_t: torch.Tensor, block: int = 128) -> torch.Tensor:
+    """The k-permuted packing of triton_kernels._w4a16_kp_kernel: (K/8, N) words in the layout
+    above -> (K/8, N) words in which, within each block of `block` rows (BW = block / 8 words),
+    word w holds at nibble r the code of the block's row r * BW + w. Nibbles r and r + 4 are 16
+    bits apart, so one shift-and-mask of a word yields two codes as the halves of an int32."""
+    KW, N = packed_t.shape
+    K = KW * 8
+    if block % 8 or K % block:
+        raise ValueError(f"kperm_pack: {K} input features is not a multiple of the block {block}")
+    codes = unpack4_t(packed_t).view(K // block, 8, block // 8, N)  # [b, r, w] = row b*block + r*BW + w
+    perm = codes.transpose(1, 2).reshape(KW, 8, N).to(torch.int64)  # word b*BW + w, nibble r
+    shifts = torch.arange(0, 32, 4, device=packed_t.device, dtype=torch.int64).view(1, 8, 1)
+    words = (perm << shifts).sum(1)  # < 2^32
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def kperm_dequant_t(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch.Tensor,
+                    dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """W_kp^T (K, N) in dtype (bf16 or fp16) from the (unpermuted) packed_t, scale_t, zero_t:
+    dtype((q - z) * dtype(s)), the weight the k-permuted kernel multiplies by (its 16-bit
+    arithmetic: (q - z) exact, times the scale rounded to dtype, one rounding). It differs from
+    the fake-quant weight (fp32 scale) by the scale's rounding (bf16: at most 2^-9 relative)
+    before the common final rounding."""
+    G, N = scale_t.shape
+    q = unpack4_t(packed_t).view(G, -1, N).float()
+    s = scale_t.to(dtype).float().view(G, 1, N)
+    return ((q - zero_t.view(G, 1, N).float()) * s).reshape(-1, N).to(dtype)
 
 
 def _invoke_quant():

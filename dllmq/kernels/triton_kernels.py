@@ -36,6 +36,13 @@ for sm_90 by Triton 3.6 and its main loop counted in SASS): at 128 x 128 x 64 wi
 thread issues 432 instructions per K step (unpacking, dequantizing, shared-memory stores,
 addresses), 864 issue cycles per SM against 512 cycles of wgmma work, and the wgmma is waited on
 within the iteration (pendings = 0), so the two add: ~2.7x of an MMA-bound GEMM, as measured.
+- `w4a16_kp_matmul(x, packed_p, scale_t, zero_t, group_size)`: a second fused kernel, on the
+  k-permuted packing of `int4.kperm_pack` (two codes per shift-and-mask, dequantized by two packed
+  bf16x2/f16x2 FMAs per pair; 265 instructions per 64 of K instead of 432). It is not what
+  realize runs: on an H200 it was no faster (tables/bench_w4a16_kp.md: 2.5-2.9x of cuBLAS at 512
+  rows), and that table shows why no register-dequantizing Triton kernel can be: Triton's own
+  bf16 matmul with its weight tile merely passed through registers runs 2.0-2.7x of cuBLAS
+  (1.2-1.3x loaded straight to shared memory), its wgmma waited on in the loop.
 Measured on one H200 (tables/bench_kernels.md, its notes, M = 512 rows, the 8B block shapes):
 the fused kernel runs 2.4-3.4x slower than cuBLAS bf16 in either operand order (4.5-5.2x at
 Dream's 512-wide k/v projections; swapping the operands changed its time by -5 % to +17 %, so
@@ -187,6 +194,149 @@ def _w4a16_nt_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stri
         w_ptrs += (BLOCK_K // 8) * stride_bk
     c_ptrs = c_ptr + offs_m[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=n_ok[:, None] & m_ok[None, :])
+
+
+@triton.jit
+def _half_pair(t, zn, s, ASM: tl.constexpr, FP16: tl.constexpr):
+    """t: int32 words whose 16-bit halves are the numbers C + q in x's 16-bit float format (bf16:
+    the bits 0x4300 | q, C = 128; fp16: 0x6400 | q, C = 1024; q < 16); zn = -(C + z) and s in
+    that format. Returns the two halves' ((C + q) - (C + z)) * s: the subtraction is exact ((q - z)
+    is a small integer), the product rounded once (rn). ASM=1 does each pair in two packed FMAs
+    (PTX fma.rn.bf16x2 / fma.rn.f16x2, sm_80+); ASM=0 is the same arithmetic in plain Triton
+    (bit-identical: the product of two 16-bit floats is exact in fp32)."""
+    if ASM:
+        zn2 = zn.to(tl.uint16, bitcast=True).to(tl.int32)
+        s2 = s.to(tl.uint16, bitcast=True).to(tl.int32)
+        zn2 = tl.broadcast_to(zn2 | (zn2 << 16), t.shape)
+        s2 = tl.broadcast_to(s2 | (s2 << 16), t.shape)
+        if FP16:
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 one, nz, d; mov.b32 one, 0x3C003C00; mov.b32 nz, 0x80008000; "
+                "fma.rn.f16x2 d, $2, one, $3; fma.rn.f16x2 d, d, $4, nz; mov.b32 {$0, $1}, d; }",
+                "=h,=h,r,r,r", [t, zn2, s2], dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+        else:
+            lo, hi = tl.inline_asm_elementwise(
+                "{ .reg .b32 one, nz, d; mov.b32 one, 0x3F803F80; mov.b32 nz, 0x80008000; "
+                "fma.rn.bf16x2 d, $2, one, $3; fma.rn.bf16x2 d, d, $4, nz; mov.b32 {$0, $1}, d; }",
+                "=h,=h,r,r,r", [t, zn2, s2], dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=1)
+    else:
+        dt = s.dtype
+        lo = (t & 0xFFFF).to(tl.uint16).to(dt, bitcast=True).to(tl.float32)
+        hi = (t >> 16).to(tl.uint16).to(dt, bitcast=True).to(tl.float32)
+        lo = ((lo + zn.to(tl.float32)) * s.to(tl.float32)).to(dt)
+        hi = ((hi + zn.to(tl.float32)) * s.to(tl.float32)).to(dt)
+    return lo, hi
+
+
+@triton.jit
+def _stack_rows(x, y):
+    """(R, C), (R, C) -> (2R, C): x's rows, then y's."""
+    return tl.reshape(tl.permute(tl.join(x, y), (2, 0, 1)), (2 * x.shape[0], x.shape[1]))
+
+
+@triton.jit
+def _w4a16_kp_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_bk,
+                     stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                     STACK: tl.constexpr, ASM: tl.constexpr):
+    """The fused dequantize-GEMM on the k-permuted packing (int4.kperm_pack, BLOCK_K = its
+    block): word w of a K block holds, at nibble r, the code of row r * BW + w (BW = BLOCK_K / 8),
+    so one shift-and-mask of the (BW, BLOCK_N) words gives rows j * BW + w (low halves) and
+    (j + 4) * BW + w (high halves) as bf16 pairs 128 + q (_bf16_pair), eight contiguous row
+    slices of the tile per K step. STACK=0 multiplies each slice with its BW columns of the
+    activation tile (eight tl.dot of depth BW); STACK=1 stacks the slices into the (BLOCK_K,
+    BLOCK_N) tile and does one tl.dot."""
+    BW: tl.constexpr = BLOCK_K // 8
+    dt = a_ptr.dtype.element_ty
+    FP16: tl.constexpr = dt == tl.float16
+    MAGIC: tl.constexpr = 0x64006400 if FP16 else 0x43004300  # the halves: C + 0 in dt
+    OFFSET: tl.constexpr = 1024.0 if FP16 else 128.0  # C
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * num_pid_n
+    first_m = (pid // per_group) * GROUP_M
+    size_m = min(num_pid_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % per_group) % size_m
+    pid_n = (pid % per_group) // size_m
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    offs_w = tl.arange(0, BW)
+    b_ptrs = b_ptr + offs_w[:, None].to(tl.int64) * stride_bk + offs_n[None, :]
+    if STACK:
+        a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + tl.arange(0, BLOCK_K)[None, :]
+    else:
+        a_ptrs = a_ptr + offs_m[:, None].to(tl.int64) * stride_am + offs_w[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        words = tl.load(b_ptrs, mask=n_ok[None, :], other=0)  # (BW, BLOCK_N) int32
+        g = (k0 // GROUP_SIZE) * N
+        s = tl.load(s_ptr + g + offs_n, mask=n_ok, other=0.0).to(dt)[None, :]
+        zn = -(tl.load(z_ptr + g + offs_n, mask=n_ok, other=0).to(tl.float32) + OFFSET)
+        zn = zn.to(dt)[None, :]
+        lo0, hi0 = _half_pair((words & 0x000F000F) | MAGIC, zn, s, ASM, FP16)
+        lo1, hi1 = _half_pair(((words >> 4) & 0x000F000F) | MAGIC, zn, s, ASM, FP16)
+        lo2, hi2 = _half_pair(((words >> 8) & 0x000F000F) | MAGIC, zn, s, ASM, FP16)
+        lo3, hi3 = _half_pair(((words >> 12) & 0x000F000F) | MAGIC, zn, s, ASM, FP16)
+        if STACK:
+            w = _stack_rows(_stack_rows(_stack_rows(lo0, lo1), _stack_rows(lo2, lo3)),
+                            _stack_rows(_stack_rows(hi0, hi1), _stack_rows(hi2, hi3)))
+            a = tl.load(a_ptrs, mask=m_ok[:, None], other=0.0)
+            acc = tl.dot(a, w.to(a.dtype), acc)
+        else:
+            acc = tl.dot(tl.load(a_ptrs, mask=m_ok[:, None], other=0.0), lo0, acc)
+            acc = tl.dot(tl.load(a_ptrs + BW, mask=m_ok[:, None], other=0.0), lo1, acc)
+            acc = tl.dot(tl.load(a_ptrs + 2 * BW, mask=m_ok[:, None], other=0.0), lo2, acc)
+            acc = tl.dot(tl.load(a_ptrs + 3 * BW, mask=m_ok[:, None], other=0.0), lo3, acc)
+            acc = tl.dot(tl.load(a_ptrs + 4 * BW, mask=m_ok[:, None], other=0.0), hi0, acc)
+            acc = tl.dot(tl.load(a_ptrs + 5 * BW, mask=m_ok[:, None], other=0.0), hi1, acc)
+            acc = tl.dot(tl.load(a_ptrs + 6 * BW, mask=m_ok[:, None], other=0.0), hi2, acc)
+            acc = tl.dot(tl.load(a_ptrs + 7 * BW, mask=m_ok[:, None], other=0.0), hi3, acc)
+        a_ptrs += BLOCK_K
+        b_ptrs += BW * stride_bk
+    c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+# (BLOCK_M, BLOCK_N, warps, stages, stack, asm); BLOCK_K is the packing's block (KPERM_BLOCK)
+KPERM_BLOCK = 128
+W4A16_KP_CONFIGS = tuple((bm, bn, w, st, stack, asm) for asm in (1, 0) for stack in (0, 1)
+                         for bm, bn, w in ((128, 128, 8), (128, 64, 4), (256, 64, 8),
+                                           (256, 128, 8), (64, 128, 4))
+                         for st in (3, 4))
+_TUNED_KP: dict[tuple[int, int, int], tuple] = {}
+
+
+def w4a16_kp_matmul(x: torch.Tensor, packed_p: torch.Tensor, scale_t: torch.Tensor,
+                    zero_t: torch.Tensor, group_size: int, config: tuple | None = None
+                    ) -> torch.Tensor:
+    """x (M, K) bf16/fp16 @ W_kp^T -> (M, N): packed_p (K/8, N) int32 in the k-permuted packing of
+    int4.kperm_pack (block KPERM_BLOCK), scale_t (G, N) fp32 (used rounded to x's dtype), zero_t
+    (G, N) uint8. W_kp = dt((q - z) * dt(s)): int4.kperm_dequant_t is its torch twin."""
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"the k-permuted w4a16 kernel computes in bf16 or fp16; got x in {x.dtype}")
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    M, K = x.shape
+    N = packed_p.shape[1]
+    BK = KPERM_BLOCK
+    if K % BK or group_size % BK:
+        raise ValueError(f"the k-permuted w4a16 kernel needs K ({K}) and the group size "
+                         f"({group_size}) to be multiples of {BK}; use mode 'dequant'")
+    if config is None:
+        same = [m for (m, n, k) in _TUNED_KP if (n, k) == (N, K)]
+        config = (_TUNED_KP[min(same, key=lambda m: abs(math.log(m) - math.log(max(M, 1))))]
+                  if same else (128, 128, 8, 3, 0, 1))
+    BM, BN, warps, stages, stack, asm = config
+    c = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    _w4a16_kp_kernel[grid](x, packed_p, scale_t, zero_t, c, M, N, K, x.stride(0),
+                           packed_p.stride(0), c.stride(0), GROUP_SIZE=group_size, BLOCK_M=BM,
+                           BLOCK_N=BN, BLOCK_K=BK, GROUP_M=8, STACK=stack, ASM=asm,
+                           num_warps=warps, num_stages=stages)
+    return c
 
 
 @triton.jit
