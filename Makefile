@@ -77,6 +77,7 @@ bench: $(STAMP)
 	  $(PY) bench/bench_quant_wa.py --layers 0 --out tables/bench_quant_wa.md; \
 	  $(PY) bench/bench_likelihood.py --out tables/bench_likelihood.md; \
 	  $(PY) bench/bench_w4a16_kp.py --out-dir tables; \
+	  $(PY) bench/bench_w4a16_overlap.py --out-dir tables; \
 	  if [ -d $(OFFICIAL) ]; then $(PY) bench/bench_official.py --official $(OFFICIAL) --out tables/bench_official.md; \
 	  else echo "skipping bench_official: OFFICIAL=$(OFFICIAL) is not a folder of the official LLaDA files"; fi; \
 	else \

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import bench_kernels as bk  # noqa: E402
@@ -52,3 +53,13 @@ def test_batch_one_target_is_read_under_cuda_graphs():
                           "batch 8 0.92x (target <= 1.10x)")  # 17 / 19 ms, 115 / 125 ms
     graphs = lines["llada w4a16-graphs step_ms / bf16-graphs step_ms"]
     assert graphs.endswith("batch 1 0.89x (target <= 1.10x), batch 8 0.92x")  # 16 / 18, 110 / 120
+
+
+def test_w4a16_overlap_chunks_reassemble_the_layer():
+    """bench_w4a16_overlap's column chunks (the layout a chunked layer would store): they
+    reassemble the dequantized weight exactly, and the chunked product is x @ W_hat^T."""
+    from bench import bench_w4a16_overlap as bo
+
+    bo.cpu_check()
+    with pytest.raises(ValueError, match="chunk must be"):
+        bo.split_columns(torch.zeros(4, 8, dtype=torch.int32), torch.ones(1, 8), torch.zeros(1, 8), 0)

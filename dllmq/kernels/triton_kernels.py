@@ -360,15 +360,21 @@ def _dequant4_t_kernel(p_ptr, s_ptr, z_ptr, w_ptr, KW, N, GROUP_SIZE: tl.constex
 
 
 def dequant4_t(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch.Tensor,
-               group_size: int, dtype: torch.dtype) -> torch.Tensor:
+               group_size: int, dtype: torch.dtype, out: torch.Tensor | None = None
+               ) -> torch.Tensor:
     """W_hat^T (K, N) in dtype from packed_t (K/8, N) int32, scale_t (G, N) fp32, zero_t (G, N)
     uint8: the values of int4.W4A16Linear.dequantized_weight_t ((q - z) * s in fp32, then the
-    cast), in one memory-bound kernel."""
+    cast), in one memory-bound kernel. out: a contiguous (K, N) tensor of dtype to write into
+    (a fixed buffer, e.g. for double-buffering across streams); default a new one."""
     if group_size % 8:
         raise ValueError(f"dequant4_t needs a group size divisible by 8 (the codes of a word), "
                          f"got {group_size}")
     KW, N = packed_t.shape
-    w = torch.empty((KW * 8, N), dtype=dtype, device=packed_t.device)
+    if out is not None and (out.shape != (KW * 8, N) or out.dtype != dtype
+                            or not out.is_contiguous()):
+        raise ValueError(f"dequant4_t: out must be a contiguous ({KW * 8}, {N}) {dtype} tensor, "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    w = torch.empty((KW * 8, N), dtype=dtype, device=packed_t.device) if out is None else out
     BW, BN = 8, 256
     grid = (triton.cdiv(KW, BW), triton.cdiv(N, BN))
     _dequant4_t_kernel[grid](packed_t, scale_t, zero_t, w, KW, N, GROUP_SIZE=group_size,
