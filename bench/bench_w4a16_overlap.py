@@ -5,7 +5,7 @@ chunk i + 1 on a second stream while cuBLAS multiplies chunk i. One GPU:
 
 The "dequant" mode of W4A16Linear unpacks a whole layer to bf16 (written to and read back from
 HBM: 4 bytes per weight beside the 0.5 of the codes) and then runs one GEMM: 1.5x of cuBLAS at a
-batch-1 step's 512 rows (tables/bench_w4a16_kp.md). The fused Triton kernels lose more (2.5-2.9x)
+batch-1 step's 512 rows (tables/bench_w4a16_kp.md). The fused Triton kernels lose more (2.4-2.9x)
 because Triton waits for each wgmma when an operand comes from registers. This benchmark
 measures the two ways left without a new kernel, per block-linear shape of LLaDA-8B and
 Dream-7B at M = 512:

@@ -39,7 +39,7 @@ within the iteration (pendings = 0), so the two add: ~2.7x of an MMA-bound GEMM,
 - `w4a16_kp_matmul(x, packed_p, scale_t, zero_t, group_size)`: a second fused kernel, on the
   k-permuted packing of `int4.kperm_pack` (two codes per shift-and-mask, dequantized by two packed
   bf16x2/f16x2 FMAs per pair; 265 instructions per 64 of K instead of 432). It is not what
-  realize runs: on an H200 it was no faster (tables/bench_w4a16_kp.md: 2.5-2.9x of cuBLAS at 512
+  realize runs: on an H200 it was no faster (tables/bench_w4a16_kp.md: 2.4-2.9x of cuBLAS at 512
   rows), and that table shows why no register-dequantizing Triton kernel can be: Triton's own
   bf16 matmul with its weight tile merely passed through registers runs 2.0-2.7x of cuBLAS
   (1.2-1.3x loaded straight to shared memory), its wgmma waited on in the loop.
