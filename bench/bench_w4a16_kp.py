@@ -43,20 +43,14 @@ BLOCKS = {  # (N, K): how many per block
 def _mm_kernel():
     import triton
     import triton.language as tl
+    from dllmq.kernels.triton_kernels import _grouped_pid
 
     @triton.jit
     def mm(a_ptr, b_ptr, c_ptr, one_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr,
            BK: tl.constexpr, REG: tl.constexpr, WS: tl.constexpr, GROUP_M: tl.constexpr):
         """C = A @ B, bf16 (M, K) x (K, N), M, N, K multiples of the tiles; REG=1: B's tile goes
         through registers (times a one loaded at run time, which the compiler cannot fold)."""
-        pid = tl.program_id(0)
-        num_pid_m = tl.cdiv(M, BM)
-        num_pid_n = tl.cdiv(N, BN)
-        per_group = GROUP_M * num_pid_n
-        first_m = (pid // per_group) * GROUP_M
-        size_m = min(num_pid_m - first_m, GROUP_M)
-        pid_m = first_m + (pid % per_group) % size_m
-        pid_n = (pid % per_group) // size_m
+        pid_m, pid_n = _grouped_pid(tl.program_id(0), M, N, BM, BN, GROUP_M)
         om = pid_m * BM + tl.arange(0, BM)
         on = pid_n * BN + tl.arange(0, BN)
         ok = tl.arange(0, BK)

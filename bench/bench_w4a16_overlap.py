@@ -38,11 +38,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-BLOCKS = {  # (N, K): how many per block (bench_w4a16_kp.BLOCKS)
-    "llada": {(4096, 4096): 4, (12288, 4096): 2, (4096, 12288): 1},
-    "Dream": {(3584, 3584): 2, (512, 3584): 2, (18944, 3584): 2, (3584, 18944): 1},
-}
+from bench.bench_w4a16_kp import BLOCKS  # noqa: E402  the block-linear shapes and counts
 
 
 def split_columns(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch.Tensor,

@@ -96,10 +96,8 @@ def kperm_pack(packed_t: torch.Tensor, block: int = 128) -> torch.Tensor:
     if block % 8 or K % block:
         raise ValueError(f"kperm_pack: {K} input features is not a multiple of the block {block}")
     codes = unpack4_t(packed_t).view(K // block, 8, block // 8, N)  # [b, r, w] = row b*block + r*BW + w
-    perm = codes.transpose(1, 2).reshape(KW, 8, N).to(torch.int64)  # word b*BW + w, nibble r
-    shifts = torch.arange(0, 32, 4, device=packed_t.device, dtype=torch.int64).view(1, 8, 1)
-    words = (perm << shifts).sum(1)  # < 2^32
-    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    perm = codes.transpose(1, 2).reshape(K, N)  # row 8 (b*BW + w) + r: word b*BW + w, nibble r
+    return pack_int32(perm.t(), 4).t().contiguous()  # as W4A16Linear packs weight_packed_t
 
 
 def kperm_dequant_t(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch.Tensor,
@@ -109,10 +107,7 @@ def kperm_dequant_t(packed_t: torch.Tensor, scale_t: torch.Tensor, zero_t: torch
     arithmetic: (q - z) exact, times the scale rounded to dtype, one rounding). It differs from
     the fake-quant weight (fp32 scale) by the scale's rounding (bf16: at most 2^-9 relative)
     before the common final rounding."""
-    G, N = scale_t.shape
-    q = unpack4_t(packed_t).view(G, -1, N).float()
-    s = scale_t.to(dtype).float().view(G, 1, N)
-    return ((q - zero_t.view(G, 1, N).float()) * s).reshape(-1, N).to(dtype)
+    return _dequant_t(packed_t, scale_t.to(dtype).float(), zero_t, dtype)
 
 
 def _invoke_quant():

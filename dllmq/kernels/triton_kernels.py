@@ -100,18 +100,24 @@ def fp8_rowwise(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @triton.jit
-def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_bk,
-                  stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
-                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-                  EXPAND: tl.constexpr):
-    pid = tl.program_id(0)
+def _grouped_pid(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n) of program `pid` in the Triton matmul tutorial's grouped order: GROUP_M
+    row tiles are walked down each column of tiles before moving on, so their operand tiles are
+    reused from L2. Called with M and N swapped, it groups along N instead."""
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * num_pid_n
     first_m = (pid // per_group) * GROUP_M
     size_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
+    return first_m + (pid % per_group) % size_m, (pid % per_group) // size_m
+
+
+@triton.jit
+def _w4a16_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stride_bk,
+                  stride_cm, GROUP_SIZE: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+                  EXPAND: tl.constexpr):
+    pid_m, pid_n = _grouped_pid(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.arange(0, BLOCK_K)
@@ -153,14 +159,7 @@ def _w4a16_nt_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stri
     """C^T tile (BLOCK_N, BLOCK_M) = W_hat tile (BLOCK_N, BLOCK_K) @ x tile^T (BLOCK_K, BLOCK_M):
     the dequantized weight is the A operand (registers), the activation tile B (shared memory),
     the operand order Hopper's wgmma can take without a register -> shared memory round trip."""
-    pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    per_group = GROUP_N * num_pid_m
-    first_n = (pid // per_group) * GROUP_N
-    size_n = min(num_pid_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % per_group) % size_n
-    pid_m = (pid % per_group) // size_n
+    pid_n, pid_m = _grouped_pid(tl.program_id(0), N, M, BLOCK_N, BLOCK_M, GROUP_N)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -242,7 +241,7 @@ def _w4a16_kp_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stri
     """The fused dequantize-GEMM on the k-permuted packing (int4.kperm_pack, BLOCK_K = its
     block): word w of a K block holds, at nibble r, the code of row r * BW + w (BW = BLOCK_K / 8),
     so one shift-and-mask of the (BW, BLOCK_N) words gives rows j * BW + w (low halves) and
-    (j + 4) * BW + w (high halves) as bf16 pairs 128 + q (_bf16_pair), eight contiguous row
+    (j + 4) * BW + w (high halves) as 16-bit pairs C + q (_half_pair), eight contiguous row
     slices of the tile per K step. STACK=0 multiplies each slice with its BW columns of the
     activation tile (eight tl.dot of depth BW); STACK=1 stacks the slices into the (BLOCK_K,
     BLOCK_N) tile and does one tl.dot."""
@@ -251,14 +250,7 @@ def _w4a16_kp_kernel(a_ptr, b_ptr, s_ptr, z_ptr, c_ptr, M, N, K, stride_am, stri
     FP16: tl.constexpr = dt == tl.float16
     MAGIC: tl.constexpr = 0x64006400 if FP16 else 0x43004300  # the halves: C + 0 in dt
     OFFSET: tl.constexpr = 1024.0 if FP16 else 128.0  # C
-    pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_pid_n
-    first_m = (pid // per_group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % size_m
-    pid_n = (pid % per_group) // size_m
+    pid_m, pid_n = _grouped_pid(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_ok = offs_m < M
@@ -306,7 +298,6 @@ W4A16_KP_CONFIGS = tuple((bm, bn, w, st, stack, asm) for asm in (1, 0) for stack
                          for bm, bn, w in ((128, 128, 8), (128, 64, 4), (256, 64, 8),
                                            (256, 128, 8), (64, 128, 4))
                          for st in (3, 4))
-_TUNED_KP: dict[tuple[int, int, int], tuple] = {}
 
 
 def w4a16_kp_matmul(x: torch.Tensor, packed_p: torch.Tensor, scale_t: torch.Tensor,
@@ -314,7 +305,9 @@ def w4a16_kp_matmul(x: torch.Tensor, packed_p: torch.Tensor, scale_t: torch.Tens
                     ) -> torch.Tensor:
     """x (M, K) bf16/fp16 @ W_kp^T -> (M, N): packed_p (K/8, N) int32 in the k-permuted packing of
     int4.kperm_pack (block KPERM_BLOCK), scale_t (G, N) fp32 (used rounded to x's dtype), zero_t
-    (G, N) uint8. W_kp = dt((q - z) * dt(s)): int4.kperm_dequant_t is its torch twin."""
+    (G, N) uint8. W_kp = dt((q - z) * dt(s)): int4.kperm_dequant_t is its torch twin.
+    config: one of W4A16_KP_CONFIGS (default 128 x 128, 8 warps, 3 stages, eight dots, packed
+    FMAs; bench/bench_w4a16_kp.py times them all)."""
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"the k-permuted w4a16 kernel computes in bf16 or fp16; got x in {x.dtype}")
     if x.stride(-1) != 1:
@@ -325,11 +318,7 @@ def w4a16_kp_matmul(x: torch.Tensor, packed_p: torch.Tensor, scale_t: torch.Tens
     if K % BK or group_size % BK:
         raise ValueError(f"the k-permuted w4a16 kernel needs K ({K}) and the group size "
                          f"({group_size}) to be multiples of {BK}; use mode 'dequant'")
-    if config is None:
-        same = [m for (m, n, k) in _TUNED_KP if (n, k) == (N, K)]
-        config = (_TUNED_KP[min(same, key=lambda m: abs(math.log(m) - math.log(max(M, 1))))]
-                  if same else (128, 128, 8, 3, 0, 1))
-    BM, BN, warps, stages, stack, asm = config
+    BM, BN, warps, stages, stack, asm = config or (128, 128, 8, 3, 0, 1)
     c = torch.empty((M, N), dtype=x.dtype, device=x.device)
     grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
     _w4a16_kp_kernel[grid](x, packed_p, scale_t, zero_t, c, M, N, K, x.stride(0),
